@@ -1,0 +1,199 @@
+"""eagleeye: the client tool for operators and ingestion workers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from common.cli import ConfigError, OneLineParser, parse_host_port
+from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+
+PROG = "eagleeye"
+# Room for a 4K raw frame (3840 x 2160 x 3 = 24.9 MB) and then some.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def channel(target: str) -> grpc.aio.Channel:
+    """An insecure channel to HOST:PORT that carries large frames."""
+    return grpc.aio.insecure_channel(target, options=[
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, sep, h = text.partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or int(w) < 16 or int(h) < 16:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT (each >= 16), e.g. 640x360")
+    return int(w), int(h)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def _target(text: str) -> str:
+    try:
+        parse_host_port("--target", text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+
+    d = sub.add_parser("detect", help="detect objects in image files", description="Detect objects in image files.")
+    d.add_argument("--target", required=True, type=_target, metavar="HOST:PORT", help="a worker or the router")
+    d.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files")
+    d.add_argument("--score-threshold", type=float, metavar="S", help="keep detections scoring at least S")
+    d.add_argument("--classes", metavar="A,B", help="only these class labels")
+    d.add_argument("--timeout", type=_positive, default=10.0, metavar="S", help="deadline per image (default 10)")
+    d.add_argument("--json", action="store_true", help="print one JSON object per image")
+
+    lo = sub.add_parser("load", help="send synthetic video frames at a fixed rate",
+                        description="Send synthetic video frames at a fixed rate, as an ingestion worker "
+                                    "would, and report what came back. The last line is JSON with --json.")
+    lo.add_argument("--target", required=True, type=_target, metavar="HOST:PORT")
+    lo.add_argument("--mode", choices=["unary", "stream"], default="stream",
+                    help="one Detect per frame, or every frame over one DetectStream (default stream)")
+    lo.add_argument("--rate", type=_positive, default=20.0, metavar="N", help="frames per second (default 20)")
+    lo.add_argument("--duration", type=_positive, default=10.0, metavar="S", help="seconds (default 10)")
+    lo.add_argument("--size", type=_size, default=(320, 240), metavar="WxH", help="frame size (default 320x240)")
+    lo.add_argument("--format", choices=["jpeg", "png", "raw"], default="jpeg", help="frame encoding (default jpeg)")
+    lo.add_argument("--deadline", type=_positive, default=5.0, metavar="S", help="per unary call (default 5)")
+    lo.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+
+    ev = sub.add_parser("eval", help="mAP@0.5 of the served model on held-out synthetic scenes",
+                        description="mAP@0.5 of the served model on N held-out synthetic scenes (seeded, so "
+                                    "every run sees the same scenes).")
+    ev.add_argument("--target", required=True, type=_target, metavar="HOST:PORT")
+    ev.add_argument("--images", type=int, default=300, metavar="N", help="scenes to evaluate (default 300)")
+    ev.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return p
+
+
+def _print(obj: dict[str, Any], as_json: bool, text: str) -> None:
+    print(json.dumps(obj) if as_json else text, flush=True)
+
+
+async def cmd_detect(args: argparse.Namespace) -> int:
+    classes = [c for c in (args.classes or "").split(",") if c]
+    failed = 0
+    async with channel(args.target) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+        for path in args.images:
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                print(f"{path}: cannot read: {e.strerror}", file=sys.stderr)
+                failed += 1
+                continue
+            req = pb.DetectRequest(encoded=data, classes=classes)
+            if args.score_threshold is not None:
+                req.score_threshold = args.score_threshold
+            try:
+                resp = await stub.Detect(req, timeout=args.timeout)
+            except grpc.aio.AioRpcError as e:
+                print(f"{path}: {e.code().name}: {e.details()}", file=sys.stderr)
+                failed += 1
+                continue
+            dets = [{"label": d.label, "class_id": d.class_id, "score": round(d.score, 4),
+                     "box": [round(v, 1) for v in (d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max)]}
+                    for d in resp.detections]
+            lines = [f"{path}: {len(dets)} objects ({resp.image_width}x{resp.image_height}, "
+                     f"{resp.timing.total_ms:.1f} ms on {resp.worker})"]
+            lines += [f"  {d['label']:<10} {d['score']:.2f}  box {d['box']}" for d in dets]
+            _print({"image": str(path), "width": resp.image_width, "height": resp.image_height,
+                    "worker": resp.worker, "total_ms": round(resp.timing.total_ms, 2), "detections": dets},
+                   args.json, "\n".join(lines))
+    return 1 if failed else 0
+
+
+async def cmd_load(args: argparse.Namespace) -> int:
+    from client.frames import make_pool
+    from client.load import LoadPlan, print_progress, run_stream, run_unary
+
+    w, h = args.size
+    pool = make_pool(w, h, args.format)
+    plan = LoadPlan(rate=args.rate, duration=args.duration, deadline_s=args.deadline)
+    print(f"sending {round(args.rate * args.duration)} {w}x{h} {args.format} frames "
+          f"({pool.payload_bytes} bytes each) at {args.rate:g}/s to {args.target}, {args.mode}", file=sys.stderr)
+    started = time.monotonic()
+    async with channel(args.target) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+        run = run_unary if args.mode == "unary" else run_stream
+        tally = await run(stub, pool, plan, print_progress)
+    summary = tally.summary(mode=args.mode, rate=args.rate, duration_s=round(time.monotonic() - started, 2),
+                            frame_bytes=pool.payload_bytes)
+    text = (f"sent {summary['sent']}  answered {summary['answered']}  errors {summary['errors']}  "
+            f"lost {summary['lost']}  duplicated {summary['duplicated']}  reordered {summary['reordered']}\n"
+            f"latency p50 {summary['p50_ms']} ms  p95 {summary['p95_ms']} ms  p99 {summary['p99_ms']} ms")
+    if summary["error_codes"]:
+        text += f"\nerrors by code: {summary['error_codes']}"
+    _print(summary, args.json, text)
+    return 0 if summary["errors"] == 0 and summary["lost"] == 0 else 1
+
+
+async def cmd_eval(args: argparse.Namespace) -> int:
+    from client.evaluate import Prediction, mean_average_precision
+    from detector.defaultmodel.scenes import HELD_OUT_SEED_BASE, make_scene
+    from detector.imaging import encode_png
+
+    if args.images < 1:
+        print(f"{PROG} eval: error: --images must be >= 1", file=sys.stderr)
+        return 2
+    scenes = [make_scene(HELD_OUT_SEED_BASE + i) for i in range(args.images)]
+    preds: list[Prediction] = []
+    sem = asyncio.Semaphore(4)
+    async with channel(args.target) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+        info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+
+        async def one(i: int) -> None:
+            async with sem:
+                resp = await stub.Detect(pb.DetectRequest(encoded=encode_png(scenes[i].image), score_threshold=0.05,
+                                                          max_detections=100), timeout=30)
+            preds.extend(Prediction(i, d.class_id, d.score, (d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max))
+                         for d in resp.detections)
+
+        await asyncio.gather(*(one(i) for i in range(len(scenes))))
+    m, per_class = mean_average_precision(preds, [s.boxes for s in scenes], [s.classes for s in scenes],
+                                          len(info.classes))
+    result = {"map50": round(m, 4), "images": len(scenes), "model": f"{info.name}:{info.version}",
+              "per_class_ap50": {info.classes[c]: round(ap, 4) for c, ap in per_class.items()},
+              "objects": int(sum(len(s.boxes) for s in scenes))}
+    _print(result, args.json, f"mAP@0.5 {m:.4f} on {len(scenes)} held-out scenes "
+                              f"({result['objects']} objects), model {result['model']}\n"
+                              + "\n".join(f"  {k:<10} AP50 {v:.4f}" for k, v in result["per_class_ap50"].items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = {"detect": cmd_detect, "load": cmd_load, "eval": cmd_eval}[args.command]
+    try:
+        return asyncio.run(command(args))
+    except grpc.aio.AioRpcError as e:
+        print(f"{PROG} {args.command}: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pieces both services use: structured logs, CLI plumbing, gRPC server options."""

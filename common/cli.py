@@ -1,0 +1,38 @@
+"""Command-line plumbing shared by the services: one-line errors with exit code 2, addresses."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+
+class ConfigError(ValueError):
+    """An invalid setting: the message names the field, the value and the rule."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def fail_config(prog: str, err: ConfigError) -> NoReturn:
+    """Report an invalid configuration as one line and exit 2."""
+    sys.stderr.write(f"{prog}: invalid configuration: {err}\n")
+    sys.exit(2)
+
+
+def parse_host_port(field: str, value: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 as [::1]:PORT); port 0 asks the OS for a free one."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{field}={value!r}: must be HOST:PORT, e.g. 127.0.0.1:50051")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ConfigError(f"{field}={value!r}: port {port_s!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{field}={value!r}: port must be in 0..65535")
+    return host.strip("[]"), port

@@ -1,0 +1,209 @@
+"""eagleeye-detector: a detection worker with GPU-aware standard gRPC health."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2_grpc
+
+from common import grpcopts
+from common.cli import ConfigError, OneLineParser, fail_config, parse_host_port
+from common.logs import event, setup
+from detector import config as config_mod
+from detector.batcher import Batcher, InferenceHooks
+from detector.config import DetectorConfig
+from detector.contract import Detector, ModelError
+from detector.gpu import InjectedSource, TelemetrySource, open_source
+from detector.imaging import ImageLimits, letterbox
+from detector.monitor import Golden, HealthPublisher, Monitor
+from detector.pipeline import LatencyWindow, Pipeline
+from detector.server import Defaults, DetectorServicer
+from eagleeye.detector.v1 import detector_pb2_grpc
+
+log = logging.getLogger("eagleeye.detector")
+PROG = "eagleeye-detector"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description=__doc__,
+                      epilog="Settings not given as flags come from --config (TOML), then defaults; "
+                             "see docs/configuration.md.")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (port 0: any free port)")
+    p.add_argument("--device", metavar="auto|cpu|cuda:N", help="where the model runs (default auto)")
+    p.add_argument("--model", metavar="FILE", type=Path,
+                   help="a .pt2 (torch.export) or TorchScript model file (default: the embedded model)")
+    p.add_argument("--config", metavar="FILE", type=Path, help="a TOML file with any of the settings")
+    p.add_argument("--half", action="store_const", const=True, help="run the model in fp16 (CUDA only)")
+    p.add_argument("--worker-id", metavar="NAME", help="name reported in responses (default HOST:PORT)")
+    p.add_argument("--torch-threads", type=int, metavar="N",
+                   help=f"intra-op threads for CPU inference (default {config_mod.DEFAULT_TORCH_THREADS})")
+    p.add_argument("--max-batch", type=int, metavar="N", help="largest dynamic batch (default 8)")
+    p.add_argument("--max-queue-delay-ms", type=float, metavar="MS",
+                   help="how long a frame waits for others to share its batch (default 3)")
+    p.add_argument("--max-queue", type=int, metavar="N",
+                   help="frames waiting for inference before RESOURCE_EXHAUSTED (default 64)")
+    p.add_argument("--shutdown-grace-s", type=float, metavar="S",
+                   help="time in-flight work gets to finish after SIGTERM (default 10)")
+    p.add_argument("--require-gpu", action="store_const", const=True,
+                   help="readiness NOT_SERVING when no GPU is usable")
+    p.add_argument("--fault-injection", action="store_const", const=True,
+                   help="serve the FaultInjection service (tests and demos only)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def resolve_device(requested: str) -> tuple[str, str | None]:
+    """The torch device to use and, for CUDA, the GPU's UUID for NVML."""
+    import torch
+
+    if requested == "auto":
+        requested = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu", None
+    index = int(requested.partition(":")[2])
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        raise ConfigError(f"device={requested!r}: no such CUDA device on this machine "
+                          f"({torch.cuda.device_count()} visible)")
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return requested, f"GPU-{uuid}" if uuid else None
+
+
+def load_and_warm(cfg: DetectorConfig, device: str) -> tuple[Detector, Any, Golden]:
+    """Load the model, run warm-up batches, and record the canary's golden answer (blocking)."""
+    import numpy as np
+    import torch
+
+    from detector.defaultmodel import DEFAULT_MODEL_PATH
+    from detector.defaultmodel.scenes import canary_image
+    from detector.model import load_model
+
+    torch.set_num_threads(cfg.torch_threads)
+    path = cfg.model or DEFAULT_MODEL_PATH
+    model = load_model(path, device, half=cfg.half and device.startswith("cuda"))
+    canary, _ = letterbox(canary_image(), model.meta.input_size)
+    for size in sorted({1, cfg.max_batch}):
+        out = model.infer(np.stack([canary] * size))
+    golden = Golden.of(out[0])
+    return model, canary, golden
+
+
+async def serve(cfg: DetectorConfig) -> int:
+    """Run the worker until SIGTERM/SIGINT; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    frame_limit = cfg.max_image_bytes + 64 * 1024
+    server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
+                                      *grpcopts.message_size_options(frame_limit)])
+    host, _ = parse_host_port("listen", cfg.listen)
+    try:
+        port = server.add_insecure_port(cfg.listen)
+    except RuntimeError as e:
+        raise ConfigError(f"listen={cfg.listen!r}: cannot bind ({e}); is the port in use?") from None
+    worker_id = cfg.worker_id or f"{socket.gethostname()}:{port}"
+
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    publisher = HealthPublisher(health)
+    defaults = Defaults(cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
+    detector = DetectorServicer(worker_id, defaults, cfg.max_stream_inflight)
+    detector_pb2_grpc.add_DetectorServicer_to_server(detector, server)
+
+    device, uuid = await asyncio.to_thread(resolve_device, cfg.device)
+    telemetry: TelemetrySource = await asyncio.to_thread(open_source, device, uuid)
+    latency = LatencyWindow(cfg.health.latency_window_s)
+    hooks: InferenceHooks | None = None
+    batcher_ref: list[Batcher] = []
+    if cfg.fault_injection:
+        from detector.faults import FaultHooks, FaultInjectionServicer
+        from eagleeye.detector.v1 import fault_injection_pb2_grpc
+
+        telemetry = InjectedSource(telemetry)
+        hooks = FaultHooks()
+    monitor = Monitor(cfg.health, telemetry, publisher, latency)
+    if cfg.fault_injection:
+        assert isinstance(telemetry, InjectedSource) and isinstance(hooks, FaultHooks)
+        fault_injection_pb2_grpc.add_FaultInjectionServicer_to_server(
+            FaultInjectionServicer(hooks, telemetry, lambda: batcher_ref[0] if batcher_ref else None,
+                                   monitor.wake), server)
+
+    await server.start()
+    event(log, "listening", address=f"{host}:{port}", worker=worker_id, device=device,
+          gpu_telemetry=telemetry.description, fault_injection=cfg.fault_injection)
+    monitor_task = asyncio.create_task(monitor.run())
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    loader = asyncio.ensure_future(asyncio.to_thread(load_and_warm, cfg, device))
+    await asyncio.wait({loader, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    batcher: Batcher | None = None
+    if loader.done():
+        try:
+            model, canary, golden = loader.result()
+        except ModelError as e:
+            sys.stderr.write(f"{PROG}: cannot load the model: {e}\n")
+            monitor.model_failed(str(e))
+            exit_code = 2
+            stop.set()
+        except Exception as e:  # warm-up failed on this device: a restart may help, say why
+            sys.stderr.write(f"{PROG}: model warm-up failed on {device}: {e}\n")
+            monitor.model_failed(f"warm-up failed: {e}")
+            exit_code = 1
+            stop.set()
+        else:
+            batcher = Batcher(model, max_batch=cfg.max_batch, max_delay_s=cfg.max_queue_delay_ms / 1000,
+                              max_queue=cfg.max_queue, hooks=hooks, on_sticky_error=lambda _: monitor.wake())
+            batcher.start()
+            batcher_ref.append(batcher)
+            detector.device, detector.half = device, cfg.half and device.startswith("cuda")
+            detector.pipeline = Pipeline(model.meta, batcher,
+                                         ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels), latency)
+            monitor.model_ready(batcher, canary, golden, gpu_expected=device.startswith("cuda"))
+            event(log, "model ready", model=model.meta.name, version=model.meta.version, device=device,
+                  classes=list(model.meta.classes), torch_threads=cfg.torch_threads)
+            await stop.wait()
+
+    # Drain: NOT_SERVING first, so routers move traffic; then finish what was accepted.
+    event(log, "draining", grace_s=cfg.shutdown_grace_s)
+    monitor.stop()
+    await publisher.shutdown()
+    detector.draining.set()
+    await server.stop(cfg.shutdown_grace_s)
+    if batcher is not None:
+        batcher.close()
+        await asyncio.to_thread(batcher.join, 1.0)
+    if detector.pipeline is not None:
+        detector.pipeline.close()
+    monitor_task.cancel()
+    telemetry.close()
+    event(log, "stopped", exit_code=exit_code,
+          errors={f"{m}/{c}": n for (m, c), n in sorted(detector.errors.items())})
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        cfg = config_mod.load(args.config, overrides)
+    except ConfigError as e:
+        fail_config(PROG, e)
+    setup(cfg.log_level)
+    try:
+        return asyncio.run(serve(cfg))
+    except ConfigError as e:
+        fail_config(PROG, e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The detector's configuration: one frozen, validated object built from a TOML file and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.cli import ConfigError, parse_host_port
+
+MiB = 1024 * 1024
+
+# One intra-op thread per two cores: with 2 threads on a 2-core box, a forward pass was measured
+# 15-25x slower while another process used a core (shared/FACTS.md); 1 thread stays stable.
+DEFAULT_TORCH_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Thresholds of the health rules (SPEC.md section 2); defaults from field practice."""
+
+    evaluate_interval_s: float = 0.5
+    canary_interval_s: float = 1.0
+    canary_deadline_s: float = 2.0      # readiness NOT_SERVING past this
+    canary_hang_s: float = 15.0         # liveness NOT_SERVING past this: inference is hung
+    utilization_high_percent: float = 95.0
+    utilization_high_for_s: float = 10.0
+    memory_high_fraction: float = 0.92
+    memory_trend_samples: int = 5       # "still growing" = rising across this many samples
+    min_free_memory_bytes: int = 512 * MiB
+    temperature_high_c: float = 85.0
+    temperature_high_for_s: float = 30.0
+    latency_budget_ms: float = 250.0
+    latency_window_s: float = 10.0
+    backlog_fraction: float = 0.8       # queue at least this full: a soft trigger
+    confirm_evaluations: int = 3        # consecutive evaluations that confirm a soft condition
+    require_gpu: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("evaluate_interval_s", "canary_interval_s", "canary_deadline_s", "canary_hang_s",
+                     "utilization_high_for_s", "temperature_high_for_s", "latency_budget_ms",
+                     "latency_window_s"):
+            _positive(f"health.{name}", getattr(self, name))
+        if self.canary_hang_s <= self.canary_deadline_s:
+            raise ConfigError(f"health.canary_hang_s={self.canary_hang_s}: must exceed "
+                              f"health.canary_deadline_s={self.canary_deadline_s}")
+        _in_range("health.utilization_high_percent", self.utilization_high_percent, 0, 100)
+        _in_range("health.memory_high_fraction", self.memory_high_fraction, 0, 1)
+        _in_range("health.backlog_fraction", self.backlog_fraction, 0, 1)
+        _at_least("health.memory_trend_samples", self.memory_trend_samples, 2)
+        _at_least("health.confirm_evaluations", self.confirm_evaluations, 1)
+        _at_least("health.min_free_memory_bytes", self.min_free_memory_bytes, 0)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything a worker needs to run; see `eagleeye-detector --help` and docs/configuration.md."""
+
+    listen: str = "127.0.0.1:50051"
+    device: str = "auto"
+    model: Path | None = None           # None: the embedded default model
+    half: bool = False
+    worker_id: str = ""                 # "": host:port once bound
+    torch_threads: int = DEFAULT_TORCH_THREADS
+    max_batch: int = 8
+    # Triton's dynamic batcher favours short waits; a few ms lets concurrent frames share a batch.
+    max_queue_delay_ms: float = 3.0
+    max_queue: int = 64
+    score_threshold: float = 0.3
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+    max_image_bytes: int = 32 * MiB
+    max_image_pixels: int = 7680 * 4320  # 8K UHD
+    max_stream_inflight: int = 16       # frames of one stream in the worker at once
+    shutdown_grace_s: float = 10.0
+    fault_injection: bool = False
+    log_level: str = "info"
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+    def __post_init__(self) -> None:
+        parse_host_port("listen", self.listen)
+        if self.device not in ("auto", "cpu") and not _is_cuda(self.device):
+            raise ConfigError(f"device={self.device!r}: must be auto, cpu or cuda:N")
+        _at_least("torch_threads", self.torch_threads, 1)
+        _in_range("max_batch", self.max_batch, 1, 64)
+        _at_least("max_queue", self.max_queue, 1)
+        _at_least("max_queue_delay_ms", self.max_queue_delay_ms, 0)
+        _in_range("score_threshold", self.score_threshold, 0, 1)
+        if not 0 < self.iou_threshold <= 1:
+            raise ConfigError(f"iou_threshold={self.iou_threshold}: must be in (0, 1]")
+        _in_range("max_detections", self.max_detections, 1, 1000)
+        _at_least("max_image_bytes", self.max_image_bytes, 1024)
+        _at_least("max_image_pixels", self.max_image_pixels, 64 * 64)
+        _at_least("max_stream_inflight", self.max_stream_inflight, 1)
+        _at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level={self.log_level!r}: must be debug, info, warning or error")
+        if self.model is not None and not self.model.is_file():
+            raise ConfigError(f"model={str(self.model)!r}: no such file")
+
+
+def _is_cuda(device: str) -> bool:
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name}={value}: must be > 0")
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if not value >= low:
+        raise ConfigError(f"{name}={value}: must be >= {low}")
+
+
+def _in_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value}: must be in [{low}, {high}]")
+
+
+def _coerce(name: str, value: Any, target: Any) -> Any:
+    """Check a TOML value against the field's type (ints are accepted for floats)."""
+    kinds = {"int": int, "float": (int, float), "bool": bool, "str": str}
+    if target in ("Path | None",):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r}: must be a file path string")
+        return Path(value)
+    want = kinds.get(str(target))
+    if want is None:
+        raise ConfigError(f"{name}: unsupported setting")
+    if isinstance(value, bool) and target != "bool" or not isinstance(value, want):
+        raise ConfigError(f"{name}={value!r}: must be a {target}")
+    return float(value) if target == "float" else value
+
+
+def _apply(cls: type[Any], prefix: str, table: dict[str, Any]) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        f = fields.get(key)
+        if f is None or key == "health" and cls is DetectorConfig and not isinstance(value, dict):
+            raise ConfigError(f"{prefix}{key}: unknown setting (known: {', '.join(sorted(fields))})")
+        if key == "health" and cls is DetectorConfig:
+            out[key] = HealthConfig(**_apply(HealthConfig, "health.", value))
+        else:
+            out[key] = _coerce(prefix + key, value, f.type)
+    return out
+
+
+def load(file: Path | None, overrides: dict[str, Any]) -> DetectorConfig:
+    """Build the config: defaults, then the TOML file, then flags (`overrides`, None = not given)."""
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            values = _apply(DetectorConfig, "", tomllib.loads(file.read_text()))
+        except OSError as e:
+            raise ConfigError(f"config file {str(file)!r}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(file)!r}: not valid TOML: {e}") from None
+    health_flags = {k: v for k, v in overrides.items() if k == "require_gpu" and v is not None}
+    values.update({k: v for k, v in overrides.items() if v is not None and k != "require_gpu"})
+    if health_flags:
+        values["health"] = dataclasses.replace(values.get("health", HealthConfig()), **health_flags)
+    try:
+        return DetectorConfig(**values)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None

@@ -1,0 +1,136 @@
+"""Fault injection (tests and demos only): the hooks on the inference thread and their gRPC service.
+
+Registered only with --fault-injection. Lets a test delay or hang inference, raise a sticky CUDA
+error, and feed GPU telemetry, so every health rule can be exercised on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+
+from common.logs import event
+from detector.batcher import Batcher, InferenceHooks
+from detector.gpu import GpuSample, InjectedSource
+from eagleeye.detector.v1 import fault_injection_pb2 as pb
+from eagleeye.detector.v1 import fault_injection_pb2_grpc as pb_grpc
+
+log = logging.getLogger("eagleeye.faults")
+
+# The message a real illegal access produces, so the injected error takes the real path.
+INJECTED_CUDA_ERROR = "CUDA error: an illegal memory access was encountered (injected)"
+
+
+class FaultHooks(InferenceHooks):
+    """Delay, hang or fail the next batches on the inference thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._delay_s = 0.0
+        self._release = threading.Event()
+        self._release.set()
+        self._raise_cuda = False
+
+    def delay(self, seconds: float) -> None:
+        """Every batch takes `seconds` longer."""
+        with self._lock:
+            self._delay_s = seconds
+
+    def hang(self) -> None:
+        """Batches block until clear()."""
+        self._release.clear()
+
+    def raise_cuda_error(self) -> None:
+        """The next batch raises a sticky CUDA error."""
+        with self._lock:
+            self._raise_cuda = True
+
+    def clear(self) -> None:
+        """No delay, no hang, no pending error."""
+        with self._lock:
+            self._delay_s = 0.0
+            self._raise_cuda = False
+        self._release.set()
+
+    def describe(self) -> str:
+        """A short summary of what is injected."""
+        with self._lock:
+            parts = [f"delay={self._delay_s}s"] if self._delay_s else []
+            if self._raise_cuda:
+                parts.append("cuda-error-pending")
+        if not self._release.is_set():
+            parts.append("hang")
+        return ",".join(parts) or "none"
+
+    def before_batch(self) -> None:
+        self._release.wait()
+        with self._lock:
+            delay, fail = self._delay_s, self._raise_cuda
+            self._raise_cuda = False
+        if delay:
+            time.sleep(delay)  # the injected fault itself: a slow GPU
+        if fail:
+            raise RuntimeError(INJECTED_CUDA_ERROR)
+
+
+class FaultInjectionServicer(pb_grpc.FaultInjectionServicer):
+    """The gRPC face of FaultHooks and InjectedSource."""
+
+    def __init__(self, hooks: FaultHooks, telemetry: InjectedSource,
+                 batcher: Callable[[], Batcher | None], changed: Callable[[], None]) -> None:
+        self._hooks = hooks
+        self._telemetry = telemetry
+        self._batcher = batcher
+        self._changed = changed
+
+    def _ack(self, what: str) -> pb.FaultAck:
+        event(log, "fault injected", logging.WARNING, fault=what, state=self._hooks.describe())
+        self._changed()
+        return pb.FaultAck(state=self._hooks.describe())
+
+    async def SetTelemetry(self, request: pb.Telemetry, context: grpc.aio.ServicerContext) -> pb.FaultAck:
+        if request.memory_total_bytes and request.memory_used_bytes > request.memory_total_bytes:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "memory_used_bytes exceeds memory_total_bytes")
+        self._telemetry.inject(GpuSample(
+            utilization_percent=request.utilization_percent,
+            memory_used_bytes=request.memory_used_bytes,
+            memory_total_bytes=request.memory_total_bytes,
+            temperature_c=request.temperature_c,
+            thermal_slowdown=request.thermal_slowdown,
+            ecc_uncorrected_total=request.ecc_uncorrected_total,
+            xid_events=tuple(request.xid_events),
+            gpu_lost=request.gpu_lost,
+        ))
+        return self._ack("telemetry")
+
+    async def DelayInference(self, request: pb.Delay, context: grpc.aio.ServicerContext) -> pb.FaultAck:
+        if not 0 <= request.seconds <= 600:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "seconds must be in [0, 600]")
+        self._hooks.delay(request.seconds)
+        return self._ack("delay")
+
+    async def HangInference(self, request: pb.HangRequest, context: grpc.aio.ServicerContext) -> pb.FaultAck:
+        self._hooks.hang()
+        return self._ack("hang")
+
+    async def RaiseCudaError(self, request: pb.CudaErrorRequest,
+                             context: grpc.aio.ServicerContext) -> pb.FaultAck:
+        self._hooks.raise_cuda_error()
+        return self._ack("cuda-error")
+
+    async def ClearFaults(self, request: pb.ClearRequest, context: grpc.aio.ServicerContext) -> pb.FaultAck:
+        self._hooks.clear()
+        self._telemetry.inject(None)
+        return self._ack("clear")
+
+    async def GetInferenceState(self, request: pb.InferenceStateRequest,
+                                context: grpc.aio.ServicerContext) -> pb.InferenceState:
+        batcher = self._batcher()
+        if batcher is None:
+            return pb.InferenceState(faults=self._hooks.describe())
+        return pb.InferenceState(in_flight=batcher.in_flight, batches=batcher.batches,
+                                 sticky_error=batcher.sticky_error or "", faults=self._hooks.describe())

@@ -1,0 +1,98 @@
+"""Loading detection models from files, and the contract they follow.
+
+A model file is a torch.export program (`.pt2`) or a TorchScript module (`.pt`/`.ts`), carrying an
+extra file `eagleeye.json` with {"name", "version", "classes": [...], "input_size": [H, W]}.
+
+Contract (docs/model-contract.md): input float32 RGB in [0, 1], shape N x 3 x H x W with N dynamic;
+outputs (boxes N x K x 4 as x0 y0 x1 y1 in input pixels, scores N x K in [0, 1], classes N x K int).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detector.contract import ModelError, ModelMeta, RawDetections
+
+META_FILE = "eagleeye.json"
+
+#: The largest batch an exported program must accept (its dynamic batch dimension's bound).
+MAX_EXPORT_BATCH = 64
+
+
+def _parse_meta(text: str, path: Path) -> ModelMeta:
+    try:
+        raw = json.loads(text)
+        classes = tuple(str(c) for c in raw["classes"])
+        h, w = (int(v) for v in raw["input_size"])
+        meta = ModelMeta(name=str(raw["name"]), version=str(raw["version"]), classes=classes,
+                         input_size=(h, w))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{path}: {META_FILE} is missing or malformed ({e!r}); "
+                         "see docs/model-contract.md") from None
+    if not meta.classes or h <= 0 or w <= 0:
+        raise ModelError(f"{path}: {META_FILE} needs a non-empty class list and a positive input_size")
+    return meta
+
+
+class TorchDetector:
+    """A loaded model file on a device, following the contract."""
+
+    def __init__(self, module: Any, meta: ModelMeta, device: str, half: bool) -> None:
+        self._module = module
+        self.meta = meta
+        self.device = device
+        self._dtype = torch.float16 if half else torch.float32
+
+    def infer(self, batch: np.ndarray) -> list[RawDetections]:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).to(self._dtype).div_(255.0)
+        with torch.inference_mode():
+            boxes, scores, classes = self._module(x)
+        boxes_np = boxes.float().cpu().numpy()
+        scores_np = scores.float().cpu().numpy()
+        classes_np = classes.cpu().numpy().astype(np.int64)
+        return [RawDetections(boxes_np[i], scores_np[i], classes_np[i]) for i in range(len(batch))]
+
+
+def load_model(path: Path, device: str, half: bool = False) -> TorchDetector:
+    """Load a .pt2 (torch.export) or TorchScript file onto `device`."""
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    extra = {META_FILE: ""}
+    try:
+        if path.suffix == ".pt2":
+            program = torch.export.load(str(path), extra_files=extra)
+            module: Any = program.module()
+            module.to(device)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+                module.eval()
+    except ModelError:
+        raise
+    except Exception as e:  # torch raises many types for a bad file; all mean "not a model"
+        raise ModelError(f"{path}: not a loadable torch.export (.pt2) or TorchScript file: {e}") from None
+    meta = _parse_meta(extra[META_FILE] if isinstance(extra[META_FILE], str)
+                       else extra[META_FILE].decode(), path)
+    if half:
+        module = module.half()
+    return TorchDetector(module, meta, device, half)
+
+
+def export_model(model: torch.nn.Module, out: Path, *, name: str, version: str,
+                 classes: tuple[str, ...], input_size: tuple[int, int]) -> None:
+    """Export a module following the contract to a .pt2 file with its metadata inside."""
+    h, w = input_size
+    example = torch.rand(2, 3, h, w)
+    batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    meta = json.dumps({"name": name, "version": version, "classes": list(classes),
+                       "input_size": [h, w]})
+    torch.export.save(program, str(out), extra_files={META_FILE: meta})

@@ -1,0 +1,117 @@
+"""One request's path through the worker: decode, letterbox, batch, select. No protobuf here."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.batcher import Batcher
+from detector.imaging import ImageLimits, Letterbox, decode_encoded, decode_raw, letterbox
+from detector.contract import ModelMeta
+from detector.postprocess import Detection, Selection, select
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """JPEG/PNG bytes."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """RGB pixels, height x width x 3, row-major."""
+
+    data: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Query:
+    """One image and what to keep of its detections."""
+
+    image: EncodedImage | RawImage
+    selection: Selection
+
+
+@dataclass(frozen=True)
+class Result:
+    """Detections in image pixels, with timing."""
+
+    detections: list[Detection]
+    width: int
+    height: int
+    queue_ms: float
+    inference_ms: float
+    total_ms: float
+    batch_size: int
+
+
+class LatencyWindow:
+    """Latencies of the requests of the last `window_s` seconds, for the p95 health rule."""
+
+    def __init__(self, window_s: float, max_samples: int = 4096) -> None:
+        self._window_s = window_s
+        self._samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=max_samples)
+
+    def add(self, now: float, latency_ms: float) -> None:
+        """Record one request that finished at `now`."""
+        self._samples.append((now, latency_ms))
+
+    def p95(self, now: float) -> float | None:
+        """The 95th percentile over the window, or None when it is empty."""
+        while self._samples and self._samples[0][0] < now - self._window_s:
+            self._samples.popleft()
+        if not self._samples:
+            return None
+        ordered = sorted(v for _, v in self._samples)
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+class Pipeline:
+    """Turns Queries into Results through the shared batcher."""
+
+    def __init__(self, meta: ModelMeta, batcher: Batcher, limits: ImageLimits, latency: LatencyWindow,
+                 decode_threads: int = 2) -> None:
+        self.meta = meta
+        self._batcher = batcher
+        self.max_batch = batcher.max_batch
+        self._limits = limits
+        self._latency = latency
+        # Decoding and resizing run off the event loop; PIL releases the GIL while it works.
+        self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+
+    def _prepare(self, image: EncodedImage | RawImage) -> tuple[np.ndarray, Letterbox]:
+        if isinstance(image, EncodedImage):
+            pixels = decode_encoded(image.data, self._limits)
+        else:
+            pixels = decode_raw(image.data, image.width, image.height, self._limits)
+        return letterbox(pixels, self.meta.input_size)
+
+    async def prepare(self, image: EncodedImage | RawImage) -> tuple[np.ndarray, Letterbox]:
+        """Decode and letterbox on the decode threads; raises ImageError for a bad image."""
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, self._prepare, image)
+
+    async def run(self, query: Query) -> Result:
+        """Detect objects in one image."""
+        start = time.monotonic()
+        pixels, lb = await self.prepare(query.image)
+        out = await self._batcher.submit(pixels)
+        detections = select(out.detections, lb, query.selection)
+        end = time.monotonic()
+        total_ms = (end - start) * 1000
+        self._latency.add(end, total_ms)
+        return Result(detections=detections, width=lb.width, height=lb.height,
+                      queue_ms=out.queue_s * 1000, inference_ms=out.inference_s * 1000,
+                      total_ms=total_ms, batch_size=out.batch_size)
+
+    def close(self) -> None:
+        """Stop the decode threads."""
+        self._decoder.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,202 @@
+"""The Detector servicer: protobuf in, the project's own types through the pipeline, protobuf out."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from common.logs import event
+from detector.batcher import InferenceFailed, InferenceUnavailable, QueueFull
+from detector.imaging import ImageError
+from detector.pipeline import EncodedImage, Pipeline, Query, RawImage, Result
+from detector.postprocess import Selection
+from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+
+log = logging.getLogger("eagleeye.detector")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Per-request knobs used when a request leaves them unset."""
+
+    score_threshold: float
+    iou_threshold: float
+    max_detections: int
+
+
+class RequestError(Exception):
+    """A request the worker refuses, with the status to answer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _status_of(err: Exception) -> RequestError:
+    """The gRPC status for an exception raised while serving a frame."""
+    if isinstance(err, RequestError):
+        return err
+    if isinstance(err, ImageError):
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED if err.too_large else grpc.StatusCode.INVALID_ARGUMENT
+        return RequestError(code, str(err))
+    if isinstance(err, QueueFull):
+        return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+    if isinstance(err, InferenceUnavailable):
+        return RequestError(grpc.StatusCode.UNAVAILABLE, str(err))
+    if isinstance(err, InferenceFailed):
+        return RequestError(grpc.StatusCode.INTERNAL, str(err))
+    event(log, "unexpected error serving a frame", logging.ERROR, error=repr(err))
+    return RequestError(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}")
+
+
+class DetectorServicer(pb_grpc.DetectorServicer):
+    """Detect, DetectStream and GetModelInfo over a Pipeline that appears once the model is warm."""
+
+    def __init__(self, worker_id: str, defaults: Defaults, max_stream_inflight: int) -> None:
+        self.worker_id = worker_id
+        self._defaults = defaults
+        self._max_stream_inflight = max_stream_inflight
+        self.pipeline: Pipeline | None = None
+        self.device = ""
+        self.half = False
+        self.draining = asyncio.Event()
+        #: Errors answered, by (method, status code name): bad input is counted, never fatal.
+        self.errors: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def _pipeline(self) -> Pipeline:
+        if self.pipeline is None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "model is loading or warming up; retry shortly")
+        return self.pipeline
+
+    def _query(self, request: pb.DetectRequest, pipeline: Pipeline) -> Query:
+        d = self._defaults
+        kind = request.WhichOneof("image")
+        image: EncodedImage | RawImage
+        if kind == "encoded":
+            image = EncodedImage(request.encoded)
+        elif kind == "raw":
+            image = RawImage(request.raw.data, request.raw.width, request.raw.height)
+        else:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "request has no image: set `encoded` (JPEG/PNG bytes) or `raw` (RGB pixels)")
+        score = request.score_threshold if request.HasField("score_threshold") else d.score_threshold
+        if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"score_threshold {score} is outside [0, 1]")
+        iou = request.iou_threshold if request.HasField("iou_threshold") else d.iou_threshold
+        if not (math.isfinite(iou) and 0.0 < iou <= 1.0):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"iou_threshold {iou} is outside (0, 1]")
+        max_det = request.max_detections if request.HasField("max_detections") else d.max_detections
+        if not 1 <= max_det <= 1000:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"max_detections {max_det} is outside [1, 1000]")
+        class_ids: frozenset[int] | None = None
+        if request.classes:
+            known = pipeline.meta.classes
+            unknown = [c for c in request.classes if c not in known]
+            if unknown:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"unknown class {unknown[0]!r}; this model knows {', '.join(known)}")
+            class_ids = frozenset(known.index(c) for c in request.classes)
+        return Query(image, Selection(score, iou, max_det, class_ids))
+
+    def _response(self, frame_id: int, result: Result, labels: tuple[str, ...]) -> pb.DetectResponse:
+        return pb.DetectResponse(
+            frame_id=frame_id,
+            detections=[pb.Detection(box=pb.Box(x_min=d.box[0], y_min=d.box[1], x_max=d.box[2], y_max=d.box[3]),
+                                     score=d.score, class_id=d.class_id, label=labels[d.class_id])
+                        for d in result.detections],
+            timing=pb.Timing(queue_ms=result.queue_ms, inference_ms=result.inference_ms,
+                             total_ms=result.total_ms, batch_size=result.batch_size),
+            worker=self.worker_id, image_width=result.width, image_height=result.height)
+
+    async def _serve(self, request: pb.DetectRequest) -> pb.DetectResponse:
+        pipeline = self._pipeline()
+        result = await pipeline.run(self._query(request, pipeline))
+        return self._response(request.frame_id, result, pipeline.meta.classes)
+
+    def _count(self, method: str, err: RequestError) -> None:
+        self.errors[(method, err.code.name)] += 1
+        event(log, "request refused", logging.DEBUG, method=method, code=err.code.name, message=err.message)
+
+    async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
+        try:
+            return await self._serve(request)
+        except Exception as e:
+            err = _status_of(e)
+            self._count("Detect", err)
+            await context.abort(err.code, err.message)
+            raise  # unreachable: abort raises
+
+    async def _stream_frame(self, request: pb.DetectRequest) -> pb.DetectResponse:
+        """One stream frame: a bad frame is answered with an error; UNAVAILABLE ends the stream."""
+        try:
+            return await self._serve(request)
+        except Exception as e:
+            err = _status_of(e)
+            self._count("DetectStream", err)
+            if err.code == grpc.StatusCode.UNAVAILABLE:
+                raise err from None
+            return pb.DetectResponse(frame_id=request.frame_id, worker=self.worker_id,
+                                     error=pb.FrameError(code=err.code.value[0], message=err.message))
+
+    async def _read_frames(self, requests: AsyncIterator[pb.DetectRequest],
+                           pending: asyncio.Queue[asyncio.Task[pb.DetectResponse] | None]) -> None:
+        """Start each frame as it arrives (so a stream's frames can share batches); stop on drain."""
+        draining = asyncio.ensure_future(self.draining.wait())
+        try:
+            it = aiter(requests)
+            while True:
+                nxt = asyncio.ensure_future(anext(it))
+                done, _ = await asyncio.wait({nxt, draining}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    break
+                try:
+                    request = nxt.result()
+                except StopAsyncIteration:
+                    break
+                await pending.put(asyncio.create_task(self._stream_frame(request)))
+        finally:
+            draining.cancel()
+            await pending.put(None)
+
+    async def DetectStream(self, request_iterator: AsyncIterator[pb.DetectRequest],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DetectResponse]:
+        # Bounded: a client faster than the model is slowed by flow control, not buffered here.
+        pending: asyncio.Queue[asyncio.Task[pb.DetectResponse] | None] = asyncio.Queue(self._max_stream_inflight)
+        reader = asyncio.create_task(self._read_frames(request_iterator, pending))
+        try:
+            while (task := await pending.get()) is not None:
+                try:
+                    yield await task
+                except RequestError as err:
+                    await context.abort(err.code, err.message)
+            if self.draining.is_set():
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "worker is draining (shutting down); reopen the stream on another worker")
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                left = pending.get_nowait()
+                if left is not None:
+                    left.cancel()
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        try:
+            pipeline = self._pipeline()
+        except RequestError as err:
+            await context.abort(err.code, err.message)
+            raise
+        meta = pipeline.meta
+        return pb.ModelInfo(name=meta.name, version=meta.version, classes=list(meta.classes),
+                            input_height=meta.input_size[0], input_width=meta.input_size[1],
+                            device=self.device, half_precision=self.half,
+                            max_batch_size=pipeline.max_batch, worker=self.worker_id)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
-from common.cli import ConfigError, OneLineParser, parse_host_port
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+
+from common.cli import ConfigError, OneLineParser, parse_host_port
 
 PROG = "eagleeye"
 # Room for a 4K raw frame (3840 x 2160 x 3 = 24.9 MB) and then some.
@@ -174,7 +174,7 @@ async def cmd_eval(args: argparse.Namespace) -> int:
         await asyncio.gather(*(one(i) for i in range(len(scenes))))
     m, per_class = mean_average_precision(preds, [s.boxes for s in scenes], [s.classes for s in scenes],
                                           len(info.classes))
-    result = {"map50": round(m, 4), "images": len(scenes), "model": f"{info.name}:{info.version}",
+    result: dict[str, Any] = {"map50": round(m, 4), "images": len(scenes), "model": f"{info.name}:{info.version}",
               "per_class_ap50": {info.classes[c]: round(ap, 4) for c, ap in per_class.items()},
               "objects": int(sum(len(s.boxes) for s in scenes))}
     _print(result, args.json, f"mAP@0.5 {m:.4f} on {len(scenes)} held-out scenes "

@@ -48,11 +48,11 @@ def average_precision(preds: list[Prediction], truth: dict[int, np.ndarray], iou
     precision = cum_tp / np.arange(1, len(preds) + 1)
     # All-point interpolation: precision made monotonically decreasing, integrated over recall.
     r = np.concatenate([[0.0], recall, [1.0]])
-    p = np.concatenate([[0.0], precision, [0.0]])
-    for i in range(len(p) - 2, -1, -1):
-        p[i] = max(p[i], p[i + 1])
+    prec = np.concatenate([[0.0], precision, [0.0]])
+    for i in range(len(prec) - 2, -1, -1):
+        prec[i] = max(prec[i], prec[i + 1])
     steps = np.flatnonzero(r[1:] != r[:-1])
-    return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
+    return float(np.sum((r[steps + 1] - r[steps]) * prec[steps + 1]))
 
 
 def mean_average_precision(preds: list[Prediction], truth_boxes: list[np.ndarray], truth_classes: list[np.ndarray],

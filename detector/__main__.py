@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from eagleeye.detector.v1 import detector_pb2_grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 
@@ -22,12 +23,11 @@ from detector import config as config_mod
 from detector.batcher import Batcher, InferenceHooks
 from detector.config import DetectorConfig
 from detector.contract import Detector, ModelError
-from detector.gpu import InjectedSource, TelemetrySource, open_source
+from detector.gpu import InjectedSource, NoGpu, SwitchableSource, open_source
 from detector.imaging import ImageLimits, letterbox
 from detector.monitor import Golden, HealthPublisher, Monitor
 from detector.pipeline import LatencyWindow, Pipeline
 from detector.server import Defaults, DetectorServicer
-from eagleeye.detector.v1 import detector_pb2_grpc
 
 log = logging.getLogger("eagleeye.detector")
 PROG = "eagleeye-detector"
@@ -116,47 +116,58 @@ async def serve(cfg: DetectorConfig) -> int:
     detector = DetectorServicer(worker_id, defaults, cfg.max_stream_inflight)
     detector_pb2_grpc.add_DetectorServicer_to_server(detector, server)
 
-    device, uuid = await asyncio.to_thread(resolve_device, cfg.device)
-    telemetry: TelemetrySource = await asyncio.to_thread(open_source, device, uuid)
+    # Listen before importing torch and loading the model: probes get answers (liveness SERVING,
+    # readiness NOT_SERVING) during the seconds that takes.
     latency = LatencyWindow(cfg.health.latency_window_s)
     hooks: InferenceHooks | None = None
     batcher_ref: list[Batcher] = []
+    telemetry = SwitchableSource(NoGpu("device not opened yet"))
     if cfg.fault_injection:
-        from detector.faults import FaultHooks, FaultInjectionServicer
         from eagleeye.detector.v1 import fault_injection_pb2_grpc
 
-        telemetry = InjectedSource(telemetry)
+        from detector.faults import FaultHooks, FaultInjectionServicer
+
         hooks = FaultHooks()
     monitor = Monitor(cfg.health, telemetry, publisher, latency)
     if cfg.fault_injection:
-        assert isinstance(telemetry, InjectedSource) and isinstance(hooks, FaultHooks)
+        assert isinstance(hooks, FaultHooks)
         fault_injection_pb2_grpc.add_FaultInjectionServicer_to_server(
             FaultInjectionServicer(hooks, telemetry, lambda: batcher_ref[0] if batcher_ref else None,
                                    monitor.wake), server)
 
     await server.start()
-    event(log, "listening", address=f"{host}:{port}", worker=worker_id, device=device,
-          gpu_telemetry=telemetry.description, fault_injection=cfg.fault_injection)
+    event(log, "listening", address=f"{host}:{port}", worker=worker_id, fault_injection=cfg.fault_injection)
     monitor_task = asyncio.create_task(monitor.run())
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    loader = asyncio.ensure_future(asyncio.to_thread(load_and_warm, cfg, device))
+    async def start_model() -> tuple[str, Detector, Any, Golden]:
+        device, uuid = await asyncio.to_thread(resolve_device, cfg.device)
+        source = await asyncio.to_thread(open_source, device, uuid)
+        telemetry.use(InjectedSource(source) if cfg.fault_injection else source)
+        event(log, "device", device=device, gpu_telemetry=telemetry.description)
+        return (device, *await asyncio.to_thread(load_and_warm, cfg, device))
+
+    loader = asyncio.ensure_future(start_model())
     await asyncio.wait({loader, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
     batcher: Batcher | None = None
     if loader.done():
         try:
-            model, canary, golden = loader.result()
+            device, model, canary, golden = loader.result()
+        except ConfigError as e:
+            sys.stderr.write(f"{PROG}: invalid configuration: {e}\n")
+            exit_code = 2
+            stop.set()
         except ModelError as e:
             sys.stderr.write(f"{PROG}: cannot load the model: {e}\n")
             monitor.model_failed(str(e))
             exit_code = 2
             stop.set()
         except Exception as e:  # warm-up failed on this device: a restart may help, say why
-            sys.stderr.write(f"{PROG}: model warm-up failed on {device}: {e}\n")
+            sys.stderr.write(f"{PROG}: model warm-up failed: {e}\n")
             monitor.model_failed(f"warm-up failed: {e}")
             exit_code = 1
             stop.set()

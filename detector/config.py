@@ -7,7 +7,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from common.cli import ConfigError, parse_host_port
 
@@ -124,7 +124,7 @@ def _in_range(name: str, value: float, low: float, high: float) -> None:
 
 def _coerce(name: str, value: Any, target: Any) -> Any:
     """Check a TOML value against the field's type (ints are accepted for floats)."""
-    kinds = {"int": int, "float": (int, float), "bool": bool, "str": str}
+    kinds: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "bool": bool, "str": str}
     if target in ("Path | None",):
         if not isinstance(value, str):
             raise ConfigError(f"{name}={value!r}: must be a file path string")
@@ -132,9 +132,9 @@ def _coerce(name: str, value: Any, target: Any) -> Any:
     want = kinds.get(str(target))
     if want is None:
         raise ConfigError(f"{name}: unsupported setting")
-    if isinstance(value, bool) and target != "bool" or not isinstance(value, want):
+    if (isinstance(value, bool) and target != "bool") or not isinstance(value, want):
         raise ConfigError(f"{name}={value!r}: must be a {target}")
-    return float(value) if target == "float" else value
+    return float(cast(float, value)) if target == "float" else value
 
 
 def _apply(cls: type[Any], prefix: str, table: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def _apply(cls: type[Any], prefix: str, table: dict[str, Any]) -> dict[str, Any]
     out: dict[str, Any] = {}
     for key, value in table.items():
         f = fields.get(key)
-        if f is None or key == "health" and cls is DetectorConfig and not isinstance(value, dict):
+        if f is None or (key == "health" and cls is DetectorConfig and not isinstance(value, dict)):
             raise ConfigError(f"{prefix}{key}: unknown setting (known: {', '.join(sorted(fields))})")
         if key == "health" and cls is DetectorConfig:
             out[key] = HealthConfig(**_apply(HealthConfig, "health.", value))

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 
 import grpc
+from eagleeye.detector.v1 import fault_injection_pb2 as pb
+from eagleeye.detector.v1 import fault_injection_pb2_grpc as pb_grpc
 
 from common.logs import event
 from detector.batcher import Batcher, InferenceHooks
-from detector.gpu import GpuSample, InjectedSource
-from eagleeye.detector.v1 import fault_injection_pb2 as pb
-from eagleeye.detector.v1 import fault_injection_pb2_grpc as pb_grpc
+from detector.gpu import GpuSample, SwitchableSource
 
 log = logging.getLogger("eagleeye.faults")
 
@@ -80,7 +80,7 @@ class FaultHooks(InferenceHooks):
 class FaultInjectionServicer(pb_grpc.FaultInjectionServicer):
     """The gRPC face of FaultHooks and InjectedSource."""
 
-    def __init__(self, hooks: FaultHooks, telemetry: InjectedSource,
+    def __init__(self, hooks: FaultHooks, telemetry: SwitchableSource,
                  batcher: Callable[[], Batcher | None], changed: Callable[[], None]) -> None:
         self._hooks = hooks
         self._telemetry = telemetry
@@ -95,7 +95,11 @@ class FaultInjectionServicer(pb_grpc.FaultInjectionServicer):
     async def SetTelemetry(self, request: pb.Telemetry, context: grpc.aio.ServicerContext) -> pb.FaultAck:
         if request.memory_total_bytes and request.memory_used_bytes > request.memory_total_bytes:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "memory_used_bytes exceeds memory_total_bytes")
-        self._telemetry.inject(GpuSample(
+        injected = self._telemetry.injected
+        if injected is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the device is not open yet; retry shortly")
+            raise AssertionError("unreachable")
+        injected.inject(GpuSample(
             utilization_percent=request.utilization_percent,
             memory_used_bytes=request.memory_used_bytes,
             memory_total_bytes=request.memory_total_bytes,
@@ -124,7 +128,8 @@ class FaultInjectionServicer(pb_grpc.FaultInjectionServicer):
 
     async def ClearFaults(self, request: pb.ClearRequest, context: grpc.aio.ServicerContext) -> pb.FaultAck:
         self._hooks.clear()
-        self._telemetry.inject(None)
+        if self._telemetry.injected is not None:
+            self._telemetry.injected.inject(None)
         return self._ack("clear")
 
     async def GetInferenceState(self, request: pb.InferenceStateRequest,

@@ -42,7 +42,10 @@ LOST = GpuSample(0.0, 0, 0, 0.0, False, None, (), gpu_lost=True)
 class TelemetrySource(Protocol):
     """Where GPU readings come from."""
 
-    description: str
+    @property
+    def description(self) -> str:
+        """What the source reads, for logs."""
+        ...
 
     def sample(self) -> GpuSample | None:
         """The current reading, or None when the GPU's state is unknown (no NVML)."""
@@ -192,3 +195,29 @@ class InjectedSource:
 
     def close(self) -> None:
         self._inner.close()
+
+
+class SwitchableSource:
+    """A source that can be swapped once the device is known (the worker listens before that)."""
+
+    def __init__(self, initial: TelemetrySource) -> None:
+        self._source = initial
+
+    @property
+    def description(self) -> str:
+        return self._source.description
+
+    @property
+    def injected(self) -> InjectedSource | None:
+        """The fault-injection layer, when there is one."""
+        return self._source if isinstance(self._source, InjectedSource) else None
+
+    def use(self, source: TelemetrySource) -> None:
+        """Read from `source` from now on."""
+        self._source = source
+
+    def sample(self) -> GpuSample | None:
+        return self._source.sample()
+
+    def close(self) -> None:
+        self._source.close()

@@ -64,7 +64,7 @@ def load_model(path: Path, device: str, half: bool = False) -> TorchDetector:
     """Load a .pt2 (torch.export) or TorchScript file onto `device`."""
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
-    extra = {META_FILE: ""}
+    extra: dict[str, Any] = {META_FILE: ""}
     try:
         if path.suffix == ".pt2":
             program = torch.export.load(str(path), extra_files=extra)
@@ -73,14 +73,15 @@ def load_model(path: Path, device: str, half: bool = False) -> TorchDetector:
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+                module = torch.jit.load(  # type: ignore[no-untyped-call]
+                    str(path), map_location=device, _extra_files=extra)
                 module.eval()
     except ModelError:
         raise
     except Exception as e:  # torch raises many types for a bad file; all mean "not a model"
         raise ModelError(f"{path}: not a loadable torch.export (.pt2) or TorchScript file: {e}") from None
-    meta = _parse_meta(extra[META_FILE] if isinstance(extra[META_FILE], str)
-                       else extra[META_FILE].decode(), path)
+    raw_meta: Any = extra[META_FILE]
+    meta = _parse_meta(raw_meta.decode() if isinstance(raw_meta, bytes) else str(raw_meta), path)
     if half:
         module = module.half()
     return TorchDetector(module, meta, device, half)

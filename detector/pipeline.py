@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.batcher import Batcher
-from detector.imaging import ImageLimits, Letterbox, decode_encoded, decode_raw, letterbox
 from detector.contract import ModelMeta
+from detector.imaging import ImageLimits, Letterbox, decode_encoded, decode_raw, letterbox
 from detector.postprocess import Detection, Selection, select
 
 

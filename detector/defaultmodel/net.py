@@ -22,6 +22,7 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 def _head(cin: int, cout: int, bias: float = 0.0) -> nn.Sequential:
     last = nn.Conv2d(cin, cout, 1)
+    assert last.bias is not None
     nn.init.constant_(last.bias, bias)
     return nn.Sequential(nn.Conv2d(cin, cin, 3, 1, 1), nn.ReLU(inplace=True), last)
 

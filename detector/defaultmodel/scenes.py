@@ -52,7 +52,8 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
     img = a[None, None, :] * (1 - t[..., None]) + b[None, None, :] * t[..., None]
     img += rng.normal(0, rng.uniform(2, 12), size=img.shape).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(img, 0, 255).astype(np.uint8)
+    return out
 
 
 def _draw_distractors(rng: np.random.Generator, draw: ImageDraw.ImageDraw, w: int, h: int) -> None:

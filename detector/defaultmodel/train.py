@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         loss_off = (F.l1_loss(off * m, t_off * m, reduction="sum") / n_obj)
         loss = loss_heat + 0.1 * loss_size + loss_off
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         step += 1
         if step % 50 == 0:

@@ -1,0 +1,69 @@
+"""Configuration: validated fields, a TOML file, flags over file, one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.cli import ConfigError
+from detector import config
+
+BIN = Path(sys.executable).parent
+
+
+def test_defaults_are_valid() -> None:
+    cfg = config.load(None, {})
+    assert cfg.max_batch == 8 and cfg.health.canary_deadline_s == 2.0 and cfg.torch_threads >= 1
+
+
+def test_file_then_flags(tmp_path: Path) -> None:
+    f = tmp_path / "w.toml"
+    f.write_text('max_batch = 4\nlisten = "127.0.0.1:7000"\n[health]\ncanary_deadline_s = 1\nrequire_gpu = true\n')
+    cfg = config.load(f, {"max_batch": 2, "listen": None})
+    assert cfg.max_batch == 2 and cfg.listen == "127.0.0.1:7000"
+    assert cfg.health.canary_deadline_s == 1.0 and cfg.health.require_gpu
+
+
+@pytest.mark.parametrize(("toml", "overrides", "message"), [
+    ("", {"max_batch": 0}, "max_batch=0: must be in [1, 64]"),
+    ("", {"device": "gpu0"}, "device='gpu0': must be auto, cpu or cuda:N"),
+    ("", {"listen": "nohost"}, "listen='nohost': must be HOST:PORT"),
+    ("", {"model": Path("/nonexistent.pt2")}, "no such file"),
+    ("max_queue = 'many'", {}, "max_queue='many': must be a int"),
+    ("colour = 1", {}, "colour: unknown setting"),
+    ("[health]\ncanary_hang_s = 1", {}, "health.canary_hang_s=1.0: must exceed"),
+    ("[health]\nbacklog_fraction = 2", {}, "health.backlog_fraction=2.0: must be in [0, 1]"),
+    ("max_batch = ", {}, "not valid TOML"),
+])
+def test_invalid_settings_name_field_value_and_rule(
+    tmp_path: Path, toml: str, overrides: dict[str, object], message: str
+) -> None:
+    f = tmp_path / "w.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError, match=None) as err:
+        config.load(f, overrides)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("args", [
+    ["--listen", "127.0.0.1:0", "--max-batch", "0"],
+    ["--listen", "127.0.0.1:0", "--device", "tpu"],
+    ["--listen", "127.0.0.1:0", "--config", "/nonexistent.toml"],
+    ["--no-such-flag"],
+    ["--max-batch", "lots"],
+])
+def test_detector_cli_rejects_bad_flags_with_one_line_and_exit_2(args: list[str]) -> None:
+    proc = subprocess.run([BIN / "eagleeye-detector", *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eagleeye-detector:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_client_cli_rejects_bad_flags_with_one_line_and_exit_2() -> None:
+    proc = subprocess.run([BIN / "eagleeye", "load", "--target", "nohost", "--rate", "-1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 from common.cli import ConfigError, OneLineParser, parse_host_port
+from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 PROG = "eagleeye"
 # Room for a 4K raw frame (3840 x 2160 x 3 = 24.9 MB) and then some.

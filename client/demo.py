@@ -106,10 +106,12 @@ async def run(duration: float, rate: float) -> int:
                     dps = (objects - last_objects) / (now - last_shown)
                     p50 = percentile(tally.latencies_ms[-int(rate):], 50) or 0.0
                     p99 = percentile(tally.latencies_ms[-int(rate):], 99) or 0.0
+                    # Refresh in place on a terminal; one line per second into a pipe or file.
+                    lead, tail = ("\r\x1b[K", "") if sys.stdout.isatty() else ("", "\n")
                     sys.stdout.write(
-                        f"\r\x1b[K{now - start:5.1f} s | {fps:5.1f} frames/s | {dps:6.1f} detections/s | "
+                        f"{lead}{now - start:5.1f} s | {fps:5.1f} frames/s | {dps:6.1f} detections/s | "
                         f"p50 {p50:6.1f} ms p99 {p99:6.1f} ms | "
-                        + " ".join(f"{n}={s}" for n, s in health.items()))
+                        + " ".join(f"{n}={s}" for n, s in health.items()) + tail)
                     sys.stdout.flush()
                     last_shown, last_answered, last_objects = now, tally.answered, objects
             await call.done_writing()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eagleeye.detector.v1 import detector_pb2 as pb
-
 from detector.defaultmodel.scenes import make_scene
 from detector.imaging import encode_jpeg, encode_png
+from eagleeye.detector.v1 import detector_pb2 as pb
 
 FORMATS = ("jpeg", "png", "raw")
 

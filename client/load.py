@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 from client.frames import FramePool
 from client.stats import Tally, percentile
+from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 Progress = Callable[[float, Tally], None]
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from eagleeye.detector.v1 import detector_pb2_grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 
@@ -28,6 +27,7 @@ from detector.imaging import ImageLimits, letterbox
 from detector.monitor import Golden, HealthPublisher, Monitor
 from detector.pipeline import LatencyWindow, Pipeline
 from detector.server import Defaults, DetectorServicer
+from eagleeye.detector.v1 import detector_pb2_grpc
 
 log = logging.getLogger("eagleeye.detector")
 PROG = "eagleeye-detector"
@@ -123,9 +123,8 @@ async def serve(cfg: DetectorConfig) -> int:
     batcher_ref: list[Batcher] = []
     telemetry = SwitchableSource(NoGpu("device not opened yet"))
     if cfg.fault_injection:
-        from eagleeye.detector.v1 import fault_injection_pb2_grpc
-
         from detector.faults import FaultHooks, FaultInjectionServicer
+        from eagleeye.detector.v1 import fault_injection_pb2_grpc
 
         hooks = FaultHooks()
     monitor = Monitor(cfg.health, telemetry, publisher, latency)

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 
 import grpc
-from eagleeye.detector.v1 import fault_injection_pb2 as pb
-from eagleeye.detector.v1 import fault_injection_pb2_grpc as pb_grpc
 
 from common.logs import event
 from detector.batcher import Batcher, InferenceHooks
 from detector.gpu import GpuSample, SwitchableSource
+from eagleeye.detector.v1 import fault_injection_pb2 as pb
+from eagleeye.detector.v1 import fault_injection_pb2_grpc as pb_grpc
 
 log = logging.getLogger("eagleeye.faults")
 

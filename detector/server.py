@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 from common.logs import event
 from detector.batcher import InferenceFailed, InferenceUnavailable, QueueFull
 from detector.imaging import ImageError
 from detector.pipeline import EncodedImage, Pipeline, Query, RawImage, Result
 from detector.postprocess import Selection
+from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 log = logging.getLogger("eagleeye.detector")
 

@@ -67,3 +67,13 @@ def test_client_cli_rejects_bad_flags_with_one_line_and_exit_2() -> None:
     proc = subprocess.run([BIN / "eagleeye", "load", "--target", "nohost", "--rate", "-1"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_every_setting_is_documented() -> None:
+    import dataclasses
+
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    for cls in (config.DetectorConfig, config.HealthConfig):
+        for f in dataclasses.fields(cls):
+            if f.name != "health":
+                assert f"| `{f.name}` |" in doc, f"docs/configuration.md does not describe {f.name}"

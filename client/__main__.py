@@ -142,7 +142,8 @@ async def cmd_load(args: argparse.Namespace) -> int:
                             frame_bytes=pool.payload_bytes)
     text = (f"sent {summary['sent']}  answered {summary['answered']}  errors {summary['errors']}  "
             f"lost {summary['lost']}  duplicated {summary['duplicated']}  reordered {summary['reordered']}\n"
-            f"latency p50 {summary['p50_ms']} ms  p95 {summary['p95_ms']} ms  p99 {summary['p99_ms']} ms")
+            + ("latency: no answers" if summary["p50_ms"] is None else
+               f"latency p50 {summary['p50_ms']} ms  p95 {summary['p95_ms']} ms  p99 {summary['p99_ms']} ms"))
     if summary["error_codes"]:
         text += f"\nerrors by code: {summary['error_codes']}"
     _print(summary, args.json, text)

@@ -96,17 +96,37 @@ def load_and_warm(cfg: DetectorConfig, device: str) -> tuple[Detector, Any, Gold
     return model, canary, golden
 
 
+def probe_bind(host: str, port: int) -> None:
+    """Fail with one clear line if HOST:PORT cannot be bound (gRPC's own report is a multi-line log)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"listen={host}:{port}: cannot resolve {host!r} ({e.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        # As gRPC does: a port left in TIME_WAIT is free; one with a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise ConfigError(f"listen={host}:{port}: cannot bind ({e.strerror}); "
+                              "is another server on this port?") from None
+
+
 async def serve(cfg: DetectorConfig) -> int:
     """Run the worker until SIGTERM/SIGINT; returns the exit code."""
     loop = asyncio.get_running_loop()
     frame_limit = cfg.max_image_bytes + 64 * 1024
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
                                       *grpcopts.message_size_options(frame_limit)])
-    host, _ = parse_host_port("listen", cfg.listen)
+    host, wanted = parse_host_port("listen", cfg.listen)
+    probe_bind(host, wanted)
     try:
         port = server.add_insecure_port(cfg.listen)
-    except RuntimeError as e:
-        raise ConfigError(f"listen={cfg.listen!r}: cannot bind ({e}); is the port in use?") from None
+    except RuntimeError:
+        raise ConfigError(f"listen={cfg.listen!r}: cannot bind; is another server on this port?") from None
     worker_id = cfg.worker_id or f"{socket.gethostname()}:{port}"
 
     health = health_aio.HealthServicer()

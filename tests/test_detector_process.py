@@ -299,3 +299,10 @@ def test_eval_on_the_default_model_reaches_the_bar(worker: Proc) -> None:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["map50"] >= 0.9, result
+
+
+def test_a_second_worker_on_a_busy_port_fails_loudly(worker: Proc) -> None:
+    out = subprocess.run([str(BIN / "eagleeye-detector"), "--listen", worker.address], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "cannot bind" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

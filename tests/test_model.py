@@ -1,0 +1,67 @@
+"""Loading model files: torch.export and TorchScript, metadata inside, clear errors otherwise."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detector.contract import ModelError
+from detector.defaultmodel import DEFAULT_MODEL_PATH
+from detector.model import export_model, load_model
+
+
+class Tiny(torch.nn.Module):
+    """Follows the contract: one box per image whose score is the image's mean brightness."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        score = x.mean(dim=(1, 2, 3)).reshape(n, 1)
+        boxes = torch.tensor([[1.0, 2.0, 3.0, 4.0]]).expand(n, 1, 4)
+        return boxes, score, torch.zeros(n, 1, dtype=torch.int64)
+
+
+def test_export_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pt2"
+    export_model(Tiny(), path, name="tiny", version="3", classes=("thing",), input_size=(8, 8))
+    model = load_model(path, "cpu")
+    assert (model.meta.name, model.meta.version, model.meta.classes, model.meta.input_size) == \
+        ("tiny", "3", ("thing",), (8, 8))
+    batch = np.full((3, 8, 8, 3), 255, np.uint8)
+    out = model.infer(batch)
+    assert len(out) == 3 and out[0].scores[0] == pytest.approx(1.0) and out[0].boxes[0].tolist() == [1, 2, 3, 4]
+
+
+def test_torchscript_with_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.ts"
+    meta = {"name": "ts", "version": "1", "classes": ["a", "b"], "input_size": [8, 8]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(Tiny()), str(path), _extra_files={"eagleeye.json": json.dumps(meta)})
+    model = load_model(path, "cpu")
+    assert model.meta.classes == ("a", "b")
+    assert model.infer(np.zeros((2, 8, 8, 3), np.uint8))[1].scores[0] == 0
+
+
+def test_missing_metadata_and_garbage_are_model_errors(tmp_path: Path) -> None:
+    path = tmp_path / "nometa.ts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(Tiny()), str(path))
+    with pytest.raises(ModelError, match="eagleeye.json is missing or malformed"):
+        load_model(path, "cpu")
+    junk = tmp_path / "junk.pt2"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="not a loadable"):
+        load_model(junk, "cpu")
+
+
+def test_the_embedded_model_follows_the_contract() -> None:
+    model = load_model(DEFAULT_MODEL_PATH, "cpu")
+    assert model.meta.classes == ("screen", "ellipse", "triangle") and model.meta.input_size == (256, 256)
+    [out] = model.infer(np.zeros((1, 256, 256, 3), np.uint8))
+    assert out.boxes.shape == (100, 4) and np.isfinite(out.scores).all()

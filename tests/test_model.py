@@ -52,7 +52,7 @@ def test_missing_metadata_and_garbage_are_model_errors(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.script(Tiny()), str(path))
-    with pytest.raises(ModelError, match="eagleeye.json is missing or malformed"):
+    with pytest.raises(ModelError, match=r"eagleeye\.json is missing or malformed"):
         load_model(path, "cpu")
     junk = tmp_path / "junk.pt2"
     junk.write_bytes(b"not a model")

@@ -8,11 +8,12 @@ TORCH_SPEC ?= torch==2.13.0
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 PYTEST_ARGS ?=
 
-.PHONY: setup protos check-protos lint test test-unit demo train-default-model clean help
+.PHONY: setup protos check-protos lint test test-unit demo bench train-default-model clean help
 
 help:
 	@echo "make demo     start a worker and stream synthetic video through it"
 	@echo "make test     stubs check, lint, type check and the whole test suite"
+	@echo "make bench    figures: health Check latency idle and under saturating inference"
 	@echo "make setup    create $(VENV) and install the project (editable) with its test tools"
 	@echo "make protos   regenerate the gRPC stubs from protos/"
 	@echo "make train-default-model   retrain the embedded default model (about 10 minutes on 2 cores)"
@@ -52,6 +53,9 @@ test: setup check-protos lint
 
 demo: setup
 	$(PY) -m client.demo
+
+bench: setup
+	$(PY) -m bench.check_latency
 
 train-default-model: setup
 	$(PY) -m detector.defaultmodel.train --out detector/defaultmodel/default.pt2

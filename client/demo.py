@@ -8,42 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.frames import make_pool
+from client.processes import Proc
 from client.stats import Tally, percentile
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
-BIN = Path(sys.executable).parent
 HEALTH_NAMES = ("readiness", "liveness", "headroom")
-
-
-def start_worker() -> tuple[subprocess.Popen[str], str]:
-    """eagleeye-detector on a free port of 127.0.0.1; returns it and its address."""
-    proc = subprocess.Popen([str(BIN / "eagleeye-detector"), "--listen", "127.0.0.1:0", "--worker-id", "primary"],
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            sys.stderr.write(line)
-            continue
-        if record.get("event") == "listening":
-            # Keep draining its log so the worker never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in proc.stderr or ()], daemon=True).start()
-            return proc, str(record["address"])
-    raise SystemExit(f"the worker exited before listening (code {proc.wait()})")
 
 
 async def health_of(ch: grpc.aio.Channel) -> dict[str, str]:
@@ -72,8 +49,10 @@ async def wait_ready(ch: grpc.aio.Channel, timeout: float = 120) -> float:
 
 async def run(duration: float, rate: float) -> int:
     print("EagleEye demo: one detector worker on the embedded model (router: coming next)")
-    proc, address = start_worker()
+    ok = False
+    proc = Proc("eagleeye-detector", ["--listen", "127.0.0.1:0", "--worker-id", "primary"])
     try:
+        address = proc.wait_listening()
         async with grpc.aio.insecure_channel(address) as ch:
             print(f"worker listening on {address}; loading and warming the model ...")
             took = await wait_ready(ch)
@@ -122,8 +101,7 @@ async def run(duration: float, rate: float) -> int:
                   f"latency p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms, p99 {s['p99_ms']} ms")
             ok = s["sent"] == s["answered"] and not (s["lost"] or s["duplicated"] or s["reordered"])
     finally:
-        proc.terminate()
-        code = proc.wait(30)
+        code = proc.stop()
         print(f"worker drained and exited with code {code}")
     return 0 if ok and code == 0 else 1
 

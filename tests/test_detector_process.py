@@ -64,9 +64,13 @@ async def test_liveness_serves_while_the_model_loads_then_every_name_serves(tmp_
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await check(ch, "no.such.Service")
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.aio.AioRpcError):
+                await pb_grpc.DetectorStub(ch).Detect(pb.DetectRequest(encoded=b"junk"), timeout=10)
             readiness.cancel()
     finally:
         assert proc.stop() == 0
+    stopped = proc.wait_for_event("stopped")
+    assert stopped["errors"] == {"Detect/INVALID_ARGUMENT": 1}, "refused requests are counted"
     transitions = [e for e in proc.events if e["event"] == "health transition"]
     assert transitions[0]["reasons"] == ["model: loading or warming up"]
     assert transitions[1]["ready"] is True

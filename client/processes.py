@@ -20,7 +20,8 @@ class Proc:
 
     def __init__(self, program: str, args: list[str], *, ready_event: str = "listening") -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.popen = subprocess.Popen([str(BIN / program), *args], stdout=subprocess.PIPE,
+        self.program = program
+        self.popen = subprocess.Popen([str(BIN / program), *args], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         self.events: list[dict[str, Any]] = []
@@ -55,7 +56,7 @@ class Proc:
             ok = self._changed.wait_for(lambda: found() is not None or self.popen.poll() is not None, timeout)
             hit = found()
         if not ok or hit is None:
-            raise RuntimeError(f"{self.popen.args[0]}: no {name!r} event within {timeout} s "
+            raise RuntimeError(f"{self.program}: no {name!r} event within {timeout} s "
                                f"(exit code {self.popen.poll()}); its log:\n" + "\n".join(self.lines[-30:]))
         return hit
 

@@ -1,0 +1,211 @@
+"""The router's switching policy: a pure state machine. Backend views and `now` in, a decision out.
+
+No gRPC, no asyncio, no clock: the shell calls `update` whenever a backend's view changes and on a
+timer (the ramp advances with time), and publishes what comes back.
+
+    NORMAL        both ready, primary with headroom          95 / 5
+    DEGRADED      primary ready but without headroom         50 / 50
+    FAILOVER      primary not ready                           0 / 100
+    RECOVERING    primary ready again: hold-down, then ramp   0 / 100 -> 95 / 5
+    STANDBY_DOWN  standby not ready (redundancy lost)       100 / 0
+    BOTH_DOWN     neither ready: fail fast                    0 / 0
+
+A primary must stay ready for the hold-down time *and* pass a number of consecutive checks before the
+ramp starts; a failure during hold-down or ramp returns to FAILOVER and multiplies the next hold-down
+(capped), so a flapping primary cannot make traffic oscillate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class State(Enum):
+    """Where traffic goes, by policy."""
+
+    NORMAL = "NORMAL"
+    DEGRADED = "DEGRADED"
+    FAILOVER = "FAILOVER"
+    RECOVERING = "RECOVERING"
+    STANDBY_DOWN = "STANDBY_DOWN"
+    BOTH_DOWN = "BOTH_DOWN"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The policy's numbers; defaults from field practice."""
+
+    normal_weights: tuple[float, float] = (95.0, 5.0)   # the standby stays warm and proven by real traffic
+    degraded_weights: tuple[float, float] = (50.0, 50.0)
+    hold_down_s: float = 10.0
+    hold_down_max_s: float = 300.0
+    hold_down_multiplier: float = 2.0
+    # NORMAL this long without a failure: the next hold-down is back to hold_down_s.
+    hold_down_reset_s: float = 300.0
+    healthy_checks: int = 5                  # seed practice: 5 healthy probes before switching back
+    ramp_s: float = 30.0                     # seed practice: a 30 s ramp
+    degraded_recover_s: float = 5.0          # headroom back this long before leaving DEGRADED
+
+
+@dataclass(frozen=True)
+class BackendView:
+    """What the watcher knows of one backend, all signals combined."""
+
+    ready: bool
+    headroom: bool = True
+    healthy_checks: int = 0                  # consecutive successful active checks
+    last_ok_at: float | None = None          # when it was last seen healthy
+    reason: str = ""                         # why it is not ready or lacks headroom
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change of state, for logs, metrics and the admin event stream."""
+
+    at: float
+    from_state: State
+    to_state: State
+    reason: str
+    detection_ms: float | None = None        # last seen healthy -> switch, when a failure caused it
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The state and weights (percent of new traffic) to apply now."""
+
+    state: State
+    primary_weight: float
+    standby_weight: float
+    transitions: tuple[Transition, ...] = ()
+    hold_down_remaining_s: float = 0.0
+    ramp_progress: float = 0.0
+    next_hold_down_s: float = 0.0
+
+
+@dataclass
+class _Recovery:
+    since: float                 # primary ready again at
+    ramp_started: float | None = None
+
+
+@dataclass
+class Policy:
+    """The state machine. `update` is the only way time or signals enter."""
+
+    cfg: PolicyConfig = field(default_factory=PolicyConfig)
+    state: State = State.BOTH_DOWN          # until the first health arrives, nothing is known to work
+    _hold_down: float = -1.0
+    _recovery: _Recovery | None = None
+    _normal_since: float | None = None
+    _headroom_back_since: float | None = None
+    _skip_hold_down: bool = False
+
+    def __post_init__(self) -> None:
+        self._hold_down = self.cfg.hold_down_s
+
+    def skip_hold_down(self) -> None:
+        """An operator vouches for the primary: the next recovery goes straight to the ramp."""
+        self._skip_hold_down = True
+
+    def _go(self, to: State, now: float, reason: str, out: list[Transition],
+            failing: BackendView | None = None) -> None:
+        if to is self.state:
+            return
+        detection = None
+        if failing is not None and failing.last_ok_at is not None:
+            detection = max(0.0, (now - failing.last_ok_at) * 1000)
+        out.append(Transition(now, self.state, to, reason, detection))
+        self.state = to
+        self._normal_since = now if to is State.NORMAL else None
+        self._headroom_back_since = None
+        if to is not State.RECOVERING:
+            self._recovery = None
+
+    def _primary_failed(self, primary: BackendView, now: float, out: list[Transition]) -> None:
+        if self.state is State.RECOVERING:
+            self._hold_down = min(self._hold_down * self.cfg.hold_down_multiplier, self.cfg.hold_down_max_s)
+            reason = (f"primary failed again during recovery ({primary.reason or 'not ready'}); "
+                      f"next hold-down {self._hold_down:g} s")
+        else:
+            reason = f"primary not ready: {primary.reason or 'no reason given'}"
+        self._go(State.FAILOVER, now, reason, out, primary)
+
+    def _healthy_target(self, primary: BackendView) -> State:
+        return State.NORMAL if primary.headroom else State.DEGRADED
+
+    def _recover(self, primary: BackendView, now: float, out: list[Transition]) -> None:
+        rec = self._recovery
+        assert rec is not None
+        if rec.ramp_started is None:
+            held = now - rec.since
+            if self._skip_hold_down or (held >= self._hold_down and primary.healthy_checks >= self.cfg.healthy_checks):
+                self._skip_hold_down = False
+                rec.ramp_started = now
+                out.append(Transition(now, State.RECOVERING, State.RECOVERING,
+                                      f"primary ready for {held:.1f} s and {primary.healthy_checks} checks: "
+                                      f"ramping back over {self.cfg.ramp_s:g} s"))
+        if rec.ramp_started is not None and now - rec.ramp_started >= self.cfg.ramp_s:
+            self._go(self._healthy_target(primary), now, "ramp complete: primary back in service", out)
+
+    def update(self, primary: BackendView, standby: BackendView, now: float) -> Decision:
+        """Apply the views at `now` and return what to do."""
+        out: list[Transition] = []
+        cfg = self.cfg
+        if self.state is State.NORMAL and self._normal_since is not None and \
+                now - self._normal_since >= cfg.hold_down_reset_s:
+            self._hold_down = cfg.hold_down_s
+        if not primary.ready and not standby.ready:
+            self._go(State.BOTH_DOWN, now, f"primary not ready ({primary.reason or 'unknown'}) and standby not "
+                                           f"ready ({standby.reason or 'unknown'})", out, primary)
+        elif not primary.ready:
+            self._primary_failed(primary, now, out)
+        elif not standby.ready:
+            self._go(State.STANDBY_DOWN, now, f"standby not ready: {standby.reason or 'no reason given'}; "
+                                              "redundancy lost", out, standby)
+        elif self.state in (State.BOTH_DOWN, State.STANDBY_DOWN):
+            target = self._healthy_target(primary)
+            self._go(target, now, "both backends ready" if target is State.NORMAL
+                     else f"both backends ready; primary lacks headroom: {primary.reason}", out)
+        elif self.state is State.FAILOVER:
+            self._go(State.RECOVERING, now, f"primary ready again: hold-down {self._hold_down:g} s and "
+                                            f"{cfg.healthy_checks} healthy checks before switching back", out)
+            self._recovery = _Recovery(since=now)
+            self._recover(primary, now, out)
+        elif self.state is State.RECOVERING:
+            self._recover(primary, now, out)
+        elif self.state is State.NORMAL and not primary.headroom:
+            self._go(State.DEGRADED, now, f"primary lacks headroom: {primary.reason or 'soft trigger'}", out)
+        elif self.state is State.DEGRADED and primary.headroom:
+            if self._headroom_back_since is None:
+                self._headroom_back_since = now
+            if now - self._headroom_back_since >= cfg.degraded_recover_s:
+                self._go(State.NORMAL, now, f"primary headroom back for {cfg.degraded_recover_s:g} s", out)
+        elif self.state is State.DEGRADED:
+            self._headroom_back_since = None
+        return self._decision(primary, now, tuple(out))
+
+    def _decision(self, primary: BackendView, now: float, transitions: tuple[Transition, ...]) -> Decision:
+        cfg = self.cfg
+        hold_left, progress = 0.0, 0.0
+        if self.state is State.NORMAL:
+            weights = cfg.normal_weights
+        elif self.state is State.DEGRADED:
+            weights = cfg.degraded_weights
+        elif self.state is State.FAILOVER:
+            weights = (0.0, 100.0)
+        elif self.state is State.STANDBY_DOWN:
+            weights = (100.0, 0.0)
+        elif self.state is State.BOTH_DOWN:
+            weights = (0.0, 0.0)
+        else:
+            rec = self._recovery
+            assert rec is not None
+            target = cfg.normal_weights if primary.headroom else cfg.degraded_weights
+            if rec.ramp_started is None:
+                hold_left = max(0.0, self._hold_down - (now - rec.since))
+            else:
+                progress = min(1.0, (now - rec.ramp_started) / cfg.ramp_s) if cfg.ramp_s > 0 else 1.0
+            share = target[0] * progress
+            weights = (share, 100.0 - share)
+        return Decision(self.state, weights[0], weights[1], transitions, hold_left, progress, self._hold_down)

@@ -1,0 +1,186 @@
+"""The router policy, driven by a fake clock: every state and transition, flapping, ramp, both down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from router.policy import BackendView, Decision, Policy, PolicyConfig, State
+
+CFG = PolicyConfig(hold_down_s=10, hold_down_max_s=80, healthy_checks=5, ramp_s=30, degraded_recover_s=5,
+                   hold_down_reset_s=300)
+UP = BackendView(ready=True, healthy_checks=99, last_ok_at=0)
+DOWN = BackendView(ready=False, reason="Watch stream broken")
+TIGHT = BackendView(ready=True, headroom=False, healthy_checks=99, reason="gpu: utilization 99% > 95% for 10 s")
+
+
+def up(checks: int) -> BackendView:
+    return BackendView(ready=True, healthy_checks=checks)
+
+
+@dataclass(frozen=True)
+class Step:
+    at: float
+    primary: BackendView
+    standby: BackendView
+    state: State
+    weights: tuple[float, float]
+    reason: str = ""  # a substring of the reason of a transition made at this step
+
+
+def drive(steps: list[Step], cfg: PolicyConfig = CFG, start: State | None = State.NORMAL) -> list[Decision]:
+    policy = Policy(cfg)
+    if start is State.NORMAL:
+        policy.update(UP, UP, -1.0)
+    out = []
+    for i, step in enumerate(steps):
+        d = policy.update(step.primary, step.standby, step.at)
+        assert (d.state, (round(d.primary_weight, 3), round(d.standby_weight, 3))) == (step.state, step.weights), \
+            (i, d)
+        if step.reason:
+            assert any(step.reason in t.reason for t in d.transitions), (i, step.reason, d.transitions)
+        out.append(d)
+    return out
+
+
+CASES: dict[str, list[Step]] = {
+    "normal": [Step(0, UP, UP, State.NORMAL, (95, 5))],
+    "primary fails: all traffic moves at once": [
+        Step(0, DOWN, UP, State.FAILOVER, (0, 100), "Watch stream broken"),
+    ],
+    "hold-down needs time AND consecutive checks, then a monotonic ramp": [
+        Step(0, DOWN, UP, State.FAILOVER, (0, 100)),
+        Step(1, up(1), UP, State.RECOVERING, (0, 100), "hold-down 10 s"),
+        Step(10.9, up(5), UP, State.RECOVERING, (0, 100)),      # time not yet served
+        Step(11, up(4), UP, State.RECOVERING, (0, 100)),        # time served, checks not yet
+        Step(11.5, up(5), UP, State.RECOVERING, (0, 100), "ramping back"),
+        Step(19, up(6), UP, State.RECOVERING, (23.75, 76.25)),
+        Step(26.5, up(7), UP, State.RECOVERING, (47.5, 52.5)),
+        Step(41.5, up(8), UP, State.NORMAL, (95, 5), "ramp complete"),
+    ],
+    "failure during hold-down doubles the next hold-down": [
+        Step(0, DOWN, UP, State.FAILOVER, (0, 100)),
+        Step(1, up(1), UP, State.RECOVERING, (0, 100)),
+        Step(5, DOWN, UP, State.FAILOVER, (0, 100), "next hold-down 20 s"),
+        Step(6, up(1), UP, State.RECOVERING, (0, 100), "hold-down 20 s"),
+        Step(25, up(50), UP, State.RECOVERING, (0, 100)),
+        Step(26, up(50), UP, State.RECOVERING, (0, 100), "ramping back"),
+    ],
+    "failure during the ramp goes back to FAILOVER at once": [
+        Step(0, DOWN, UP, State.FAILOVER, (0, 100)),
+        Step(1, up(5), UP, State.RECOVERING, (0, 100)),
+        Step(11, up(9), UP, State.RECOVERING, (0, 100), "ramping back"),
+        Step(26, up(9), UP, State.RECOVERING, (47.5, 52.5)),
+        Step(27, DOWN, UP, State.FAILOVER, (0, 100), "failed again during recovery"),
+    ],
+    "primary without headroom: a partial shift, and back only after it holds": [
+        Step(0, TIGHT, UP, State.DEGRADED, (50, 50), "lacks headroom"),
+        Step(1, UP, UP, State.DEGRADED, (50, 50)),
+        Step(3, TIGHT, UP, State.DEGRADED, (50, 50)),
+        Step(4, UP, UP, State.DEGRADED, (50, 50)),
+        Step(9, UP, UP, State.NORMAL, (95, 5), "headroom back"),
+    ],
+    "degraded primary fails": [
+        Step(0, TIGHT, UP, State.DEGRADED, (50, 50)),
+        Step(1, DOWN, UP, State.FAILOVER, (0, 100)),
+    ],
+    "standby down: redundancy lost, primary takes all": [
+        Step(0, UP, DOWN, State.STANDBY_DOWN, (100, 0), "redundancy lost"),
+        Step(1, UP, UP, State.NORMAL, (95, 5), "both backends ready"),
+    ],
+    "both down fails fast, and either coming back serves": [
+        Step(0, DOWN, DOWN, State.BOTH_DOWN, (0, 0)),
+        Step(1, DOWN, UP, State.FAILOVER, (0, 100)),
+        Step(2, DOWN, DOWN, State.BOTH_DOWN, (0, 0)),
+        Step(3, UP, DOWN, State.STANDBY_DOWN, (100, 0)),
+    ],
+    "standby dies during recovery: the primary is all there is": [
+        Step(0, DOWN, UP, State.FAILOVER, (0, 100)),
+        Step(1, up(1), UP, State.RECOVERING, (0, 100)),
+        Step(2, up(2), DOWN, State.STANDBY_DOWN, (100, 0)),
+    ],
+    "recovery ramps toward degraded weights when the primary lacks headroom": [
+        Step(0, DOWN, UP, State.FAILOVER, (0, 100)),
+        Step(1, BackendView(ready=True, headroom=False, healthy_checks=9), UP, State.RECOVERING, (0, 100)),
+        Step(11, BackendView(ready=True, headroom=False, healthy_checks=9), UP, State.RECOVERING, (0, 100)),
+        Step(26, BackendView(ready=True, headroom=False, healthy_checks=9), UP, State.RECOVERING, (25, 75)),
+        Step(41, BackendView(ready=True, headroom=False, healthy_checks=9), UP, State.DEGRADED, (50, 50)),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_transitions(name: str) -> None:
+    drive(CASES[name])
+
+
+def test_starts_both_down_until_health_arrives() -> None:
+    policy = Policy(CFG)
+    assert policy.state is State.BOTH_DOWN
+    d = policy.update(UP, UP, 0)
+    assert d.state is State.NORMAL and d.transitions[0].from_state is State.BOTH_DOWN
+
+
+def test_detection_time_runs_from_last_seen_healthy() -> None:
+    policy = Policy(CFG)
+    policy.update(UP, UP, 0)
+    d = policy.update(BackendView(ready=False, last_ok_at=9.75, reason="Check deadline exceeded"), UP, 10.0)
+    assert d.transitions[0].detection_ms == pytest.approx(250)
+
+
+def test_hold_down_is_capped_and_resets_after_a_stable_period() -> None:
+    policy = Policy(CFG)
+    policy.update(UP, UP, 0)
+    t = 0.0
+    for _ in range(6):  # fail during every hold-down: 10 -> 20 -> 40 -> 80 (cap)
+        t += 1
+        policy.update(DOWN, UP, t)
+        t += 1
+        policy.update(up(1), UP, t)
+    assert policy.update(up(1), UP, t).next_hold_down_s == 80
+    policy.update(up(100), UP, t + 80)          # hold-down served
+    policy.update(up(100), UP, t + 80 + 30)     # ramp done: NORMAL
+    assert policy.state is State.NORMAL
+    assert policy.update(UP, UP, t + 80 + 30 + 299).next_hold_down_s == 80
+    assert policy.update(UP, UP, t + 80 + 30 + 300).next_hold_down_s == 10
+
+
+def test_operator_can_skip_the_hold_down_but_not_the_ramp() -> None:
+    policy = Policy(CFG)
+    policy.update(UP, UP, 0)
+    policy.update(DOWN, UP, 1)
+    policy.skip_hold_down()
+    d = policy.update(up(0), UP, 2)
+    assert d.state is State.RECOVERING and d.hold_down_remaining_s == 0
+    assert policy.update(up(0), UP, 17).primary_weight == pytest.approx(47.5)
+
+
+@pytest.mark.parametrize("period", [2.0, 7.0, 15.0, 40.0])
+def test_flapping_primary_switches_back_at_most_once_per_hold_down_window(period: float) -> None:
+    """A primary on a 50 % duty cycle (ready `period` s, down `period` s), observed every 0.5 s for 20 min."""
+    policy = Policy(CFG)
+    policy.update(UP, UP, 0)
+    switch_backs: list[float] = []
+    checks = 0
+    t = 0.0
+    while t < 1200:
+        ready = int(t // period) % 2 == 1
+        checks = checks + 1 if ready else 0
+        d = policy.update(BackendView(ready=ready, healthy_checks=checks), UP, t)
+        switch_backs += [tr.at for tr in d.transitions if "ramping back" in tr.reason]
+        t += 0.5
+    if period < CFG.hold_down_s:
+        assert switch_backs == []
+    for a, b in zip(switch_backs, switch_backs[1:]):
+        assert b - a >= CFG.hold_down_s
+    assert len(switch_backs) <= 4  # the hold-down doubles (10, 20, 40, 80) until it outlasts the flaps
+
+
+def test_ramp_is_monotonic() -> None:
+    policy = Policy(CFG)
+    policy.update(UP, UP, 0)
+    policy.update(DOWN, UP, 1)
+    weights = [policy.update(up(50), UP, 2 + i * 0.25).primary_weight for i in range(200)]
+    assert all(b >= a for a, b in zip(weights, weights[1:]))
+    assert weights[0] == 0 and weights[-1] == 95

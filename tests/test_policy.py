@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import pytest
@@ -172,7 +173,7 @@ def test_flapping_primary_switches_back_at_most_once_per_hold_down_window(period
         t += 0.5
     if period < CFG.hold_down_s:
         assert switch_backs == []
-    for a, b in zip(switch_backs, switch_backs[1:]):
+    for a, b in itertools.pairwise(switch_backs):
         assert b - a >= CFG.hold_down_s
     assert len(switch_backs) <= 4  # the hold-down doubles (10, 20, 40, 80) until it outlasts the flaps
 
@@ -182,5 +183,5 @@ def test_ramp_is_monotonic() -> None:
     policy.update(UP, UP, 0)
     policy.update(DOWN, UP, 1)
     weights = [policy.update(up(50), UP, 2 + i * 0.25).primary_weight for i in range(200)]
-    assert all(b >= a for a, b in zip(weights, weights[1:]))
+    assert all(b >= a for a, b in itertools.pairwise(weights))
     assert weights[0] == 0 and weights[-1] == 95

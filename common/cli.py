@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from typing import NoReturn
 
@@ -36,3 +37,22 @@ def parse_host_port(field: str, value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{field}={value!r}: port must be in 0..65535")
     return host.strip("[]"), port
+
+
+def probe_bind(field: str, host: str, port: int) -> None:
+    """Fail with one clear line if HOST:PORT cannot be bound (gRPC's own report is a multi-line log)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"{field}={host}:{port}: cannot resolve {host!r} ({e.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        # As gRPC does: a port left in TIME_WAIT is free; one with a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise ConfigError(f"{field}={host}:{port}: cannot bind ({e.strerror}); "
+                              "is another server on this port?") from None

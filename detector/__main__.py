@@ -16,7 +16,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 
 from common import grpcopts
-from common.cli import ConfigError, OneLineParser, fail_config, parse_host_port
+from common.cli import ConfigError, OneLineParser, fail_config, parse_host_port, probe_bind
 from common.logs import event, setup
 from detector import config as config_mod
 from detector.batcher import Batcher, InferenceHooks
@@ -96,25 +96,6 @@ def load_and_warm(cfg: DetectorConfig, device: str) -> tuple[Detector, Any, Gold
     return model, canary, golden
 
 
-def probe_bind(host: str, port: int) -> None:
-    """Fail with one clear line if HOST:PORT cannot be bound (gRPC's own report is a multi-line log)."""
-    if port == 0:
-        return
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise ConfigError(f"listen={host}:{port}: cannot resolve {host!r} ({e.strerror})") from None
-    family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as s:
-        # As gRPC does: a port left in TIME_WAIT is free; one with a listener is not.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(addr)
-        except OSError as e:
-            raise ConfigError(f"listen={host}:{port}: cannot bind ({e.strerror}); "
-                              "is another server on this port?") from None
-
-
 async def serve(cfg: DetectorConfig) -> int:
     """Run the worker until SIGTERM/SIGINT; returns the exit code."""
     loop = asyncio.get_running_loop()
@@ -122,7 +103,7 @@ async def serve(cfg: DetectorConfig) -> int:
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
                                       *grpcopts.message_size_options(frame_limit)])
     host, wanted = parse_host_port("listen", cfg.listen)
-    probe_bind(host, wanted)
+    probe_bind("listen", host, wanted)
     try:
         port = server.add_insecure_port(cfg.listen)
     except RuntimeError:

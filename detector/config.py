@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+from common import settings
 from common.cli import ConfigError, parse_host_port
 
 MiB = 1024 * 1024
@@ -16,6 +15,9 @@ MiB = 1024 * 1024
 # One intra-op thread per two cores: with 2 threads on a 2-core box, a forward pass was measured
 # 15-25x slower while another process used a core (shared/FACTS.md); 1 thread stays stable.
 DEFAULT_TORCH_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -43,16 +45,16 @@ class HealthConfig:
         for name in ("evaluate_interval_s", "canary_interval_s", "canary_deadline_s", "canary_hang_s",
                      "utilization_high_for_s", "temperature_high_for_s", "latency_budget_ms",
                      "latency_window_s"):
-            _positive(f"health.{name}", getattr(self, name))
+            settings.positive(f"health.{name}", getattr(self, name))
         if self.canary_hang_s <= self.canary_deadline_s:
             raise ConfigError(f"health.canary_hang_s={self.canary_hang_s}: must exceed "
                               f"health.canary_deadline_s={self.canary_deadline_s}")
-        _in_range("health.utilization_high_percent", self.utilization_high_percent, 0, 100)
-        _in_range("health.memory_high_fraction", self.memory_high_fraction, 0, 1)
-        _in_range("health.backlog_fraction", self.backlog_fraction, 0, 1)
-        _at_least("health.memory_trend_samples", self.memory_trend_samples, 2)
-        _at_least("health.confirm_evaluations", self.confirm_evaluations, 1)
-        _at_least("health.min_free_memory_bytes", self.min_free_memory_bytes, 0)
+        settings.in_range("health.utilization_high_percent", self.utilization_high_percent, 0, 100)
+        settings.in_range("health.memory_high_fraction", self.memory_high_fraction, 0, 1)
+        settings.in_range("health.backlog_fraction", self.backlog_fraction, 0, 1)
+        settings.at_least("health.memory_trend_samples", self.memory_trend_samples, 2)
+        settings.at_least("health.confirm_evaluations", self.confirm_evaluations, 1)
+        settings.at_least("health.min_free_memory_bytes", self.min_free_memory_bytes, 0)
 
 
 @dataclass(frozen=True)
@@ -84,20 +86,19 @@ class DetectorConfig:
         parse_host_port("listen", self.listen)
         if self.device not in ("auto", "cpu") and not _is_cuda(self.device):
             raise ConfigError(f"device={self.device!r}: must be auto, cpu or cuda:N")
-        _at_least("torch_threads", self.torch_threads, 1)
-        _in_range("max_batch", self.max_batch, 1, 64)
-        _at_least("max_queue", self.max_queue, 1)
-        _at_least("max_queue_delay_ms", self.max_queue_delay_ms, 0)
-        _in_range("score_threshold", self.score_threshold, 0, 1)
+        settings.at_least("torch_threads", self.torch_threads, 1)
+        settings.in_range("max_batch", self.max_batch, 1, 64)
+        settings.at_least("max_queue", self.max_queue, 1)
+        settings.at_least("max_queue_delay_ms", self.max_queue_delay_ms, 0)
+        settings.in_range("score_threshold", self.score_threshold, 0, 1)
         if not 0 < self.iou_threshold <= 1:
             raise ConfigError(f"iou_threshold={self.iou_threshold}: must be in (0, 1]")
-        _in_range("max_detections", self.max_detections, 1, 1000)
-        _at_least("max_image_bytes", self.max_image_bytes, 1024)
-        _at_least("max_image_pixels", self.max_image_pixels, 64 * 64)
-        _at_least("max_stream_inflight", self.max_stream_inflight, 1)
-        _at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
-        if self.log_level not in ("debug", "info", "warning", "error"):
-            raise ConfigError(f"log_level={self.log_level!r}: must be debug, info, warning or error")
+        settings.in_range("max_detections", self.max_detections, 1, 1000)
+        settings.at_least("max_image_bytes", self.max_image_bytes, 1024)
+        settings.at_least("max_image_pixels", self.max_image_pixels, 64 * 64)
+        settings.at_least("max_stream_inflight", self.max_stream_inflight, 1)
+        settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
+        settings.one_of("log_level", self.log_level, LOG_LEVELS)
         if self.model is not None and not self.model.is_file():
             raise ConfigError(f"model={str(self.model)!r}: no such file")
 
@@ -107,65 +108,7 @@ def _is_cuda(device: str) -> bool:
     return prefix == "cuda" and index.isdigit()
 
 
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name}={value}: must be > 0")
-
-
-def _at_least(name: str, value: float, low: float) -> None:
-    if not value >= low:
-        raise ConfigError(f"{name}={value}: must be >= {low}")
-
-
-def _in_range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value}: must be in [{low}, {high}]")
-
-
-def _coerce(name: str, value: Any, target: Any) -> Any:
-    """Check a TOML value against the field's type (ints are accepted for floats)."""
-    kinds: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "bool": bool, "str": str}
-    if target in ("Path | None",):
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}={value!r}: must be a file path string")
-        return Path(value)
-    want = kinds.get(str(target))
-    if want is None:
-        raise ConfigError(f"{name}: unsupported setting")
-    if (isinstance(value, bool) and target != "bool") or not isinstance(value, want):
-        raise ConfigError(f"{name}={value!r}: must be a {target}")
-    return float(cast(float, value)) if target == "float" else value
-
-
-def _apply(cls: type[Any], prefix: str, table: dict[str, Any]) -> dict[str, Any]:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        f = fields.get(key)
-        if f is None or (key == "health" and cls is DetectorConfig and not isinstance(value, dict)):
-            raise ConfigError(f"{prefix}{key}: unknown setting (known: {', '.join(sorted(fields))})")
-        if key == "health" and cls is DetectorConfig:
-            out[key] = HealthConfig(**_apply(HealthConfig, "health.", value))
-        else:
-            out[key] = _coerce(prefix + key, value, f.type)
-    return out
-
-
-def load(file: Path | None, overrides: dict[str, Any]) -> DetectorConfig:
-    """Build the config: defaults, then the TOML file, then flags (`overrides`, None = not given)."""
-    values: dict[str, Any] = {}
-    if file is not None:
-        try:
-            values = _apply(DetectorConfig, "", tomllib.loads(file.read_text()))
-        except OSError as e:
-            raise ConfigError(f"config file {str(file)!r}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {str(file)!r}: not valid TOML: {e}") from None
-    health_flags = {k: v for k, v in overrides.items() if k == "require_gpu" and v is not None}
-    values.update({k: v for k, v in overrides.items() if v is not None and k != "require_gpu"})
-    if health_flags:
-        values["health"] = dataclasses.replace(values.get("health", HealthConfig()), **health_flags)
-    try:
-        return DetectorConfig(**values)
-    except TypeError as e:
-        raise ConfigError(str(e)) from None
+def load(file: Path | None, flags: dict[str, Any]) -> DetectorConfig:
+    """Build the config: defaults, then the TOML file, then flags (None = not given)."""
+    return settings.load(DetectorConfig, file, flags, nested={"health": HealthConfig},
+                         nested_flags={"require_gpu": "health"})

@@ -1,0 +1,106 @@
+"""Frozen, validated settings dataclasses built from a TOML file and command-line flags.
+
+A service declares its settings as a frozen dataclass whose __post_init__ validates with the checks
+below; `load` reads TOML (one nested table per nested dataclass field), applies flags over it, and
+reports any problem as one ConfigError naming the field, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from common.cli import ConfigError
+
+T = TypeVar("T")
+
+
+def positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name}={value}: must be > 0")
+
+
+def at_least(name: str, value: float, low: float) -> None:
+    if not value >= low:
+        raise ConfigError(f"{name}={value}: must be >= {low}")
+
+
+def in_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value}: must be in [{low}, {high}]")
+
+
+def one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}: must be one of {', '.join(choices)}")
+
+
+_SCALARS: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _coerce(name: str, value: Any, target: str) -> Any:
+    """Check a TOML value against a field's annotation (ints are accepted for floats)."""
+    if target in ("Path | None", "Path"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r}: must be a file path string")
+        return Path(value)
+    if target == "tuple[float, float]":
+        if not (isinstance(value, list) and len(value) == 2 and
+                all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{name}={value!r}: must be a pair of numbers, e.g. [95, 5]")
+        return (float(value[0]), float(value[1]))
+    want = _SCALARS.get(target)
+    if want is None:
+        raise ConfigError(f"{name}: cannot be set from a file")
+    if (isinstance(value, bool) and target != "bool") or not isinstance(value, want):
+        raise ConfigError(f"{name}={value!r}: must be a {target}")
+    return float(cast(float, value)) if target == "float" else value
+
+
+def _apply(cls: type[Any], prefix: str, table: dict[str, Any], nested: dict[str, type[Any]]) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        f = fields.get(key)
+        if f is None:
+            raise ConfigError(f"{prefix}{key}: unknown setting (known: {', '.join(sorted(fields))})")
+        if key in nested:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: must be a table ([{key}])")
+            out[key] = nested[key](**_apply(nested[key], f"{key}.", value, {}))
+        else:
+            out[key] = _coerce(prefix + key, value, str(f.type))
+    return out
+
+
+def load(cls: type[T], file: Path | None, flags: dict[str, Any],
+         nested: dict[str, type[Any]] | None = None, nested_flags: dict[str, str] | None = None) -> T:
+    """Defaults, then the TOML `file`, then `flags` (None: not given).
+
+    `nested` maps a field to its dataclass (a TOML table); `nested_flags` maps a flag to the nested
+    field it sets (e.g. {"require_gpu": "health"}).
+    """
+    nested = nested or {}
+    nested_flags = nested_flags or {}
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            values = _apply(cls, "", tomllib.loads(file.read_text()), nested)
+        except OSError as e:
+            raise ConfigError(f"config file {str(file)!r}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(file)!r}: not valid TOML: {e}") from None
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in nested_flags:
+            table = nested_flags[key]
+            values[table] = dataclasses.replace(values.get(table, nested[table]()), **{key: value})
+        else:
+            values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None

@@ -1,0 +1,119 @@
+"""eagleeye-router: the Detector API in front of a primary and a hot standby, with health-driven failover."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2_grpc
+
+from common import grpcopts
+from common.cli import ConfigError, OneLineParser, fail_config, parse_host_port, probe_bind
+from common.logs import event, setup
+from eagleeye.router.v1 import router_pb2_grpc
+from router import config as config_mod
+from router.admin import AdminServicer
+from router.config import RouterConfig
+from router.controller import Backend, Controller
+from router.proxy import Proxy
+from router.watcher import BackendWatcher, backend_channel
+
+log = logging.getLogger("eagleeye.router")
+PROG = "eagleeye-router"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description=__doc__,
+                      epilog="Settings not given as flags come from --config (TOML), then defaults; "
+                             "see docs/router.md.")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address clients call (port 0: any free port)")
+    p.add_argument("--primary", metavar="HOST:PORT", help="the primary detector worker")
+    p.add_argument("--standby", metavar="HOST:PORT", help="the hot standby detector worker")
+    p.add_argument("--weights", metavar="P,S", help="traffic split in NORMAL, percent (default 95,5)")
+    p.add_argument("--hold-down", type=float, metavar="S", dest="hold_down_s",
+                   help="how long a recovered primary must stay ready before traffic ramps back (default 10)")
+    p.add_argument("--ramp", type=float, metavar="S", dest="ramp_s",
+                   help="how long the ramp back to the primary takes (default 30)")
+    p.add_argument("--admin-token", metavar="TOKEN", help="credential for maintenance actions (drain, switch)")
+    p.add_argument("--config", metavar="FILE", type=Path, help="a TOML file with any of the settings")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+async def serve(cfg: RouterConfig) -> int:
+    loop = asyncio.get_running_loop()
+    host, wanted = parse_host_port("listen", cfg.listen)
+    probe_bind("listen", host, wanted)
+    server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
+                                      *grpcopts.message_size_options(cfg.max_message_bytes)])
+    try:
+        port = server.add_insecure_port(cfg.listen)
+    except RuntimeError:
+        raise ConfigError(f"listen={cfg.listen!r}: cannot bind; is another server on this port?") from None
+
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    watchers: dict[Backend, BackendWatcher] = {}
+    controller_ref: list[Controller] = []
+
+    def changed() -> None:
+        if controller_ref:
+            controller_ref[0].changed()
+
+    for backend, address in ((Backend.PRIMARY, cfg.primary), (Backend.STANDBY, cfg.standby)):
+        watchers[backend] = BackendWatcher(backend.value, address, backend_channel(address, cfg), cfg, changed)
+    controller = Controller(cfg.policy(), watchers, health)
+    controller_ref.append(controller)
+    proxy = Proxy(cfg, controller)
+    server.add_generic_rpc_handlers((proxy.handler(),))
+    router_pb2_grpc.add_RouterAdminServicer_to_server(AdminServicer(controller, cfg.admin_token), server)
+
+    await server.start()
+    for w in watchers.values():
+        w.start()
+    controller_task = asyncio.create_task(controller.run())
+    event(log, "listening", address=f"{host}:{port}", primary=cfg.primary, standby=cfg.standby,
+          weights=list(cfg.weights), hold_down_s=cfg.hold_down_s, ramp_s=cfg.ramp_s,
+          admin_actions="enabled" if cfg.admin_token else "disabled")
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    event(log, "draining", grace_s=cfg.shutdown_grace_s, streams=proxy.active_streams)
+    await health.enter_graceful_shutdown()
+    await server.stop(cfg.shutdown_grace_s)
+    controller_task.cancel()
+    for w in watchers.values():
+        await w.stop()
+        await w.channel.close()
+    event(log, "stopped", switches=dict(controller.switches), retries=controller.retries,
+          stream_migrations=controller.stream_migrations)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "weights")}
+    try:
+        if args.weights is not None:
+            flags["weights"] = config_mod.parse_weights(args.weights)
+        cfg = config_mod.load(args.config, flags)
+    except ConfigError as e:
+        fail_config(PROG, e)
+    setup(cfg.log_level)
+    try:
+        return asyncio.run(serve(cfg))
+    except ConfigError as e:
+        fail_config(PROG, e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Reading frame_id from raw bytes agrees with protobuf itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from eagleeye.detector.v1 import detector_pb2 as pb
+from router.wire import REQUEST_FRAME_ID, RESPONSE_FRAME_ID, WireError, frame_id
+
+
+@pytest.mark.parametrize("fid", [0, 1, 127, 128, 300, 2**32 + 5, 2**64 - 1])
+def test_frame_ids_match_protobuf(fid: int) -> None:
+    req = pb.DetectRequest(encoded=b"\xff" * 70_000, frame_id=fid, score_threshold=0.5, classes=["a", "b"])
+    assert frame_id(req.SerializeToString(), REQUEST_FRAME_ID) == fid
+    raw = pb.DetectRequest(raw=pb.RawImage(data=b"\0" * 12, width=2, height=2), frame_id=fid)
+    assert frame_id(raw.SerializeToString(), REQUEST_FRAME_ID) == fid
+    resp = pb.DetectResponse(frame_id=fid, detections=[pb.Detection(score=0.5, label="x")], worker="w")
+    assert frame_id(resp.SerializeToString(), RESPONSE_FRAME_ID) == fid
+
+
+@pytest.mark.parametrize("junk", [b"\x1a\xff", b"\x18", b"\x80" * 12, b"\x07abc"])
+def test_malformed_bytes_are_rejected(junk: bytes) -> None:
+    with pytest.raises(WireError):
+        frame_id(junk, REQUEST_FRAME_ID)

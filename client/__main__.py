@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--deadline", type=_positive, default=5.0, metavar="S", help="per unary call (default 5)")
     lo.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
 
+    st = sub.add_parser("status", help="a router's state, weights, backend health and recent switches",
+                        description="Show a router's state, the weight and health of each backend, and its "
+                                    "last switch events.")
+    st.add_argument("--target", required=True, type=_target, metavar="HOST:PORT", help="the router")
+    st.add_argument("--events", type=int, default=10, metavar="N", help="how many recent events (default 10)")
+    st.add_argument("--json", action="store_true", help="print the state as one JSON object")
+
     ev = sub.add_parser("eval", help="mAP@0.5 of the served model on held-out synthetic scenes",
                         description="mAP@0.5 of the served model on N held-out synthetic scenes (seeded, so "
                                     "every run sees the same scenes).")
@@ -141,7 +148,7 @@ async def cmd_load(args: argparse.Namespace) -> int:
     summary = tally.summary(mode=args.mode, rate=args.rate, duration_s=round(time.monotonic() - started, 2),
                             frame_bytes=pool.payload_bytes)
     text = (f"sent {summary['sent']}  answered {summary['answered']}  errors {summary['errors']}  "
-            f"lost {summary['lost']}  duplicated {summary['duplicated']}  reordered {summary['reordered']}\n"
+            f"lost {summary['lost']}  duplicated {summary['duplicated']}  reordered {'-' if summary['reordered'] is None else summary['reordered']}\n"
             + ("latency: no answers" if summary["p50_ms"] is None else
                f"latency p50 {summary['p50_ms']} ms  p95 {summary['p95_ms']} ms  p99 {summary['p99_ms']} ms"))
     if summary["error_codes"]:
@@ -184,9 +191,42 @@ async def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_status(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from eagleeye.router.v1 import router_pb2 as rpb
+    from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+
+    async with channel(args.target) as ch:
+        state = await rpb_grpc.RouterAdminStub(ch).GetState(rpb.GetStateRequest(), timeout=5)
+    events = list(state.recent_events)[-args.events:] if args.events > 0 else []
+    if args.json:
+        out = MessageToDict(state, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        out["recent_events"] = out["recent_events"][-args.events:] if args.events > 0 else []
+        print(json.dumps(out))
+        return 0
+    print(f"router {args.target}: {state.state}")
+    if state.state == "RECOVERING":
+        print(f"  hold-down left {state.hold_down_remaining_s:.1f} s, ramp {state.ramp_progress:.0%}")
+    for b in state.backends:
+        name = rpb.Backend.Name(b.backend).lower()
+        health = "ready" if b.ready else "NOT READY"
+        extra = [x for x, on in (("no headroom", not b.headroom and b.ready), ("drained", b.drained),
+                                 ("ejected", b.ejected)) if on]
+        print(f"  {name:<8} {b.address:<22} weight {b.weight:5.1f}%  {health}"
+              + (f" ({', '.join(extra)})" if extra else "") + (f"  - {b.reason}" if b.reason else ""))
+    if events:
+        print("recent switches:")
+    for e in events:
+        when = time.strftime("%H:%M:%S", time.localtime(e.time_unix))
+        detect = f", detected in {e.detection_ms:.0f} ms" if e.detection_ms else ""
+        print(f"  {when} {e.from_state} -> {e.to_state}{detect}: {e.reason}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"detect": cmd_detect, "load": cmd_load, "eval": cmd_eval}[args.command]
+    command = {"detect": cmd_detect, "load": cmd_load, "eval": cmd_eval, "status": cmd_status}[args.command]
     try:
         return asyncio.run(command(args))
     except grpc.aio.AioRpcError as e:

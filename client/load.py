@@ -54,8 +54,8 @@ async def _ticks(plan: LoadPlan, progress: Progress | None, tally: Tally) -> Asy
 
 async def run_unary(stub: pb_grpc.DetectorStub, pool: FramePool, plan: LoadPlan,
                     progress: Progress | None = None) -> Tally:
-    """One Detect call per frame, each with its own deadline."""
-    tally = Tally()
+    """One Detect call per frame, each with its own deadline (concurrent calls: no order to check)."""
+    tally = Tally(ordered=False)
 
     async def one(frame_id: int) -> None:
         t0 = time.monotonic()

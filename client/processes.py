@@ -77,3 +77,55 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait(10)
         return self.popen.returncode
+
+
+class LocalCluster:
+    """A primary and a standby worker and a router, all on 127.0.0.1, as the demo, benchmarks and tests use.
+
+    The workers keep their ports across restarts, so the router sees the same backend come back.
+    """
+
+    def __init__(self, worker_args: list[str] | None = None, router_args: list[str] | None = None) -> None:
+        self.worker_args = worker_args or []
+        self.router_args = router_args or []
+        self.primary = self._worker("primary", "127.0.0.1:0")
+        self.standby = self._worker("standby", "127.0.0.1:0")
+        self.primary_address = self.primary.wait_listening()
+        self.standby_address = self.standby.wait_listening()
+        self.router = self._router("127.0.0.1:0")
+        self.router_address = self.router.wait_listening()
+
+    def _worker(self, name: str, listen: str) -> Proc:
+        return Proc("eagleeye-detector", ["--listen", listen, "--worker-id", name, *self.worker_args])
+
+    def _router(self, listen: str) -> Proc:
+        return Proc("eagleeye-router", ["--listen", listen, "--primary", self.primary_address,
+                                        "--standby", self.standby_address, *self.router_args])
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until both workers have their model loaded."""
+        for worker in (self.primary, self.standby):
+            worker.wait_for_event("model ready", timeout)
+
+    def restart_primary(self) -> Proc:
+        """Start the primary again on its old port (after it was killed or stopped)."""
+        self.primary.stop()
+        self.primary = self._worker("primary", self.primary_address)
+        self.primary.wait_listening()
+        return self.primary
+
+    def restart_router(self) -> Proc:
+        """Stop the router and start a new one on the same port."""
+        self.router.stop()
+        self.router = self._router(self.router_address)
+        self.router.wait_listening()
+        return self.router
+
+    def stop(self) -> None:
+        for proc in (self.router, self.primary, self.standby):
+            if proc.popen.poll() is None:
+                try:
+                    proc.popen.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+                except ProcessLookupError:
+                    pass
+            proc.stop()

@@ -17,8 +17,9 @@ def percentile(values: list[float], q: float) -> float | None:
 
 @dataclass
 class Tally:
-    """Per-frame bookkeeping of a load run."""
+    """Per-frame bookkeeping of a load run; `ordered`: answers must come in frame order (streams)."""
 
+    ordered: bool = True
     sent: int = 0
     errors: int = 0
     reordered: int = 0
@@ -34,7 +35,7 @@ class Tally:
 
     def on_answer(self, frame_id: int, latency_ms: float | None) -> None:
         self.answers[frame_id] = self.answers.get(frame_id, 0) + 1
-        if frame_id < self._highest:
+        if self.ordered and frame_id < self._highest:
             self.reordered += 1
         self._highest = max(self._highest, frame_id)
         if latency_ms is not None:
@@ -62,7 +63,7 @@ class Tally:
 
         return {
             "sent": self.sent, "answered": self.answered, "errors": self.errors, "lost": self.lost,
-            "duplicated": self.duplicated, "reordered": self.reordered,
+            "duplicated": self.duplicated, "reordered": self.reordered if self.ordered else None,
             "p50_ms": ms(percentile(self.latencies_ms, 50)), "p95_ms": ms(percentile(self.latencies_ms, 95)),
             "p99_ms": ms(percentile(self.latencies_ms, 99)), "error_codes": self.error_codes, **extra,
         }

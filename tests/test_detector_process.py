@@ -118,7 +118,8 @@ async def test_load_cli_answers_every_frame_once(worker: Proc, channel: grpc.aio
     assert out.returncode == 0, out.stdout + out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["sent"] == summary["answered"] == 45
-    assert summary["errors"] == summary["lost"] == summary["duplicated"] == summary["reordered"] == 0
+    assert summary["errors"] == summary["lost"] == summary["duplicated"] == 0
+    assert summary["reordered"] == (0 if mode == "stream" else None)  # unary calls have no order
     assert summary["p50_ms"] > 0
 
 

@@ -1,0 +1,254 @@
+"""The real router between two real workers, under `eagleeye load`, through every fault it must survive."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from client.processes import BIN, LocalCluster
+from detector.defaultmodel.scenes import make_scene
+from detector.imaging import encode_png
+from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.detector.v1 import fault_injection_pb2 as fi
+from eagleeye.detector.v1 import fault_injection_pb2_grpc as fi_grpc
+from tests.conftest import fast_config
+from tests.procs import NOT_SERVING, SERVING, check
+
+pytestmark = pytest.mark.integration
+
+HOLD_DOWN_S, RAMP_S = 2.0, 2.0
+ROUTER_TOML = f"""
+hold_down_s = {HOLD_DOWN_S}
+ramp_s = {RAMP_S}
+healthy_checks = 3
+degraded_recover_s = 1.0
+"""
+
+
+class LoadRun:
+    """`eagleeye load` through the router, in the background; progress lines are events to wait on."""
+
+    def __init__(self, target: str, mode: str, duration: float, rate: float = 10) -> None:
+        self.popen = subprocess.Popen([str(BIN / "eagleeye"), "load", "--target", target, "--mode", mode,
+                                       "--rate", str(rate), "--duration", str(duration), "--deadline", "5",
+                                       "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.progress = 0.0
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            parts = line.split()
+            if len(parts) > 2 and parts[1] == "s" and parts[2] == "sent":
+                with self._cond:
+                    self.progress = float(parts[0])
+                    self._cond.notify_all()
+
+    def wait_progress(self, seconds: float, timeout: float = 60) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.progress >= seconds, timeout), "load made no progress"
+
+    def result(self, timeout: float = 120) -> dict[str, Any]:
+        out, _ = self.popen.communicate(timeout=timeout)
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    router_cfg = tmp_path / "router.toml"
+    router_cfg.write_text(ROUTER_TOML)
+    c = LocalCluster(worker_args=["--fault-injection", "--config", fast_config(tmp_path)],
+                     router_args=["--config", str(router_cfg), "--admin-token", "s3cret"])
+    try:
+        c.wait_ready()
+        c.router.wait_for_event("switch", to_state="NORMAL")
+        yield c
+    finally:
+        c.stop()
+
+
+def switches(c: LocalCluster) -> list[dict[str, Any]]:
+    return [e for e in c.router.events if e["event"] == "switch"]
+
+
+def assert_clean(*results: dict[str, Any]) -> None:
+    for r in results:
+        assert r["errors"] == 0 and r["lost"] == 0 and r["duplicated"] == 0 and not r["reordered"], r
+        assert r["answered"] == r["sent"] > 0, r
+
+
+def assert_switch_back_respects_hold_down_and_ramp(c: LocalCluster) -> None:
+    ev = switches(c)
+    recovering = next(e for e in ev if e["to_state"] == "RECOVERING" and e["from_state"] == "FAILOVER")
+    ramp = next(e for e in ev if e["from_state"] == "RECOVERING" and e["to_state"] == "RECOVERING")
+    normal = next(e for e in ev if e["from_state"] == "RECOVERING" and e["to_state"] == "NORMAL")
+
+    def at(e: dict[str, Any]) -> float:
+        return time.mktime(time.strptime(e["ts"][:19], "%Y-%m-%dT%H:%M:%S")) + float(e["ts"][19:-1] or 0)
+
+    assert at(ramp) - at(recovering) >= HOLD_DOWN_S - 0.01
+    assert at(normal) - at(ramp) >= RAMP_S - 0.01
+
+
+def under_load(c: LocalCluster, duration: float) -> tuple[LoadRun, LoadRun]:
+    loads = (LoadRun(c.router_address, "unary", duration), LoadRun(c.router_address, "stream", duration))
+    for load in loads:
+        load.wait_progress(2.0)
+    return loads
+
+
+def faults(address: str) -> fi_grpc.FaultInjectionStub:
+    return fi_grpc.FaultInjectionStub(grpc.insecure_channel(address))
+
+
+def test_sigkill_primary_then_it_returns(cluster: LocalCluster) -> None:
+    unary, stream = under_load(cluster, 14)
+    cluster.primary.popen.kill()
+    failover = cluster.router.wait_for_event("switch", to_state="FAILOVER")
+    assert "Watch stream down" in failover["reason"]
+    cluster.restart_primary()
+    cluster.router.wait_for_event("switch", from_state="RECOVERING", to_state="NORMAL", timeout=60)
+    assert_clean(unary.result(), stream.result())
+    assert_switch_back_respects_hold_down_and_ramp(cluster)
+
+
+def test_sigstop_primary_hangs_with_its_connection_alive(cluster: LocalCluster) -> None:
+    unary, stream = under_load(cluster, 14)
+    cluster.primary.signal(signal.SIGSTOP)
+    failover = cluster.router.wait_for_event("switch", to_state="FAILOVER")
+    assert "Checks failed" in failover["reason"]  # Watch says nothing: only the active Check sees a hang
+    cluster.primary.signal(signal.SIGCONT)
+    cluster.router.wait_for_event("switch", from_state="RECOVERING", to_state="NORMAL", timeout=60)
+    assert_clean(unary.result(), stream.result())
+    assert_switch_back_respects_hold_down_and_ramp(cluster)
+
+
+def test_inference_hang_with_health_alive(cluster: LocalCluster) -> None:
+    unary, stream = under_load(cluster, 14)
+    fi_stub = faults(cluster.primary_address)
+    fi_stub.HangInference(fi.HangRequest(), timeout=5)
+    cluster.router.wait_for_event("switch", to_state="FAILOVER")
+    fi_stub.ClearFaults(fi.ClearRequest(), timeout=5)
+    cluster.router.wait_for_event("switch", from_state="RECOVERING", to_state="NORMAL", timeout=60)
+    assert_clean(unary.result(), stream.result())
+
+
+def test_injected_gpu_fault(cluster: LocalCluster) -> None:
+    unary, stream = under_load(cluster, 8)
+    faults(cluster.primary_address).SetTelemetry(fi.Telemetry(
+        utilization_percent=50, memory_used_bytes=2**30, memory_total_bytes=16 * 2**30, temperature_c=60,
+        xid_events=[79]), timeout=5)
+    failover = cluster.router.wait_for_event("switch", to_state="FAILOVER")
+    assert "readiness NOT_SERVING" in failover["reason"]
+    assert_clean(unary.result(), stream.result())
+
+
+def test_primary_without_headroom_gets_part_of_the_traffic(cluster: LocalCluster) -> None:
+    unary, stream = under_load(cluster, 8)
+    stub = faults(cluster.primary_address)
+    stub.SetTelemetry(fi.Telemetry(utilization_percent=99, memory_used_bytes=2**30,
+                                   memory_total_bytes=16 * 2**30, temperature_c=60), timeout=5)
+    cluster.router.wait_for_event("switch", to_state="DEGRADED")
+    stub.ClearFaults(fi.ClearRequest(), timeout=5)
+    cluster.router.wait_for_event("switch", from_state="DEGRADED", to_state="NORMAL")
+    assert_clean(unary.result(), stream.result())
+
+
+def test_planned_sigterm_of_the_primary(cluster: LocalCluster) -> None:
+    unary, stream = under_load(cluster, 12)
+    cluster.primary.signal(signal.SIGTERM)
+    cluster.router.wait_for_event("switch", to_state="FAILOVER")
+    assert cluster.primary.popen.wait(30) == 0
+    cluster.restart_primary()
+    cluster.router.wait_for_event("switch", from_state="RECOVERING", to_state="NORMAL", timeout=60)
+    assert_clean(unary.result(), stream.result())
+
+
+async def test_standby_down_then_both_down(cluster: LocalCluster) -> None:
+    async with grpc.aio.insecure_channel(cluster.router_address) as ch:
+        for name in ("", "readiness", "liveness", "redundancy"):
+            assert await check(ch, name) == SERVING, name
+        unary, stream = under_load(cluster, 6)
+        cluster.standby.popen.kill()
+        cluster.router.wait_for_event("switch", to_state="STANDBY_DOWN")
+        assert_clean(unary.result(), stream.result())
+        assert await check(ch, "redundancy") == NOT_SERVING
+        assert await check(ch, "readiness") == SERVING
+
+        cluster.primary.popen.kill()
+        cluster.router.wait_for_event("switch", to_state="BOTH_DOWN")
+        assert await check(ch, "readiness") == NOT_SERVING
+        assert await check(ch, "") == NOT_SERVING
+        assert await check(ch, "liveness") == SERVING
+        t0 = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await pb_grpc.DetectorStub(ch).Detect(pb.DetectRequest(encoded=encode_png(make_scene(1).image)),
+                                                  timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "BOTH_DOWN" in (err.value.details() or "")
+        assert time.monotonic() - t0 < 1.0, "BOTH_DOWN must fail fast, not wait for a dead backend"
+
+
+def test_client_errors_are_not_retried_and_metadata_passes(cluster: LocalCluster) -> None:
+    with grpc.insecure_channel(cluster.router_address) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Detect(pb.DetectRequest(encoded=b"junk"), timeout=5, metadata=[("x-camera", "cam-7")])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "not a JPEG or PNG" in err.value.details()  # type: ignore[attr-defined]
+        unknown = ch.unary_unary("/eagleeye.detector.v1.Detector/Nope")
+        with pytest.raises(grpc.RpcError) as err:
+            unknown(b"", timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    assert cluster.router.popen.poll() is None
+
+
+def test_router_restart_rebuilds_its_view_within_a_second(cluster: LocalCluster) -> None:
+    cluster.restart_router()
+    listening = time.monotonic()
+    cluster.router.wait_for_event("switch", to_state="NORMAL", timeout=10)
+    assert time.monotonic() - listening < 3.0  # generous: a second is the target on a quiet machine
+    unary = LoadRun(cluster.router_address, "unary", 3)
+    stream = LoadRun(cluster.router_address, "stream", 3)
+    assert_clean(unary.result(), stream.result())
+
+
+def test_status_cli_and_admin_actions(cluster: LocalCluster) -> None:
+    out = subprocess.run([str(BIN / "eagleeye"), "status", "--target", cluster.router_address, "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    state = json.loads(out.stdout)
+    assert state["state"] == "NORMAL"
+    assert {b["backend"]: round(b["weight"]) for b in state["backends"]} == {"PRIMARY": 95, "STANDBY": 5}
+    assert state["recent_events"][-1]["to_state"] == "NORMAL"
+
+    from eagleeye.router.v1 import router_pb2 as rpb
+    from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+
+    with grpc.insecure_channel(cluster.router_address) as ch:
+        admin = rpb_grpc.RouterAdminStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as err:
+            admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5, metadata=[("authorization", "Bearer nope")])
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        auth = [("authorization", "Bearer s3cret")]
+        admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5, metadata=auth)
+        cluster.router.wait_for_event("switch", to_state="FAILOVER")
+        assert "drained by operator" in switches(cluster)[-1]["reason"]
+        admin.Switch(rpb.SwitchRequest(to=rpb.PRIMARY), timeout=5, metadata=auth)
+        cluster.router.wait_for_event("switch", from_state="RECOVERING", to_state="NORMAL", timeout=30)
+    text = subprocess.run([str(BIN / "eagleeye"), "status", "--target", cluster.router_address],
+                          capture_output=True, text=True, timeout=30).stdout
+    assert "NORMAL" in text and "primary" in text and "FAILOVER" in text

@@ -148,7 +148,8 @@ async def cmd_load(args: argparse.Namespace) -> int:
     summary = tally.summary(mode=args.mode, rate=args.rate, duration_s=round(time.monotonic() - started, 2),
                             frame_bytes=pool.payload_bytes)
     text = (f"sent {summary['sent']}  answered {summary['answered']}  errors {summary['errors']}  "
-            f"lost {summary['lost']}  duplicated {summary['duplicated']}  reordered {'-' if summary['reordered'] is None else summary['reordered']}\n"
+            f"lost {summary['lost']}  duplicated {summary['duplicated']}  "
+            f"reordered {'-' if summary['reordered'] is None else summary['reordered']}\n"
             + ("latency: no answers" if summary["p50_ms"] is None else
                f"latency p50 {summary['p50_ms']} ms  p95 {summary['p95_ms']} ms  p99 {summary['p99_ms']} ms"))
     if summary["error_codes"]:

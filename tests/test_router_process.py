@@ -204,12 +204,12 @@ def test_client_errors_are_not_retried_and_metadata_passes(cluster: LocalCluster
         stub = pb_grpc.DetectorStub(ch)
         with pytest.raises(grpc.RpcError) as err:
             stub.Detect(pb.DetectRequest(encoded=b"junk"), timeout=5, metadata=[("x-camera", "cam-7")])
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-        assert "not a JPEG or PNG" in err.value.details()  # type: ignore[attr-defined]
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a JPEG or PNG" in err.value.details()
         unknown = ch.unary_unary("/eagleeye.detector.v1.Detector/Nope")
         with pytest.raises(grpc.RpcError) as err:
             unknown(b"", timeout=5)
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert cluster.router.popen.poll() is None
 
 
@@ -239,10 +239,10 @@ def test_status_cli_and_admin_actions(cluster: LocalCluster) -> None:
         admin = rpb_grpc.RouterAdminStub(ch)
         with pytest.raises(grpc.RpcError) as err:
             admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5)
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as err:
             admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5, metadata=[("authorization", "Bearer nope")])
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         auth = [("authorization", "Bearer s3cret")]
         admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5, metadata=auth)
         cluster.router.wait_for_event("switch", to_state="FAILOVER")

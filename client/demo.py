@@ -1,7 +1,8 @@
-"""`make demo`: start a worker on the embedded model and stream synthetic video through it, live.
+"""`make demo`: a primary, a hot standby and the router on this machine, a failover and a switch-back, live.
 
-Until the router exists this shows one worker: its health as the standard protocol reports it,
-frames per second, detections per second and latency, refreshed in place; then a summary.
+Camera-like streams send synthetic video through the router. Midway the primary is killed (SIGKILL);
+later it is started again. The screen shows, refreshed in place, each backend's health and weight,
+frames per second per backend, latency and the router's switch events; a summary closes the run.
 """
 
 from __future__ import annotations
@@ -10,108 +11,148 @@ import argparse
 import asyncio
 import sys
 import time
+from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.frames import make_pool
-from client.processes import Proc
+from client.processes import LocalCluster
 from client.stats import Tally, percentile
-from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-
-HEALTH_NAMES = ("readiness", "liveness", "headroom")
-
-
-async def health_of(ch: grpc.aio.Channel) -> dict[str, str]:
-    stub = health_pb2_grpc.HealthStub(ch)
-    out = {}
-    for name in HEALTH_NAMES:
-        try:
-            resp = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=1)
-            out[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-        except grpc.aio.AioRpcError as e:
-            out[name] = e.code().name
-    return out
+from eagleeye.router.v1 import router_pb2 as rpb
+from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 
 
-async def wait_ready(ch: grpc.aio.Channel, timeout: float = 120) -> float:
-    t0 = time.monotonic()
-    call = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service="readiness"))
-    async for resp in call:
-        if resp.status == health_pb2.HealthCheckResponse.SERVING:
-            call.cancel()
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            break
-    raise SystemExit("the worker did not become ready")
+@dataclass
+class Stats:
+    """What the streams saw; `served` counts answers per worker id, with times."""
+
+    tally: Tally = field(default_factory=Tally)
+    served: list[tuple[float, str]] = field(default_factory=list)
+    objects: int = 0
 
 
-async def run(duration: float, rate: float) -> int:
-    print("EagleEye demo: one detector worker on the embedded model (router: coming next)")
-    ok = False
-    proc = Proc("eagleeye-detector", ["--listen", "127.0.0.1:0", "--worker-id", "primary"])
+async def camera(stub: pb_grpc.DetectorStub, index: int, cameras: int, fps: float, duration: float,
+                 stats: Stats) -> None:
+    """One camera: a long-lived DetectStream at `fps`; frame ids are unique across cameras."""
+    pool = make_pool(480, 270, "jpeg", count=8, seed=30_000_000 + index * 100)
+    call = stub.DetectStream()
+    sent_at: dict[int, float] = {}
+
+    async def receive() -> None:
+        async for resp in call:
+            now = time.monotonic()
+            stats.tally.on_answer(resp.frame_id, (now - sent_at.pop(resp.frame_id, now)) * 1000)
+            stats.served.append((now, resp.worker))
+            stats.objects += len(resp.detections)
+
+    stats.tally.ordered = False  # several cameras share one tally; each stream's order is checked by the router
+    receiver = asyncio.create_task(receive())
+    start = time.monotonic()
+    for i in range(int(duration * fps)):
+        await asyncio.sleep(max(0.0, start + i / fps - time.monotonic()))  # the camera's frame clock
+        fid = i * cameras + index
+        sent_at[fid] = time.monotonic()
+        stats.tally.on_sent(fid)
+        await call.write(pool.frame(fid))
+    await call.done_writing()
+    await receiver
+
+
+def render(now: float, start: float, state: rpb.RouterState, stats: Stats, log: list[str], tty: bool) -> str:
+    recent = [w for t, w in stats.served if t > now - 1.0]
+    lat = stats.tally.latencies_ms[-60:]
+    lines = [f"EagleEye demo   t = {now - start:5.1f} s   router state: {state.state}"
+             + (f"   (hold-down {state.hold_down_remaining_s:.1f} s left)" if state.hold_down_remaining_s > 0 else "")
+             + (f"   (ramp {state.ramp_progress:.0%})" if 0 < state.ramp_progress < 1 else ""),
+             f"{'backend':<9}{'address':<18}{'health':<44}{'weight':>8}{'frames/s':>10}"]
+    for b in state.backends:
+        name = rpb.Backend.Name(b.backend).lower()
+        health = ("ready" + ("" if b.headroom else ", no headroom")) if b.ready else f"DOWN: {b.reason}"[:42]
+        lines.append(f"{name:<9}{b.address:<18}{health:<44}{b.weight:>7.1f}%{recent.count(name):>10}")
+    s = stats.tally.summary()
+    lines.append(f"frames sent {s['sent']}  answered {s['answered']}  lost-so-far {s['sent'] - s['answered']}  "
+                 f"duplicated {s['duplicated']}  objects {stats.objects}  latency p50 "
+                 f"{percentile(lat, 50) or 0:.0f} ms  p99 {percentile(lat, 99) or 0:.0f} ms")
+    lines.append("switch events:")
+    for e in list(state.recent_events)[-6:]:
+        when = time.strftime("%H:%M:%S", time.localtime(e.time_unix))
+        detect = f" (detected in {e.detection_ms:.0f} ms)" if e.detection_ms else ""
+        lines.append(f"  {when} {e.from_state} -> {e.to_state}{detect}: {e.reason}"[:140])
+    lines += [f"  * {m}" for m in log[-4:]]
+    return ("\x1b[H\x1b[2J" if tty else "\n") + "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> int:
+    tty = sys.stdout.isatty()
+    print("starting a primary and a standby worker (embedded model) and the router on 127.0.0.1 ...", flush=True)
+    cluster = LocalCluster(router_args=["--hold-down", str(args.hold_down), "--ramp", str(args.ramp)])
+    log: list[str] = []
+    stats = Stats()
     try:
-        address = proc.wait_listening()
-        async with grpc.aio.insecure_channel(address) as ch:
-            print(f"worker listening on {address}; loading and warming the model ...")
-            took = await wait_ready(ch)
-            info = await pb_grpc.DetectorStub(ch).GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
-            print(f"ready after {took:.1f} s: model {info.name}:{info.version} on {info.device}, "
-                  f"classes {', '.join(info.classes)}")
-            pool = make_pool(640, 360, "jpeg")
-            tally, objects = Tally(), 0
-            call = pb_grpc.DetectorStub(ch).DetectStream()
-            sent_at: dict[int, float] = {}
-
-            async def receive() -> None:
-                nonlocal objects
-                async for resp in call:
-                    tally.on_answer(resp.frame_id, (time.monotonic() - sent_at.pop(resp.frame_id)) * 1000)
-                    objects += len(resp.detections)
-
-            receiver = asyncio.create_task(receive())
+        cluster.wait_ready()
+        cluster.router.wait_for_event("switch", to_state="NORMAL", timeout=30)
+        async with grpc.aio.insecure_channel(cluster.router_address) as ch:
+            stub, admin = pb_grpc.DetectorStub(ch), rpb_grpc.RouterAdminStub(ch)
             start = time.monotonic()
-            last_shown, last_answered, last_objects = start, 0, 0
-            for i in range(int(duration * rate)):
-                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))  # the camera's frame clock
-                sent_at[i] = time.monotonic()
-                tally.on_sent(i)
-                await call.write(pool.frame(i))
+            cams = [asyncio.create_task(camera(stub, i, args.cameras, args.fps, args.duration, stats))
+                    for i in range(args.cameras)]
+            killed_at = restarted_at = primary_ready_at = None
+            while not all(c.done() for c in cams):
                 now = time.monotonic()
-                if now - last_shown >= 1.0:
-                    health = await health_of(ch)
-                    fps = (tally.answered - last_answered) / (now - last_shown)
-                    dps = (objects - last_objects) / (now - last_shown)
-                    p50 = percentile(tally.latencies_ms[-int(rate):], 50) or 0.0
-                    p99 = percentile(tally.latencies_ms[-int(rate):], 99) or 0.0
-                    # Refresh in place on a terminal; one line per second into a pipe or file.
-                    lead, tail = ("\r\x1b[K", "") if sys.stdout.isatty() else ("", "\n")
-                    sys.stdout.write(
-                        f"{lead}{now - start:5.1f} s | {fps:5.1f} frames/s | {dps:6.1f} detections/s | "
-                        f"p50 {p50:6.1f} ms p99 {p99:6.1f} ms | "
-                        + " ".join(f"{n}={s}" for n, s in health.items()) + tail)
-                    sys.stdout.flush()
-                    last_shown, last_answered, last_objects = now, tally.answered, objects
-            await call.done_writing()
-            await asyncio.wait_for(receiver, 30)
-            s = tally.summary()
-            print(f"\n\nsummary: sent {s['sent']}, answered {s['answered']}, lost {s['lost']}, "
-                  f"duplicated {s['duplicated']}, reordered {s['reordered']}; {objects} objects detected; "
-                  f"latency p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms, p99 {s['p99_ms']} ms")
-            ok = s["sent"] == s["answered"] and not (s["lost"] or s["duplicated"] or s["reordered"])
+                if killed_at is None and now - start >= args.kill_at:
+                    cluster.primary.popen.kill()
+                    killed_at = now
+                    log.append(f"t={now - start:.1f} s: primary killed (SIGKILL)")
+                if killed_at is not None and restarted_at is None and now - start >= args.restart_at:
+                    restarted_at = now
+                    log.append(f"t={now - start:.1f} s: primary starting again on its old port")
+                    await asyncio.to_thread(cluster.restart_primary)
+                if restarted_at is not None and primary_ready_at is None and any(
+                        e.get("event") == "model ready" for e in cluster.primary.events):
+                    primary_ready_at = time.monotonic()
+                    log.append(f"t={primary_ready_at - start:.1f} s: primary ready (model loaded and warm)")
+                state = await admin.GetState(rpb.GetStateRequest(), timeout=2)
+                sys.stdout.write(render(now, start, state, stats, log, tty))
+                sys.stdout.flush()
+                await asyncio.wait(cams, timeout=0.5 if tty else 1.0)
+            await asyncio.gather(*cams)
+            state = await admin.GetState(rpb.GetStateRequest(), timeout=2)
+            sys.stdout.write(render(time.monotonic(), start, state, stats, log, tty) + "\n")
     finally:
-        code = proc.stop()
-        print(f"worker drained and exited with code {code}")
-    return 0 if ok and code == 0 else 1
+        cluster.stop()
+
+    s = stats.tally.summary()
+    first_standby = next((t for t, w in stats.served if killed_at and t > killed_at and w == "standby"), None)
+    back_on_primary = next((t for t, w in stats.served if primary_ready_at and t > primary_ready_at
+                            and w == "primary"), None)
+    normal = next((e for e in state.recent_events if e.from_state == "RECOVERING" and e.to_state == "NORMAL"), None)
+    failover = next((e for e in state.recent_events if e.to_state == "FAILOVER"), None)
+    print("\nsummary")
+    clean = s["sent"] == s["answered"] and not s["duplicated"]
+    print(f"  frames sent {s['sent']}, answered {s['answered']}, lost {s['lost']}, duplicated {s['duplicated']}"
+          f" ({'every frame answered exactly once' if clean else 'NOT CLEAN'})")
+    if failover is not None and killed_at is not None and first_standby is not None:
+        print(f"  failover: the router switched in {failover.detection_ms:.0f} ms after last seeing the primary "
+              f"healthy; first standby answer {1000 * (first_standby - killed_at):.0f} ms after the kill")
+    if primary_ready_at is not None and back_on_primary is not None:
+        print(f"  switch-back: first frame on the primary again {back_on_primary - primary_ready_at:.1f} s after it "
+              f"was ready (hold-down {args.hold_down:g} s, then a {args.ramp:g} s ramp"
+              + (", ramp complete" if normal is not None else ", ramp still running") + ")")
+    print(f"  latency p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms, p99 {s['p99_ms']} ms; {stats.objects} objects")
+    return 0 if clean else 1
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="eagleeye-demo", description=__doc__)
-    ap.add_argument("--duration", type=float, default=20.0, help="seconds of video (default 20)")
-    ap.add_argument("--rate", type=float, default=15.0, help="frames per second (default 15)")
-    args = ap.parse_args()
-    return asyncio.run(run(args.duration, args.rate))
+    ap.add_argument("--cameras", type=int, default=4, help="video streams (default 4)")
+    ap.add_argument("--fps", type=float, default=5.0, help="frames per second per camera (default 5)")
+    ap.add_argument("--duration", type=float, default=40.0, help="seconds of video (default 40)")
+    ap.add_argument("--kill-at", type=float, default=8.0, help="kill the primary at this second (default 8)")
+    ap.add_argument("--restart-at", type=float, default=14.0, help="start it again at this second (default 14)")
+    ap.add_argument("--hold-down", type=float, default=5.0, help="router hold-down, seconds (default 5)")
+    ap.add_argument("--ramp", type=float, default=8.0, help="router ramp, seconds (default 8)")
+    return asyncio.run(run(ap.parse_args()))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo     start a worker and stream synthetic video through it"
 	@echo "make test     stubs check, lint, type check and the whole test suite"
-	@echo "make bench    figures: health Check latency idle and under saturating inference"
+	@echo "make bench    figures: health Check latency under load, router overhead, failover times"
 	@echo "make setup    create $(VENV) and install the project (editable) with its test tools"
 	@echo "make protos   regenerate the gRPC stubs from protos/"
 	@echo "make train-default-model   retrain the embedded default model (about 10 minutes on 2 cores)"
@@ -56,6 +56,7 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench.check_latency
+	$(PY) -m bench.router_bench
 
 train-default-model: setup
 	$(PY) -m detector.defaultmodel.train --out detector/defaultmodel/default.pt2

@@ -77,3 +77,29 @@ def test_every_setting_is_documented() -> None:
         for f in dataclasses.fields(cls):
             if f.name != "health":
                 assert f"| `{f.name}` |" in doc, f"docs/configuration.md does not describe {f.name}"
+
+
+def test_every_router_setting_is_documented() -> None:
+    import dataclasses
+
+    from router.config import RouterConfig
+
+    doc = (Path(__file__).parent.parent / "docs" / "router.md").read_text()
+    for f in dataclasses.fields(RouterConfig):
+        assert f"| `{f.name}` |" in doc, f"docs/router.md does not describe {f.name}"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--listen", "127.0.0.1:0", "--primary", "127.0.0.1:1"], "both backends are required"),
+    (["--listen", "127.0.0.1:0", "--primary", "127.0.0.1:1", "--standby", "127.0.0.1:1"], "must differ"),
+    (["--listen", "127.0.0.1:0", "--primary", "127.0.0.1:1", "--standby", "127.0.0.1:2", "--weights", "90,5"],
+     "summing to 100"),
+    (["--listen", "127.0.0.1:0", "--primary", "127.0.0.1:1", "--standby", "127.0.0.1:2", "--weights", "a"],
+     "PRIMARY,STANDBY"),
+    (["--listen", "127.0.0.1:0", "--primary", "127.0.0.1:1", "--standby", "127.0.0.1:2", "--hold-down", "0"],
+     "hold_down_s=0.0: must be > 0"),
+])
+def test_router_cli_rejects_bad_settings_with_one_line_and_exit_2(args: list[str], message: str) -> None:
+    proc = subprocess.run([BIN / "eagleeye-router", *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert message in proc.stderr

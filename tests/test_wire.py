@@ -22,3 +22,13 @@ def test_frame_ids_match_protobuf(fid: int) -> None:
 def test_malformed_bytes_are_rejected(junk: bytes) -> None:
     with pytest.raises(WireError):
         frame_id(junk, REQUEST_FRAME_ID)
+
+
+def test_forwarded_metadata_keeps_custom_and_trace_headers_only() -> None:
+    from router.proxy import forwardable
+
+    md = [("x-camera", "cam-7"), ("traceparent", "00-abc-def-01"), ("grpc-trace-bin", b"\x00\x01"),
+          ("user-agent", "grpc-python"), ("content-type", "application/grpc"), ("grpc-timeout", "5S"),
+          ("authorization", "Bearer s3cret"), (":authority", "router")]
+    assert forwardable(md) == (("x-camera", "cam-7"), ("traceparent", "00-abc-def-01"),
+                               ("grpc-trace-bin", b"\x00\x01"))

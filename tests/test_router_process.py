@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.processes import BIN, LocalCluster
 from detector.defaultmodel.scenes import make_scene
@@ -128,6 +129,11 @@ def test_sigstop_primary_hangs_with_its_connection_alive(cluster: LocalCluster) 
     cluster.primary.signal(signal.SIGSTOP)
     failover = cluster.router.wait_for_event("switch", to_state="FAILOVER")
     assert "Checks failed" in failover["reason"]  # Watch says nothing: only the active Check sees a hang
+    with grpc.insecure_channel(cluster.router_address) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        statuses = {name: health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+                    for name in ("", "readiness", "liveness", "redundancy")}
+    assert statuses == {"": SERVING, "readiness": SERVING, "liveness": SERVING, "redundancy": NOT_SERVING}
     cluster.primary.signal(signal.SIGCONT)
     cluster.router.wait_for_event("switch", from_state="RECOVERING", to_state="NORMAL", timeout=60)
     assert_clean(unary.result(), stream.result())

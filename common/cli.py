@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import sys
-from typing import NoReturn
+from collections.abc import Callable, Coroutine
+from typing import NoReturn, Protocol, TypeVar
+
+
+class _Logged(Protocol):
+    @property
+    def log_level(self) -> str: ...
+
+
+C = TypeVar("C", bound=_Logged)
 
 
 class ConfigError(ValueError):
@@ -56,3 +66,18 @@ def probe_bind(field: str, host: str, port: int) -> None:
         except OSError as e:
             raise ConfigError(f"{field}={host}:{port}: cannot bind ({e.strerror}); "
                               "is another server on this port?") from None
+
+
+def run_service(prog: str, make_config: Callable[[], C], serve: Callable[[C], Coroutine[object, object, int]]) -> int:
+    """Build the config (exit 2 with one line if invalid), set up logs, serve until stopped."""
+    from common.logs import setup
+
+    try:
+        cfg = make_config()
+    except ConfigError as e:
+        fail_config(prog, e)
+    setup(cfg.log_level)
+    try:
+        return asyncio.run(serve(cfg))
+    except ConfigError as e:  # found while starting: a port in use, a device that is not there
+        fail_config(prog, e)

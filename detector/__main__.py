@@ -16,8 +16,8 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 
 from common import grpcopts
-from common.cli import ConfigError, OneLineParser, fail_config, parse_host_port, probe_bind
-from common.logs import event, setup
+from common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
+from common.logs import event
 from detector import config as config_mod
 from detector.batcher import Batcher, InferenceHooks
 from detector.config import DetectorConfig
@@ -204,16 +204,8 @@ async def serve(cfg: DetectorConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "config"}
-    try:
-        cfg = config_mod.load(args.config, overrides)
-    except ConfigError as e:
-        fail_config(PROG, e)
-    setup(cfg.log_level)
-    try:
-        return asyncio.run(serve(cfg))
-    except ConfigError as e:
-        fail_config(PROG, e)
+    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    return run_service(PROG, lambda: config_mod.load(args.config, flags), serve)
 
 
 if __name__ == "__main__":

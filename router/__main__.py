@@ -14,8 +14,8 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 
 from common import grpcopts
-from common.cli import ConfigError, OneLineParser, fail_config, parse_host_port, probe_bind
-from common.logs import event, setup
+from common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
+from common.logs import event
 from eagleeye.router.v1 import router_pb2_grpc
 from router import config as config_mod
 from router.admin import AdminServicer
@@ -101,18 +101,14 @@ async def serve(cfg: RouterConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "weights")}
-    try:
+
+    def make_config() -> RouterConfig:
+        flags = {k: v for k, v in vars(args).items() if k not in ("config", "weights")}
         if args.weights is not None:
             flags["weights"] = config_mod.parse_weights(args.weights)
-        cfg = config_mod.load(args.config, flags)
-    except ConfigError as e:
-        fail_config(PROG, e)
-    setup(cfg.log_level)
-    try:
-        return asyncio.run(serve(cfg))
-    except ConfigError as e:
-        fail_config(PROG, e)
+        return config_mod.load(args.config, flags)
+
+    return run_service(PROG, make_config, serve)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ help:
 	@echo "make bench    figures: health Check latency under load, router overhead, failover times"
 	@echo "make setup    create $(VENV) and install the project (editable) with its test tools"
 	@echo "make protos   regenerate the gRPC stubs from protos/"
-	@echo "make train-default-model   retrain the embedded default model (about 10 minutes on 2 cores)"
+	@echo "make train-default-model   retrain the embedded default model (about 25 minutes on 2 cores)"
 
 setup: $(VENV)/.installed
 
@@ -59,7 +59,7 @@ bench: setup
 	$(PY) -m bench.router_bench
 
 train-default-model: setup
-	$(PY) -m detector.defaultmodel.train --out detector/defaultmodel/default.pt2
+	$(PY) -m detector.defaultmodel.train --minutes 22 --out detector/defaultmodel/default.pt2
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -57,6 +57,7 @@ class BackendView:
     healthy_checks: int = 0                  # consecutive successful active checks
     last_ok_at: float | None = None          # when it was last seen healthy
     reason: str = ""                         # why it is not ready or lacks headroom
+    known: bool = True                       # it has answered at least once since the router started
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class Policy:
     _normal_since: float | None = None
     _headroom_back_since: float | None = None
     _skip_hold_down: bool = False
+    # FAILOVER only because the primary had not answered yet (the router just started): that is
+    # not a failure, so its first ready answer brings traffic back without a hold-down.
+    _primary_unheard: bool = False
 
     def __post_init__(self) -> None:
         self._hold_down = self.cfg.hold_down_s
@@ -123,6 +127,10 @@ class Policy:
             self._recovery = None
 
     def _primary_failed(self, primary: BackendView, now: float, out: list[Transition]) -> None:
+        if self.state is not State.FAILOVER:
+            self._primary_unheard = not primary.known
+        elif primary.known:
+            self._primary_unheard = False
         if self.state is State.RECOVERING:
             self._hold_down = min(self._hold_down * self.cfg.hold_down_multiplier, self.cfg.hold_down_max_s)
             reason = (f"primary failed again during recovery ({primary.reason or 'not ready'}); "
@@ -167,6 +175,8 @@ class Policy:
             target = self._healthy_target(primary)
             self._go(target, now, "both backends ready" if target is State.NORMAL
                      else f"both backends ready; primary lacks headroom: {primary.reason}", out)
+        elif self.state is State.FAILOVER and self._primary_unheard:
+            self._go(self._healthy_target(primary), now, "primary answered for the first time", out)
         elif self.state is State.FAILOVER:
             self._go(State.RECOVERING, now, f"primary ready again: hold-down {self._hold_down:g} s and "
                                             f"{cfg.healthy_checks} healthy checks before switching back", out)

@@ -1,8 +1,9 @@
 """Train the embedded default model on generated scenes and export it with torch.export.
 
-    python -m detector.defaultmodel.train --minutes 7 --out detector/defaultmodel/default.pt2
+    python -m detector.defaultmodel.train --minutes 22 --out detector/defaultmodel/default.pt2
 
-Deterministic data (scene seeds 0..N-1); the weights differ run to run only by torch's kernels.
+The data is deterministic (scene seeds 0..N-1) and so is the sampling; the budget is time, so a
+slower machine takes fewer steps (the committed weights: 1267 steps of batch 32 on 2 cores).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=16000, help="training scenes (seeds 0..N-1)")
-    ap.add_argument("--minutes", type=float, default=7.0, help="training time budget")
+    ap.add_argument("--minutes", type=float, default=22.0, help="training time budget")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=2)

@@ -16,6 +16,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 
 from common import grpcopts
+from common import telemetry as telemetry_mod
 from common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
 from common.logs import event
 from detector import config as config_mod
@@ -24,6 +25,7 @@ from detector.config import DetectorConfig
 from detector.contract import Detector, ModelError
 from detector.gpu import InjectedSource, NoGpu, SwitchableSource, open_source
 from detector.imaging import ImageLimits, letterbox
+from detector.metrics import DetectorMetrics
 from detector.monitor import Golden, HealthPublisher, Monitor
 from detector.pipeline import LatencyWindow, Pipeline
 from detector.server import Defaults, DetectorServicer
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                       epilog="Settings not given as flags come from --config (TOML), then defaults; "
                              "see docs/configuration.md.")
     p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (port 0: any free port)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0: any free port)")
     p.add_argument("--device", metavar="auto|cpu|cuda:N", help="where the model runs (default auto)")
     p.add_argument("--model", metavar="FILE", type=Path,
                    help="a .pt2 (torch.export) or TorchScript model file (default: the embedded model)")
@@ -109,19 +113,23 @@ async def serve(cfg: DetectorConfig) -> int:
     except RuntimeError:
         raise ConfigError(f"listen={cfg.listen!r}: cannot bind; is another server on this port?") from None
     worker_id = cfg.worker_id or f"{socket.gethostname()}:{port}"
+    tel = telemetry_mod.setup("eagleeye-detector", worker_id, cfg.metrics_listen or None)
 
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     publisher = HealthPublisher(health)
     defaults = Defaults(cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
-    detector = DetectorServicer(worker_id, defaults, cfg.max_stream_inflight)
+    batcher_ref: list[Batcher] = []
+    monitor_ref: list[Monitor] = []
+    metrics = DetectorMetrics(tel.meter, queue_depth=lambda: batcher_ref[0].depth if batcher_ref else 0,
+                              gpu=lambda: monitor_ref[0].gpu if monitor_ref else None, health=publisher.statuses)
+    detector = DetectorServicer(worker_id, defaults, cfg.max_stream_inflight, metrics)
     detector_pb2_grpc.add_DetectorServicer_to_server(detector, server)
 
     # Listen before importing torch and loading the model: probes get answers (liveness SERVING,
     # readiness NOT_SERVING) during the seconds that takes.
     latency = LatencyWindow(cfg.health.latency_window_s)
     hooks: InferenceHooks | None = None
-    batcher_ref: list[Batcher] = []
     telemetry = SwitchableSource(NoGpu("device not opened yet"))
     if cfg.fault_injection:
         from detector.faults import FaultHooks, FaultInjectionServicer
@@ -129,6 +137,7 @@ async def serve(cfg: DetectorConfig) -> int:
 
         hooks = FaultHooks()
     monitor = Monitor(cfg.health, telemetry, publisher, latency)
+    monitor_ref.append(monitor)
     if cfg.fault_injection:
         assert isinstance(hooks, FaultHooks)
         fault_injection_pb2_grpc.add_FaultInjectionServicer_to_server(
@@ -136,7 +145,8 @@ async def serve(cfg: DetectorConfig) -> int:
                                    monitor.wake), server)
 
     await server.start()
-    event(log, "listening", address=f"{host}:{port}", worker=worker_id, fault_injection=cfg.fault_injection)
+    event(log, "listening", address=f"{host}:{port}", worker=worker_id, metrics=tel.metrics_address,
+          fault_injection=cfg.fault_injection)
     monitor_task = asyncio.create_task(monitor.run())
 
     stop = asyncio.Event()
@@ -173,7 +183,8 @@ async def serve(cfg: DetectorConfig) -> int:
             stop.set()
         else:
             batcher = Batcher(model, max_batch=cfg.max_batch, max_delay_s=cfg.max_queue_delay_ms / 1000,
-                              max_queue=cfg.max_queue, hooks=hooks, on_sticky_error=lambda _: monitor.wake())
+                              max_queue=cfg.max_queue, hooks=hooks, on_sticky_error=lambda _: monitor.wake(),
+                              on_batch=metrics.batch)
             batcher.start()
             batcher_ref.append(batcher)
             detector.device, detector.half = device, cfg.half and device.startswith("cuda")
@@ -197,6 +208,7 @@ async def serve(cfg: DetectorConfig) -> int:
         detector.pipeline.close()
     monitor_task.cancel()
     telemetry.close()
+    tel.shutdown()
     event(log, "stopped", exit_code=exit_code,
           errors={f"{m}/{c}": n for (m, c), n in sorted(detector.errors.items())})
     return exit_code

@@ -83,13 +83,15 @@ class Batcher:
 
     def __init__(self, model: Detector, *, max_batch: int, max_delay_s: float, max_queue: int,
                  hooks: InferenceHooks | None = None,
-                 on_sticky_error: Callable[[str], None] | None = None) -> None:
+                 on_sticky_error: Callable[[str], None] | None = None,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
         self._model = model
         self.max_batch = max_batch
         self._max_delay_s = max_delay_s
         self.capacity = max_queue
         self._hooks = hooks or InferenceHooks()
         self._on_sticky = on_sticky_error
+        self._on_batch = on_batch
         self._cond = threading.Condition()
         self._queue: collections.deque[_Item] = collections.deque()
         self._running = 0          # requests in the batch the thread is running now
@@ -177,6 +179,8 @@ class Batcher:
             self._hooks.before_batch()
             detections = self._model.infer(np.stack([item.image for item in batch]))
             elapsed = time.monotonic() - started
+            if self._on_batch is not None:
+                self._on_batch(len(batch), elapsed)
             results = [BatchResult(d, started - item.enqueued, elapsed, len(batch))
                        for d, item in zip(detections, batch)]
         except InferenceUnavailable as e:

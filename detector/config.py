@@ -62,6 +62,7 @@ class DetectorConfig:
     """Everything a worker needs to run; see `eagleeye-detector --help` and docs/configuration.md."""
 
     listen: str = "127.0.0.1:50051"
+    metrics_listen: str = ""            # HOST:PORT for Prometheus /metrics; "": none
     device: str = "auto"
     model: Path | None = None           # None: the embedded default model
     half: bool = False
@@ -84,6 +85,8 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         parse_host_port("listen", self.listen)
+        if self.metrics_listen:
+            parse_host_port("metrics_listen", self.metrics_listen)
         if self.device not in ("auto", "cpu") and not _is_cuda(self.device):
             raise ConfigError(f"device={self.device!r}: must be auto, cpu or cuda:N")
         settings.at_least("torch_threads", self.torch_threads, 1)

@@ -72,7 +72,12 @@ class HealthPublisher:
     def __init__(self, servicer: health_aio.HealthServicer) -> None:
         self._servicer = servicer
         self._last: dict[str, bool] = {}
+        self._shut_down = False
         self.report: HealthReport | None = None
+
+    def statuses(self) -> dict[str, bool]:
+        """Service name -> SERVING, as last published (all False once shutting down)."""
+        return dict.fromkeys(self._last, False) if self._shut_down else dict(self._last)
 
     async def publish(self, report: HealthReport) -> None:
         """Set every status that changed; Watch subscribers get the change at once."""
@@ -91,6 +96,7 @@ class HealthPublisher:
 
     async def shutdown(self) -> None:
         """Every service NOT_SERVING, for good (SIGTERM)."""
+        self._shut_down = True
         await self._servicer.enter_graceful_shutdown()
         event(log, "health transition", logging.WARNING, changed="all NOT_SERVING",
               reasons=["shutting down (SIGTERM): draining in-flight work"])
@@ -119,6 +125,11 @@ class Monitor:
         self._telemetry_task: asyncio.Task[GpuSample | None] | None = None
         self._gpu: GpuSample | None = None
         self._stopped = False
+
+    @property
+    def gpu(self) -> GpuSample | None:
+        """The last GPU reading (None: no GPU or unknown)."""
+        return self._gpu
 
     def model_ready(self, batcher: Batcher, canary_input: np.ndarray, golden: Golden, gpu_expected: bool) -> None:
         """The model is loaded and warm: start canaries."""

@@ -14,6 +14,7 @@ import grpc
 from common.logs import event
 from detector.batcher import InferenceFailed, InferenceUnavailable, QueueFull
 from detector.imaging import ImageError
+from detector.metrics import DetectorMetrics
 from detector.pipeline import EncodedImage, Pipeline, Query, RawImage, Result
 from detector.postprocess import Selection
 from eagleeye.detector.v1 import detector_pb2 as pb
@@ -60,8 +61,10 @@ def _status_of(err: Exception) -> RequestError:
 class DetectorServicer(pb_grpc.DetectorServicer):
     """Detect, DetectStream and GetModelInfo over a Pipeline that appears once the model is warm."""
 
-    def __init__(self, worker_id: str, defaults: Defaults, max_stream_inflight: int) -> None:
+    def __init__(self, worker_id: str, defaults: Defaults, max_stream_inflight: int,
+                 metrics: DetectorMetrics | None = None) -> None:
         self.worker_id = worker_id
+        self._metrics = metrics
         self._defaults = defaults
         self._max_stream_inflight = max_stream_inflight
         self.pipeline: Pipeline | None = None
@@ -116,18 +119,27 @@ class DetectorServicer(pb_grpc.DetectorServicer):
                              total_ms=result.total_ms, batch_size=result.batch_size),
             worker=self.worker_id, image_width=result.width, image_height=result.height)
 
-    async def _serve(self, request: pb.DetectRequest) -> pb.DetectResponse:
+    async def _serve(self, request: pb.DetectRequest, method: str) -> pb.DetectResponse:
+        if self._metrics is not None:
+            self._metrics.frame(method)
         pipeline = self._pipeline()
         result = await pipeline.run(self._query(request, pipeline))
+        if self._metrics is not None:
+            labels = pipeline.meta.classes
+            self._metrics.request(method, "OK")
+            self._metrics.objects(labels[d.class_id] for d in result.detections)
+            self._metrics.answered(method, result.queue_ms / 1000, result.total_ms / 1000)
         return self._response(request.frame_id, result, pipeline.meta.classes)
 
     def _count(self, method: str, err: RequestError) -> None:
         self.errors[(method, err.code.name)] += 1
+        if self._metrics is not None:
+            self._metrics.request(method, err.code.name)
         event(log, "request refused", logging.DEBUG, method=method, code=err.code.name, message=err.message)
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
         try:
-            return await self._serve(request)
+            return await self._serve(request, "Detect")
         except Exception as e:
             err = _status_of(e)
             self._count("Detect", err)
@@ -137,7 +149,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
     async def _stream_frame(self, request: pb.DetectRequest) -> pb.DetectResponse:
         """One stream frame: a bad frame is answered with an error; UNAVAILABLE ends the stream."""
         try:
-            return await self._serve(request)
+            return await self._serve(request, "DetectStream")
         except Exception as e:
             err = _status_of(e)
             self._count("DetectStream", err)

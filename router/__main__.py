@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 
-from common import grpcopts
+from common import grpcopts, telemetry
 from common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
 from common.logs import event
 from eagleeye.router.v1 import router_pb2_grpc
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                       epilog="Settings not given as flags come from --config (TOML), then defaults; "
                              "see docs/router.md.")
     p.add_argument("--listen", metavar="HOST:PORT", help="address clients call (port 0: any free port)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0: any free port)")
     p.add_argument("--primary", metavar="HOST:PORT", help="the primary detector worker")
     p.add_argument("--standby", metavar="HOST:PORT", help="the hot standby detector worker")
     p.add_argument("--weights", metavar="P,S", help="traffic split in NORMAL, percent (default 95,5)")
@@ -57,6 +59,7 @@ async def serve(cfg: RouterConfig) -> int:
     except RuntimeError:
         raise ConfigError(f"listen={cfg.listen!r}: cannot bind; is another server on this port?") from None
 
+    tel = telemetry.setup("eagleeye-router", f"{host}:{port}", cfg.metrics_listen or None)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     watchers: dict[Backend, BackendWatcher] = {}
@@ -68,9 +71,12 @@ async def serve(cfg: RouterConfig) -> int:
 
     for backend, address in ((Backend.PRIMARY, cfg.primary), (Backend.STANDBY, cfg.standby)):
         watchers[backend] = BackendWatcher(backend.value, address, backend_channel(address, cfg), cfg, changed)
-    controller = Controller(cfg.policy(), watchers, health)
+    proxy_ref: list[Proxy] = []
+    controller = Controller(cfg.policy(), watchers, health, tel.meter,
+                            streams=lambda: proxy_ref[0].active_streams if proxy_ref else 0)
     controller_ref.append(controller)
     proxy = Proxy(cfg, controller)
+    proxy_ref.append(proxy)
     server.add_generic_rpc_handlers((proxy.handler(),))
     router_pb2_grpc.add_RouterAdminServicer_to_server(AdminServicer(controller, cfg.admin_token), server)
 
@@ -78,7 +84,8 @@ async def serve(cfg: RouterConfig) -> int:
     for w in watchers.values():
         w.start()
     controller_task = asyncio.create_task(controller.run())
-    event(log, "listening", address=f"{host}:{port}", primary=cfg.primary, standby=cfg.standby,
+    event(log, "listening", address=f"{host}:{port}", metrics=tel.metrics_address, primary=cfg.primary,
+          standby=cfg.standby,
           weights=list(cfg.weights), hold_down_s=cfg.hold_down_s, ramp_s=cfg.ramp_s,
           admin_actions="enabled" if cfg.admin_token else "disabled")
 
@@ -96,6 +103,7 @@ async def serve(cfg: RouterConfig) -> int:
         await w.channel.close()
     event(log, "stopped", switches=dict(controller.switches), retries=controller.retries,
           stream_migrations=controller.stream_migrations)
+    tel.shutdown()
     return 0
 
 

@@ -18,6 +18,7 @@ class RouterConfig:
     """Everything a router needs; see `eagleeye-router --help` and docs/router.md."""
 
     listen: str = "127.0.0.1:50050"
+    metrics_listen: str = ""            # HOST:PORT for Prometheus /metrics; "": none
     primary: str = ""
     standby: str = ""
     weights: tuple[float, float] = (95.0, 5.0)
@@ -48,6 +49,8 @@ class RouterConfig:
 
     def __post_init__(self) -> None:
         parse_host_port("listen", self.listen)
+        if self.metrics_listen:
+            parse_host_port("metrics_listen", self.metrics_listen)
         if not self.primary or not self.standby:
             raise ConfigError("primary and standby: both backends are required (--primary HOST:PORT "
                               "--standby HOST:PORT)")

@@ -17,8 +17,10 @@ from enum import Enum
 
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
+from opentelemetry import metrics
 
 from common.logs import event
+from router.metrics import RouterMetrics
 from router.policy import Decision, Policy, PolicyConfig, State, Transition
 from router.watcher import BackendWatcher
 
@@ -74,7 +76,8 @@ class Controller:
     """Policy + watchers + observers."""
 
     def __init__(self, policy_cfg: PolicyConfig, watchers: dict[Backend, BackendWatcher],
-                 health: health_aio.HealthServicer, clock: Callable[[], float] = time.monotonic,
+                 health: health_aio.HealthServicer, meter: metrics.Meter | None = None,
+                 streams: Callable[[], int] = lambda: 0, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
         self._policy = Policy(policy_cfg)
         self.watchers = watchers
@@ -91,6 +94,11 @@ class Controller:
         self.retries = 0
         self.stream_migrations = 0
         self._dirty = asyncio.Event()
+        self.metrics = RouterMetrics(
+            meter or metrics.NoOpMeter("eagleeye"),
+            weights=lambda: {b.value: self.weight(b) for b in Backend},
+            ready=lambda: {b.value: w.view().ready for b, w in self.watchers.items()},
+            state=lambda: self.decision.state, health=lambda: dict(self._published), streams=streams)
 
     # -- decisions ---------------------------------------------------------------------------------
 
@@ -114,6 +122,7 @@ class Controller:
                          latency_before_ms=self.latency.median(now - LATENCY_WINDOW_S, now))
         self.events.append(ev)
         self.switches[t.to_state.value if t.from_state != t.to_state else "RAMP_START"] += 1
+        self.metrics.switch(t.to_state.value, t.cause, t.detection_ms)
         event(log, "switch", logging.WARNING if t.to_state in (State.FAILOVER, State.BOTH_DOWN) else logging.INFO,
               from_state=ev.from_state, to_state=ev.to_state, reason=ev.reason,
               detection_ms=None if ev.detection_ms is None else round(ev.detection_ms, 1),

@@ -68,6 +68,7 @@ class Transition:
     from_state: State
     to_state: State
     reason: str
+    cause: str                               # a fixed word for metrics: primary_failed, ramp_complete, ...
     detection_ms: float | None = None        # last seen healthy -> switch, when a failure caused it
 
 
@@ -112,14 +113,14 @@ class Policy:
         """An operator vouches for the primary: the next recovery goes straight to the ramp."""
         self._skip_hold_down = True
 
-    def _go(self, to: State, now: float, reason: str, out: list[Transition],
+    def _go(self, to: State, now: float, cause: str, reason: str, out: list[Transition],
             failing: BackendView | None = None) -> None:
         if to is self.state:
             return
         detection = None
         if failing is not None and failing.last_ok_at is not None:
             detection = max(0.0, (now - failing.last_ok_at) * 1000)
-        out.append(Transition(now, self.state, to, reason, detection))
+        out.append(Transition(now, self.state, to, reason, cause, detection))
         self.state = to
         self._normal_since = now if to is State.NORMAL else None
         self._headroom_back_since = None
@@ -133,11 +134,13 @@ class Policy:
             self._primary_unheard = False
         if self.state is State.RECOVERING:
             self._hold_down = min(self._hold_down * self.cfg.hold_down_multiplier, self.cfg.hold_down_max_s)
+            cause = "primary_failed_in_recovery"
             reason = (f"primary failed again during recovery ({primary.reason or 'not ready'}); "
                       f"next hold-down {self._hold_down:g} s")
         else:
+            cause = "primary_failed" if primary.known else "primary_not_heard_yet"
             reason = f"primary not ready: {primary.reason or 'no reason given'}"
-        self._go(State.FAILOVER, now, reason, out, primary)
+        self._go(State.FAILOVER, now, cause, reason, out, primary)
 
     def _healthy_target(self, primary: BackendView) -> State:
         return State.NORMAL if primary.headroom else State.DEGRADED
@@ -150,11 +153,12 @@ class Policy:
             if self._skip_hold_down or (held >= self._hold_down and primary.healthy_checks >= self.cfg.healthy_checks):
                 self._skip_hold_down = False
                 rec.ramp_started = now
-                out.append(Transition(now, State.RECOVERING, State.RECOVERING,
-                                      f"primary ready for {held:.1f} s and {primary.healthy_checks} checks: "
-                                      f"ramping back over {self.cfg.ramp_s:g} s"))
+                reason = (f"primary ready for {held:.1f} s and {primary.healthy_checks} checks: "
+                          f"ramping back over {self.cfg.ramp_s:g} s")
+                out.append(Transition(now, State.RECOVERING, State.RECOVERING, reason, "ramp_started"))
         if rec.ramp_started is not None and now - rec.ramp_started >= self.cfg.ramp_s:
-            self._go(self._healthy_target(primary), now, "ramp complete: primary back in service", out)
+            self._go(self._healthy_target(primary), now, "ramp_complete", "ramp complete: primary back in service",
+                     out)
 
     def update(self, primary: BackendView, standby: BackendView, now: float) -> Decision:
         """Apply the views at `now` and return what to do."""
@@ -164,33 +168,38 @@ class Policy:
                 now - self._normal_since >= cfg.hold_down_reset_s:
             self._hold_down = cfg.hold_down_s
         if not primary.ready and not standby.ready:
-            self._go(State.BOTH_DOWN, now, f"primary not ready ({primary.reason or 'unknown'}) and standby not "
-                                           f"ready ({standby.reason or 'unknown'})", out, primary)
+            self._go(State.BOTH_DOWN, now, "both_failed",
+                     f"primary not ready ({primary.reason or 'unknown'}) and standby not ready "
+                     f"({standby.reason or 'unknown'})", out, primary)
         elif not primary.ready:
             self._primary_failed(primary, now, out)
         elif not standby.ready:
-            self._go(State.STANDBY_DOWN, now, f"standby not ready: {standby.reason or 'no reason given'}; "
-                                              "redundancy lost", out, standby)
+            self._go(State.STANDBY_DOWN, now, "standby_failed",
+                     f"standby not ready: {standby.reason or 'no reason given'}; redundancy lost", out, standby)
         elif self.state in (State.BOTH_DOWN, State.STANDBY_DOWN):
             target = self._healthy_target(primary)
-            self._go(target, now, "both backends ready" if target is State.NORMAL
+            self._go(target, now, "both_ready", "both backends ready" if target is State.NORMAL
                      else f"both backends ready; primary lacks headroom: {primary.reason}", out)
         elif self.state is State.FAILOVER and self._primary_unheard:
-            self._go(self._healthy_target(primary), now, "primary answered for the first time", out)
+            self._go(self._healthy_target(primary), now, "primary_first_answer", "primary answered for the first time",
+                     out)
         elif self.state is State.FAILOVER:
-            self._go(State.RECOVERING, now, f"primary ready again: hold-down {self._hold_down:g} s and "
-                                            f"{cfg.healthy_checks} healthy checks before switching back", out)
+            self._go(State.RECOVERING, now, "primary_recovered",
+                     f"primary ready again: hold-down {self._hold_down:g} s and "
+                     f"{cfg.healthy_checks} healthy checks before switching back", out)
             self._recovery = _Recovery(since=now)
             self._recover(primary, now, out)
         elif self.state is State.RECOVERING:
             self._recover(primary, now, out)
         elif self.state is State.NORMAL and not primary.headroom:
-            self._go(State.DEGRADED, now, f"primary lacks headroom: {primary.reason or 'soft trigger'}", out)
+            self._go(State.DEGRADED, now, "headroom_lost",
+                     f"primary lacks headroom: {primary.reason or 'soft trigger'}", out)
         elif self.state is State.DEGRADED and primary.headroom:
             if self._headroom_back_since is None:
                 self._headroom_back_since = now
             if now - self._headroom_back_since >= cfg.degraded_recover_s:
-                self._go(State.NORMAL, now, f"primary headroom back for {cfg.degraded_recover_s:g} s", out)
+                self._go(State.NORMAL, now, "headroom_back",
+                         f"primary headroom back for {cfg.degraded_recover_s:g} s", out)
         elif self.state is State.DEGRADED:
             self._headroom_back_since = None
         return self._decision(primary, now, tuple(out))

@@ -43,6 +43,15 @@ def forwardable(metadata: Sequence[Any] | None) -> Metadata:
     return tuple(out)
 
 
+def _code_name(code: Any) -> str:
+    """The name of what context.code() returns (a StatusCode, a number, or None when cancelled)."""
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    if isinstance(code, int):
+        return str(next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN"))
+    return "CANCELLED"
+
+
 def retriable(code: grpc.StatusCode) -> bool:
     """Failures that say "this backend, now", not "this request": worth a try elsewhere."""
     return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -73,7 +82,15 @@ class Proxy:
 
     def _make_unary(self, method: str) -> Any:
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            return await self._forward_unary(method, request, context)
+            started = time.monotonic()
+            try:
+                response = await self._forward_unary(method, request, context)
+            except BaseException:
+                code = context.code() if hasattr(context, "code") else None
+                self._controller.metrics.request(method, _code_name(code))
+                raise
+            self._controller.metrics.request(method, "OK", time.monotonic() - started)
+            return response
         return handle
 
     async def _forward_unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -108,6 +125,7 @@ class Proxy:
                 event(log, "retry", logging.DEBUG, method=method, failed=target.value, code=code.name,
                       to=alternative.value)
                 ctl.retries += 1
+                ctl.metrics.retry(target.value)
                 target = alternative
                 continue
             ctl.record(target, ok=True, latency_ms=(time.monotonic() - started) * 1000)
@@ -130,6 +148,7 @@ class Proxy:
 class _Frame:
     data: bytes
     frame_id: int
+    received_at: float
     sent_at: float = 0.0
 
 
@@ -187,7 +206,7 @@ class StreamSession:
                 except WireError as e:
                     self._events.put_nowait(("bad", 0, str(e)))
                     return
-                self._events.put_nowait(("frame", 0, _Frame(data, fid)))
+                self._events.put_nowait(("frame", 0, _Frame(data, fid, time.monotonic())))
         finally:
             self._events.put_nowait(("client_end", 0, None))
 
@@ -244,6 +263,7 @@ class StreamSession:
         event(log, "stream moved", logging.INFO, reason=why, frm=leg.backend.value, to=target.value,
               replayed=len(self.pending))
         self._ctl.stream_migrations += 1
+        self._ctl.metrics.migration("failure")
         self._moving_to = None
         for f in self.held:  # frames held for a graceful move go with the replay
             self.pending.append(f)
@@ -259,6 +279,7 @@ class StreamSession:
         event(log, "stream moved", logging.DEBUG, reason="weights", frm=leg.backend.value, to=target.value,
               replayed=0)
         self._ctl.stream_migrations += 1
+        self._ctl.metrics.migration("rebalance")
         self._moving_to = None
         self._open(target, replay=False)
         held, self.held = self.held, collections.deque()
@@ -348,7 +369,9 @@ class StreamSession:
         frame = self.pending.popleft()
         self._room.release()
         assert self._leg is not None
-        self._ctl.record(self._leg.backend, ok=True, latency_ms=(time.monotonic() - frame.sent_at) * 1000)
+        now = time.monotonic()
+        self._ctl.record(self._leg.backend, ok=True, latency_ms=(now - frame.sent_at) * 1000)
+        self._ctl.metrics.request(STREAM_METHOD, "OK", now - frame.received_at)
         await self._context.write(data)
         if self._moving_to is not None and not self.pending:
             self._finish_move()

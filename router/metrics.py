@@ -1,0 +1,72 @@
+"""The router's metrics (OpenTelemetry instruments; names as Prometheus shows them in the README)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from router.policy import State
+
+
+class RouterMetrics:
+    """Counters and histograms the proxy and controller record; gauges read when scraped."""
+
+    def __init__(self, meter: metrics.Meter, *, weights: Callable[[], dict[str, float]],
+                 ready: Callable[[], dict[str, bool]], state: Callable[[], State],
+                 health: Callable[[], dict[str, bool]], streams: Callable[[], int]) -> None:
+        self._requests = meter.create_counter(
+            "eagleeye_router_requests", unit="1",
+            description="Calls answered to clients (stream frames count one each), by method and gRPC status code")
+        self._duration = meter.create_histogram("eagleeye_router_request_duration", unit="s",
+                                                description="Time a call or stream frame spent in the router")
+        self._switches = meter.create_counter("eagleeye_router_switches", unit="1",
+                                              description="Policy transitions, by new state and cause")
+        self._detection = meter.create_histogram(
+            "eagleeye_router_failover_detection_duration", unit="s",
+            description="Failure-driven switches: from the last moment the backend was seen healthy to the switch")
+        self._retries = meter.create_counter("eagleeye_router_retries", unit="1",
+                                             description="Unary calls retried on the other backend, by failed backend")
+        self._migrations = meter.create_counter("eagleeye_router_stream_migrations", unit="1",
+                                                description="Streams moved between backends, by reason")
+
+        def observe_weights(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(w / 100, {"backend": b}) for b, w in weights().items()]
+
+        def observe_ready(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(1 if ok else 0, {"backend": b}) for b, ok in ready().items()]
+
+        def observe_state(_: CallbackOptions) -> Iterable[Observation]:
+            current = state()
+            return [Observation(1 if s is current else 0, {"state": s.value}) for s in State]
+
+        def observe_health(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(1 if ok else 0, {"service": name}) for name, ok in health().items()]
+
+        meter.create_observable_gauge("eagleeye_router_weight_ratio", [observe_weights], unit="1",
+                                      description="Share of new traffic per backend, 0-1")
+        meter.create_observable_gauge("eagleeye_router_backend_ready", [observe_ready], unit="1",
+                                      description="1 when the backend is ready by every signal")
+        meter.create_observable_gauge("eagleeye_router_state", [observe_state], unit="1",
+                                      description="1 for the router's current state")
+        meter.create_observable_gauge("eagleeye_health_status", [observe_health], unit="1",
+                                      description="1 when the health service name is SERVING, else 0")
+        meter.create_observable_gauge("eagleeye_router_active_streams", [lambda _: [Observation(streams())]],
+                                      unit="1", description="Client DetectStreams open now")
+
+    def request(self, method: str, code: str, seconds: float | None = None) -> None:
+        self._requests.add(1, {"method": method, "code": code})
+        if seconds is not None:
+            self._duration.record(seconds, {"method": method})
+
+    def switch(self, to_state: str, cause: str, detection_ms: float | None) -> None:
+        self._switches.add(1, {"to_state": to_state, "cause": cause})
+        if detection_ms is not None:
+            self._detection.record(detection_ms / 1000)
+
+    def retry(self, failed_backend: str) -> None:
+        self._retries.add(1, {"backend": failed_backend})
+
+    def migration(self, reason: str) -> None:
+        self._migrations.add(1, {"reason": reason})

@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 PYTEST_ARGS ?=
 
-.PHONY: setup protos check-protos lint test test-unit demo bench train-default-model clean help
+.PHONY: setup tools protos check-protos lint test test-unit demo bench train-default-model clean help
 
 help:
 	@echo "make demo     start a worker and stream synthetic video through it"
@@ -25,6 +25,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	@touch $@
+
+# promtool and the Prometheus server (Debian package prometheus) for the alert-rule and scrape tests.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		echo "installing the Debian package prometheus (promtool, prometheus)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 # Stubs are generated beside their .proto files (package `eagleeye`), with .pyi type stubs.
 define gen_protos
@@ -48,7 +55,7 @@ lint: setup
 test-unit: setup
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
-test: setup check-protos lint
+test: setup tools check-protos lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup

@@ -1,0 +1,133 @@
+"""The alert rules under `promtool test rules`: for every rule, a case that fires and one that does not.
+
+The cases are a table here; the promtool test file is written from it, with the expected annotations
+rendered from alerts.yml, so the rules' texts are not copied into the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+RULES = Path(__file__).parent.parent / "observability" / "prometheus" / "alerts.yml"
+DET = 'job="eagleeye-detector", instance="w1:9100"'
+ROUTER = 'job="eagleeye-router", instance="r1:9101"'
+
+
+@dataclass(frozen=True)
+class Case:
+    alert: str
+    series: dict[str, str]          # series -> promtool values, one sample a minute
+    at: str                         # eval_time
+    fires: dict[str, str] | None    # expected labels (besides alertname and severity), None: must not fire
+    extra: list[dict[str, object]] = field(default_factory=list)
+
+
+def gpu(role: str = "primary") -> str:
+    return f'{DET}, role="{role}"'
+
+
+CASES = [
+    Case("EagleEyeGpuUtilizationHigh", {f"eagleeye_gpu_utilization_ratio{{{gpu()}}}": "0.99x15"}, "11m",
+         {"job": "eagleeye-detector", "instance": "w1:9100", "role": "primary"}),
+    Case("EagleEyeGpuUtilizationHigh", {f"eagleeye_gpu_utilization_ratio{{{gpu()}}}": "0.99x5 0.5 0.99x9"}, "15m",
+         None),
+    Case("EagleEyeGpuUtilizationLow", {f"eagleeye_gpu_utilization_ratio{{{gpu()}}}": "0.02x70"}, "65m",
+         {"job": "eagleeye-detector", "instance": "w1:9100", "role": "primary"}),
+    Case("EagleEyeGpuUtilizationLow", {f"eagleeye_gpu_utilization_ratio{{{gpu('standby')}}}": "0.02x70"}, "65m",
+         None),  # a warm standby is meant to be mostly idle
+    Case("EagleEyeGpuMemoryHigh", {f"eagleeye_gpu_memory_used_bytes{{{DET}}}": "15000000000x10",
+                                   f"eagleeye_gpu_memory_total_bytes{{{DET}}}": "16000000000x10"}, "6m",
+         {"job": "eagleeye-detector", "instance": "w1:9100"}),
+    Case("EagleEyeGpuMemoryHigh", {f"eagleeye_gpu_memory_used_bytes{{{DET}}}": "12000000000x10",
+                                   f"eagleeye_gpu_memory_total_bytes{{{DET}}}": "16000000000x10"}, "6m", None),
+    # 60 frames a minute, all in the 0.5 s bucket (p95 ~ 0.5 s) versus all under 25 ms.
+    Case("EagleEyeInferenceLatencyHigh",
+         {f'eagleeye_detector_request_duration_seconds_bucket{{{DET}, le="0.025"}}': "0x15",
+          f'eagleeye_detector_request_duration_seconds_bucket{{{DET}, le="0.5"}}': "0+60x15",
+          f'eagleeye_detector_request_duration_seconds_bucket{{{DET}, le="+Inf"}}': "0+60x15"}, "12m",
+         {"instance": "w1:9100"}),
+    Case("EagleEyeInferenceLatencyHigh",
+         {f'eagleeye_detector_request_duration_seconds_bucket{{{DET}, le="0.025"}}': "0+60x15",
+          f'eagleeye_detector_request_duration_seconds_bucket{{{DET}, le="0.5"}}': "0+60x15",
+          f'eagleeye_detector_request_duration_seconds_bucket{{{DET}, le="+Inf"}}': "0+60x15"}, "12m", None),
+    Case("EagleEyeThroughputLow", {f'eagleeye_router_requests_total{{{ROUTER}, method="Detect", code="OK"}}':
+                                   "0+30x30"}, "25m", {}),
+    Case("EagleEyeThroughputLow", {f'eagleeye_router_requests_total{{{ROUTER}, method="Detect", code="OK"}}':
+                                   "0+600x30"}, "25m", None),
+    Case("EagleEyeWorkerDown", {f"up{{{DET}}}": "1 1 0x5"}, "5m", {"job": "eagleeye-detector", "instance": "w1:9100"}),
+    Case("EagleEyeWorkerDown", {f"up{{{DET}}}": "1x6",
+                                f'eagleeye_health_status{{{DET}, service="readiness"}}': "1 1 0x4"}, "5m",
+         {"job": "eagleeye-detector", "instance": "w1:9100", "service": "readiness"}),
+    Case("EagleEyeWorkerDown", {f"up{{{DET}}}": "1x6",
+                                f'eagleeye_health_status{{{DET}, service="readiness"}}': "1 0 1 1 1 1"}, "5m",
+         None),  # a blip shorter than a minute
+    Case("EagleEyeFailoverActive", {f'eagleeye_router_state{{{ROUTER}, state="FAILOVER"}}': "1x20"}, "16m",
+         {"instance": "r1:9101"}),
+    Case("EagleEyeFailoverActive", {f'eagleeye_router_state{{{ROUTER}, state="FAILOVER"}}': "1x10 0x10",
+                                    f'eagleeye_router_state{{{ROUTER}, state="NORMAL"}}': "0x10 1x10"}, "16m", None),
+    Case("EagleEyeRedundancyLost", {f'eagleeye_health_status{{{ROUTER}, service="redundancy"}}': "0x10"}, "6m",
+         {"job": "eagleeye-router", "instance": "r1:9101", "service": "redundancy"}),
+    Case("EagleEyeRedundancyLost", {f'eagleeye_health_status{{{ROUTER}, service="redundancy"}}': "1x10"}, "6m",
+         None),
+    Case("EagleEyePrimaryFlapping",
+         {f'eagleeye_router_switches_total{{{ROUTER}, to_state="FAILOVER", cause="primary_failed"}}': "0 1 1 2 2 2",
+          f'eagleeye_router_switches_total{{{ROUTER}, to_state="FAILOVER", cause="primary_failed_in_recovery"}}':
+          "0 0 1 1 1 1"}, "5m", {"instance": "r1:9101"}),
+    Case("EagleEyePrimaryFlapping",
+         {f'eagleeye_router_switches_total{{{ROUTER}, to_state="FAILOVER", cause="primary_failed"}}': "0 1 1 1 1 1",
+          f'eagleeye_router_switches_total{{{ROUTER}, to_state="NORMAL", cause="ramp_complete"}}': "0 0 1 1 1 1"},
+         "5m", None),
+    Case("EagleEyeBothBackendsDown", {f'eagleeye_router_state{{{ROUTER}, state="BOTH_DOWN"}}': "0 1 1 1"}, "3m",
+         {"instance": "r1:9101"}),
+    Case("EagleEyeBothBackendsDown", {f'eagleeye_router_state{{{ROUTER}, state="BOTH_DOWN"}}': "0x3"}, "3m", None),
+]
+
+
+def _rules() -> dict[str, dict[str, object]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return {r["alert"]: r for g in groups for r in g["rules"]}
+
+
+def _render(text: str, labels: dict[str, str]) -> str:
+    return re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), text)
+
+
+def test_every_rule_has_a_firing_and_a_quiet_case() -> None:
+    rules = _rules()
+    assert {c.alert for c in CASES if c.fires is not None} == set(rules)
+    assert {c.alert for c in CASES if c.fires is None} == set(rules)
+    for name, rule in rules.items():
+        annotations = rule["annotations"]
+        assert isinstance(annotations, dict) and annotations.get("summary") and annotations.get("description"), name
+
+
+def test_rules_with_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: `make test` installs it (Debian package prometheus)")
+    rules = _rules()
+    tests = []
+    for case in CASES:
+        expected = []
+        if case.fires is not None:
+            labels = {**case.fires, "severity": str(rules[case.alert]["labels"]["severity"])}  # type: ignore[index]
+            annotations = {k: _render(str(v), labels)
+                           for k, v in rules[case.alert]["annotations"].items()}  # type: ignore[attr-defined]
+            expected.append({"exp_labels": labels, "exp_annotations": annotations})
+        tests.append({"interval": "1m",
+                      "input_series": [{"series": s, "values": v} for s, v in case.series.items()],
+                      "alert_rule_test": [{"eval_time": case.at, "alertname": case.alert, "exp_alerts": expected}]})
+    spec = tmp_path / "alerts_test.yml"  # JSON is YAML
+    spec.write_text(json.dumps({"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}))
+    check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    out = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -31,6 +31,12 @@ class RouterMetrics:
         self._migrations = meter.create_counter("eagleeye_router_stream_migrations", unit="1",
                                                 description="Streams moved between backends, by reason")
 
+        # Counters with known labels start at 0, so rates and alerts see a series before the first event.
+        for backend in ("primary", "standby"):
+            self._retries.add(0, {"backend": backend})
+        for reason in ("failure", "rebalance"):
+            self._migrations.add(0, {"reason": reason})
+
         def observe_weights(_: CallbackOptions) -> Iterable[Observation]:
             return [Observation(w / 100, {"backend": b}) for b, w in weights().items()]
 

@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 
 from common.cli import ConfigError, OneLineParser, parse_host_port
+from common.telemetry import Telemetry, tracing_configured
+from common.telemetry import setup as telemetry_setup
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
@@ -21,9 +23,13 @@ PROG = "eagleeye"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+_TELEMETRY: list[Telemetry] = []
+
+
 def channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel to HOST:PORT that carries large frames."""
-    return grpc.aio.insecure_channel(target, options=[
+    """An insecure channel to HOST:PORT that carries large frames (and the trace, when tracing)."""
+    interceptors = _TELEMETRY[0].client_interceptors() if _TELEMETRY else None
+    return grpc.aio.insecure_channel(target, interceptors=interceptors, options=[
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
 
@@ -228,6 +234,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"detect": cmd_detect, "load": cmd_load, "eval": cmd_eval, "status": cmd_status}[args.command]
+    if tracing_configured():  # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT: each call starts a trace here
+        _TELEMETRY.append(telemetry_setup("eagleeye", f"eagleeye {args.command}", None))
     try:
         return asyncio.run(command(args))
     except grpc.aio.AioRpcError as e:
@@ -235,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        for tel in _TELEMETRY:
+            tel.shutdown()
 
 
 if __name__ == "__main__":

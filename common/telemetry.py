@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,16 @@ from common.logs import event
 
 log = logging.getLogger("eagleeye.telemetry")
 
+TRACED_SERVICE = "eagleeye.detector.v1.Detector"
+
 # Latency buckets in seconds: a 2 ms CPU health check to a 10 s stall, dense where inference lives.
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def tracing_configured() -> bool:
+    """Whether the standard environment asks for OTLP trace export."""
+    return _otlp("TRACES")
 
 
 def _otlp(signal: str) -> bool:
@@ -45,12 +53,47 @@ class Telemetry:
     _providers: tuple[Any, ...] = ()
     _server: Any = None
 
+    def server_interceptors(self) -> list[Any]:
+        """gRPC aio server interceptors that continue the caller's trace on Detector calls.
+
+        Only the Detector service is traced: health probes would flood the traces, and the
+        instrumentation cannot wrap handlers that stream with context.write() (grpc_health's Watch).
+        """
+        if not self.tracing:
+            return []
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+        return [aio_server_interceptor(filter_=filters.service_name(TRACED_SERVICE))]  # type: ignore[no-untyped-call]
+
+    def client_interceptors(self) -> list[Any]:
+        """gRPC aio client interceptors that carry the current trace to the callee (none without tracing)."""
+        if not self.tracing:
+            return []
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
+
+        return list(aio_client_interceptors(  # type: ignore[no-untyped-call]
+            filter_=filters.service_name(TRACED_SERVICE)))
+
+    def span_between(self, name: str, start_monotonic: float, end_monotonic: float, **attributes: Any) -> None:
+        """A finished child span of the current one, for an interval measured with time.monotonic()."""
+        if not self.tracing:
+            return
+        offset_ns = time.time_ns() - time.monotonic_ns()
+        span = self.tracer.start_span(name, start_time=int(start_monotonic * 1e9) + offset_ns, attributes=attributes)
+        span.end(end_time=int(end_monotonic * 1e9) + offset_ns)
+
     def shutdown(self) -> None:
         """Flush exporters and stop the metrics server."""
         for provider in self._providers:
             provider.shutdown()
         if self._server is not None:
             self._server.shutdown()
+
+
+def disabled() -> Telemetry:
+    """No metrics served, no spans: for library use and tests."""
+    return Telemetry(meter=metrics.NoOpMeter("eagleeye"), tracer=trace.NoOpTracer(), tracing=False,
+                     metrics_address=None)
 
 
 def setup(service: str, instance: str, metrics_listen: str | None) -> Telemetry:

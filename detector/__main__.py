@@ -104,16 +104,16 @@ async def serve(cfg: DetectorConfig) -> int:
     """Run the worker until SIGTERM/SIGINT; returns the exit code."""
     loop = asyncio.get_running_loop()
     frame_limit = cfg.max_image_bytes + 64 * 1024
-    server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
-                                      *grpcopts.message_size_options(frame_limit)])
     host, wanted = parse_host_port("listen", cfg.listen)
     probe_bind("listen", host, wanted)
+    tel = telemetry_mod.setup("eagleeye-detector", cfg.worker_id or cfg.listen, cfg.metrics_listen or None)
+    server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, *grpcopts.message_size_options(frame_limit)],
+                             interceptors=tel.server_interceptors())
     try:
         port = server.add_insecure_port(cfg.listen)
     except RuntimeError:
         raise ConfigError(f"listen={cfg.listen!r}: cannot bind; is another server on this port?") from None
     worker_id = cfg.worker_id or f"{socket.gethostname()}:{port}"
-    tel = telemetry_mod.setup("eagleeye-detector", worker_id, cfg.metrics_listen or None)
 
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -189,7 +189,7 @@ async def serve(cfg: DetectorConfig) -> int:
             batcher_ref.append(batcher)
             detector.device, detector.half = device, cfg.half and device.startswith("cuda")
             detector.pipeline = Pipeline(model.meta, batcher,
-                                         ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels), latency)
+                                         ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels), latency, tel)
             monitor.model_ready(batcher, canary, golden, gpu_expected=device.startswith("cuda"))
             event(log, "model ready", model=model.meta.name, version=model.meta.version, device=device,
                   classes=list(model.meta.classes), torch_threads=cfg.torch_threads)

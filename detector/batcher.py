@@ -62,6 +62,7 @@ class BatchResult:
     queue_s: float
     inference_s: float
     batch_size: int
+    started_at: float  # time.monotonic() when its batch entered the model
 
 
 class InferenceHooks:
@@ -181,7 +182,7 @@ class Batcher:
             elapsed = time.monotonic() - started
             if self._on_batch is not None:
                 self._on_batch(len(batch), elapsed)
-            results = [BatchResult(d, started - item.enqueued, elapsed, len(batch))
+            results = [BatchResult(d, started - item.enqueued, elapsed, len(batch), started)
                        for d, item in zip(detections, batch)]
         except InferenceUnavailable as e:
             results = e

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.telemetry import Telemetry, disabled
 from detector.batcher import Batcher
 from detector.contract import ModelMeta
 from detector.imaging import ImageLimits, Letterbox, decode_encoded, decode_raw, letterbox
@@ -79,8 +80,9 @@ class Pipeline:
     """Turns Queries into Results through the shared batcher."""
 
     def __init__(self, meta: ModelMeta, batcher: Batcher, limits: ImageLimits, latency: LatencyWindow,
-                 decode_threads: int = 2) -> None:
+                 telemetry: Telemetry | None = None, decode_threads: int = 2) -> None:
         self.meta = meta
+        self._telemetry = telemetry or disabled()
         self._batcher = batcher
         self.max_batch = batcher.max_batch
         self._limits = limits
@@ -103,9 +105,14 @@ class Pipeline:
         """Detect objects in one image."""
         start = time.monotonic()
         pixels, lb = await self.prepare(query.image)
+        decoded = time.monotonic()
         out = await self._batcher.submit(pixels)
         detections = select(out.detections, lb, query.selection)
         end = time.monotonic()
+        tel = self._telemetry
+        tel.span_between("decode", start, decoded, width=lb.width, height=lb.height)
+        tel.span_between("queue", decoded, out.started_at, queue_depth_capacity=self._batcher.capacity)
+        tel.span_between("inference", out.started_at, out.started_at + out.inference_s, batch_size=out.batch_size)
         total_ms = (end - start) * 1000
         self._latency.add(end, total_ms)
         return Result(detections=detections, width=lb.width, height=lb.height,

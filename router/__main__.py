@@ -52,17 +52,19 @@ async def serve(cfg: RouterConfig) -> int:
     loop = asyncio.get_running_loop()
     host, wanted = parse_host_port("listen", cfg.listen)
     probe_bind("listen", host, wanted)
+    tel = telemetry.setup("eagleeye-router", cfg.listen, cfg.metrics_listen or None)
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
-                                      *grpcopts.message_size_options(cfg.max_message_bytes)])
+                                      *grpcopts.message_size_options(cfg.max_message_bytes)],
+                             interceptors=tel.server_interceptors())
     try:
         port = server.add_insecure_port(cfg.listen)
     except RuntimeError:
         raise ConfigError(f"listen={cfg.listen!r}: cannot bind; is another server on this port?") from None
 
-    tel = telemetry.setup("eagleeye-router", f"{host}:{port}", cfg.metrics_listen or None)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     watchers: dict[Backend, BackendWatcher] = {}
+    data_channels: dict[Backend, grpc.aio.Channel] = {}
     controller_ref: list[Controller] = []
 
     def changed() -> None:
@@ -70,12 +72,16 @@ async def serve(cfg: RouterConfig) -> int:
             controller_ref[0].changed()
 
     for backend, address in ((Backend.PRIMARY, cfg.primary), (Backend.STANDBY, cfg.standby)):
-        watchers[backend] = BackendWatcher(backend.value, address, backend_channel(address, cfg), cfg, changed)
+        health_channel = backend_channel(address, cfg)
+        # Calls carry the trace; health probes (ten a second) stay out of it, on a channel of their own.
+        data_channels[backend] = backend_channel(address, cfg, tel.client_interceptors()) if tel.tracing \
+            else health_channel
+        watchers[backend] = BackendWatcher(backend.value, address, health_channel, cfg, changed)
     proxy_ref: list[Proxy] = []
     controller = Controller(cfg.policy(), watchers, health, tel.meter,
                             streams=lambda: proxy_ref[0].active_streams if proxy_ref else 0)
     controller_ref.append(controller)
-    proxy = Proxy(cfg, controller)
+    proxy = Proxy(cfg, controller, data_channels, tracing=tel.tracing)
     proxy_ref.append(proxy)
     server.add_generic_rpc_handlers((proxy.handler(),))
     router_pb2_grpc.add_RouterAdminServicer_to_server(AdminServicer(controller, cfg.admin_token), server)
@@ -101,6 +107,9 @@ async def serve(cfg: RouterConfig) -> int:
     for w in watchers.values():
         await w.stop()
         await w.channel.close()
+    for backend, ch in data_channels.items():
+        if ch is not watchers[backend].channel:
+            await ch.close()
     event(log, "stopped", switches=dict(controller.switches), retries=controller.retries,
           stream_migrations=controller.stream_migrations)
     tel.shutdown()

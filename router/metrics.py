@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from router.policy import State
+from router.policy import TRANSITION_CAUSES, State
 
 
 class RouterMetrics:
@@ -36,6 +36,8 @@ class RouterMetrics:
             self._retries.add(0, {"backend": backend})
         for reason in ("failure", "rebalance"):
             self._migrations.add(0, {"reason": reason})
+        for to_state, cause in TRANSITION_CAUSES:
+            self._switches.add(0, {"to_state": to_state.value, "cause": cause})
 
         def observe_weights(_: CallbackOptions) -> Iterable[Observation]:
             return [Observation(w / 100, {"backend": b}) for b, w in weights().items()]

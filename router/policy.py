@@ -32,6 +32,16 @@ class State(Enum):
     BOTH_DOWN = "BOTH_DOWN"
 
 
+# Every (new state, cause) a Transition can carry; metrics start each at zero.
+TRANSITION_CAUSES: tuple[tuple[State, str], ...] = (
+    (State.FAILOVER, "primary_failed"), (State.FAILOVER, "primary_failed_in_recovery"),
+    (State.FAILOVER, "primary_not_heard_yet"), (State.BOTH_DOWN, "both_failed"),
+    (State.STANDBY_DOWN, "standby_failed"), (State.RECOVERING, "primary_recovered"),
+    (State.RECOVERING, "ramp_started"), (State.DEGRADED, "headroom_lost"), (State.NORMAL, "headroom_back"),
+    *((s, c) for s in (State.NORMAL, State.DEGRADED) for c in ("both_ready", "primary_first_answer", "ramp_complete")),
+)
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     """The policy's numbers; defaults from field practice."""

@@ -30,15 +30,17 @@ STREAM_METHOD = "DetectStream"
 # Headers gRPC sets itself; everything else (custom metadata, traceparent, grpc-trace-bin) passes.
 _HOP_BY_HOP = frozenset({"content-type", "te", "user-agent", "grpc-timeout", "grpc-encoding",
                          "grpc-accept-encoding", "host", "authorization"})
+# When the router traces, its own client interceptor writes these (as the child of its span).
+TRACE_HEADERS = frozenset({"traceparent", "tracestate", "grpc-trace-bin", "baggage"})
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 
-def forwardable(metadata: Sequence[Any] | None) -> Metadata:
-    """The caller's metadata that should reach the backend."""
+def forwardable(metadata: Sequence[Any] | None, tracing: bool = False) -> Metadata:
+    """The caller's metadata that should reach the backend (trace headers too, unless the router traces)."""
     out = []
     for item in metadata or ():
         key, value = item[0], item[1]
-        if not key.startswith(":") and key not in _HOP_BY_HOP:
+        if not key.startswith(":") and key not in _HOP_BY_HOP and not (tracing and key in TRACE_HEADERS):
             out.append((key, value))
     return tuple(out)
 
@@ -60,10 +62,12 @@ def retriable(code: grpc.StatusCode) -> bool:
 class Proxy:
     """The Detector methods, forwarded to the backend the controller picks."""
 
-    def __init__(self, cfg: RouterConfig, controller: Controller) -> None:
+    def __init__(self, cfg: RouterConfig, controller: Controller,
+                 channels: dict[Backend, grpc.aio.Channel] | None = None, tracing: bool = False) -> None:
         self._cfg = cfg
         self._controller = controller
-        channels = {b: w.channel for b, w in controller.watchers.items()}
+        self.tracing = tracing
+        channels = channels or {b: w.channel for b, w in controller.watchers.items()}
         self._unary = {(b, m): ch.unary_unary(f"/{SERVICE}/{m}") for b, ch in channels.items() for m in UNARY_METHODS}
         self._stream = {b: ch.stream_stream(f"/{SERVICE}/{STREAM_METHOD}") for b, ch in channels.items()}
         self.active_streams = 0
@@ -97,7 +101,7 @@ class Proxy:
         cfg, ctl = self._cfg, self._controller
         remaining = context.time_remaining()
         deadline = time.monotonic() + (remaining if remaining is not None else cfg.default_deadline_s)
-        metadata = forwardable(context.invocation_metadata())
+        metadata = forwardable(context.invocation_metadata(), self.tracing)
         picked = ctl.pick()
         if picked is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, self._unavailable_message())
@@ -136,10 +140,11 @@ class Proxy:
         raise AssertionError("unreachable")
 
     async def _detect_stream(self, requests: AsyncIterator[bytes],
-                             context: grpc.aio.ServicerContext) -> None:
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         self.active_streams += 1
         try:
-            await StreamSession(self, requests, context).run()
+            async for answer in StreamSession(self, requests, context).run():
+                yield answer
         finally:
             self.active_streams -= 1
 
@@ -184,7 +189,7 @@ class StreamSession:
         self._ctl = proxy._controller
         self._requests = requests
         self._context = context
-        self._metadata = forwardable(context.invocation_metadata())
+        self._metadata = forwardable(context.invocation_metadata(), proxy.tracing)
         remaining = context.time_remaining()
         self._deadline = None if remaining is None else time.monotonic() + remaining
         self._events: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
@@ -306,7 +311,8 @@ class StreamSession:
                 self._finish_move()
         return True
 
-    async def run(self) -> None:
+    async def run(self) -> AsyncIterator[bytes]:
+        """The answers to send the client, in order (an async generator, as gRPC handlers may be)."""
         target = self._ctl.placement(self._affinity)
         if target is None or not self._ctl.usable(target):
             target = self._ctl.pick()
@@ -316,13 +322,14 @@ class StreamSession:
         reader = asyncio.create_task(self._read_client())
         self._open(target, replay=False)
         try:
-            await self._loop()
+            async for answer in self._loop():
+                yield answer
         finally:
             reader.cancel()
             if self._leg is not None:
                 self._leg.close()
 
-    async def _loop(self) -> None:
+    async def _loop(self) -> AsyncIterator[bytes]:
         tick = min(0.1, self._cfg.stream_frame_timeout_s / 4)
         while True:
             try:
@@ -343,7 +350,10 @@ class StreamSession:
             elif kind == "bad":
                 await self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed DetectRequest: {payload}")
             elif kind == "answer" and generation == leg.generation:
-                await self._answer(payload)
+                if self._answer(payload):
+                    yield payload
+                    if self._moving_to is not None and not self.pending:
+                        self._finish_move()
             elif kind == "leg_end" and generation == leg.generation:
                 error: grpc.aio.AioRpcError | None = payload
                 if error is None and not self.pending and not self.held and self._client_done:
@@ -357,21 +367,19 @@ class StreamSession:
             if kind in ("tick", "answer", "leg_end") and not self._check_placement():
                 await self._context.abort(grpc.StatusCode.UNAVAILABLE, self._proxy._unavailable_message())
 
-    async def _answer(self, data: bytes) -> None:
-        """Forward an answer if it is for the oldest pending frame."""
+    def _answer(self, data: bytes) -> bool:
+        """Whether an answer is the one for the oldest pending frame (then it is no longer pending)."""
         try:
             fid = frame_id(data, RESPONSE_FRAME_ID)
         except WireError:
             fid = -1
         if not self.pending or self.pending[0].frame_id != fid:
             # Not the answer the client waits for: it came from a replay overlap. Never deliver twice.
-            return
+            return False
         frame = self.pending.popleft()
         self._room.release()
         assert self._leg is not None
         now = time.monotonic()
         self._ctl.record(self._leg.backend, ok=True, latency_ms=(now - frame.sent_at) * 1000)
         self._ctl.metrics.request(STREAM_METHOD, "OK", now - frame.received_at)
-        await self._context.write(data)
-        if self._moving_to is not None and not self.pending:
-            self._finish_move()
+        return True

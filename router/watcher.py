@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,9 +27,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def backend_channel(address: str, cfg: RouterConfig) -> grpc.aio.Channel:
+def backend_channel(address: str, cfg: RouterConfig, interceptors: list[Any] | None = None) -> grpc.aio.Channel:
     """A channel that notices a dead peer quickly and reconnects quickly when it returns."""
-    return grpc.aio.insecure_channel(address, options=[
+    return grpc.aio.insecure_channel(address, interceptors=interceptors or None, options=[
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         # gRPC's default reconnect backoff starts at 1 s and grows to 120 s: a restarted worker

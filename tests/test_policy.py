@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from router.policy import BackendView, Decision, Policy, PolicyConfig, State
+from router.policy import TRANSITION_CAUSES, BackendView, Decision, Policy, PolicyConfig, State
 
 CFG = PolicyConfig(hold_down_s=10, hold_down_max_s=80, healthy_checks=5, ramp_s=30, degraded_recover_s=5,
                    hold_down_reset_s=300)
@@ -201,3 +201,14 @@ def test_ramp_is_monotonic() -> None:
     weights = [policy.update(up(50), UP, 2 + i * 0.25).primary_weight for i in range(200)]
     assert all(b >= a for a, b in itertools.pairwise(weights))
     assert weights[0] == 0 and weights[-1] == 95
+
+
+def test_every_transition_cause_is_declared() -> None:
+    """Metrics pre-create a series per (state, cause); a cause the policy uses must be among them."""
+    seen: set[tuple[State, str]] = set()
+    for steps in CASES.values():
+        policy = Policy(CFG)
+        policy.update(UP, UP, -1.0)
+        for step in steps:
+            seen |= {(t.to_state, t.cause) for t in policy.update(step.primary, step.standby, step.at).transitions}
+    assert seen <= set(TRANSITION_CAUSES), seen - set(TRANSITION_CAUSES)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from bench.otlp_sink import OtlpSink
 from client.frames import make_pool
 from client.processes import LocalCluster, Proc
 from client.stats import percentile
@@ -98,25 +99,52 @@ async def failover(cluster: LocalCluster, fault: str, request: pb.DetectRequest,
     return Failover(fault, to_switch, max(latencies, default=0.0), errors, calls)
 
 
+async def overhead(cluster: LocalCluster, calls: int) -> list[tuple[str, float, float, float | None, float]]:
+    """Direct versus routed p50, routed p99 and router CPU per RPC, for a bare call and a Detect."""
+    frame = make_pool(320, 240, "jpeg", count=1).frame(0)
+    rows = []
+    for name, request in (("GetModelInfo (no inference)", None), ("Detect 320x240 JPEG", frame)):
+        direct = await sequential(cluster.primary_address, request, calls)
+        before = cpu_seconds(cluster.router)
+        routed = await sequential(cluster.router_address, request, calls)
+        router_cpu_ms = (cpu_seconds(cluster.router) - before) * 1000 / (calls + 20)
+        rows.append((name, statistics.median(direct), statistics.median(routed), percentile(routed, 99),
+                     router_cpu_ms))
+    return rows
+
+
+def started(router_args: list[str]) -> LocalCluster:
+    cluster = LocalCluster(router_args=["--hold-down", "1", "--ramp", "1", *router_args])
+    cluster.wait_ready()
+    cluster.router.wait_for_event("switch", to_state="NORMAL", timeout=30)
+    return cluster
+
+
 async def main_async(calls: int, rate: float) -> int:
-    cluster = LocalCluster(router_args=["--hold-down", "1", "--ramp", "1"])
+    sink = OtlpSink()
+    sink_server, endpoint = sink.start()
+    print(f"{'telemetry':<16}{'call':<30}{'direct p50':>12}{'router p50':>12}{'added p50':>11}{'router p99':>12}"
+          f"{'router CPU/RPC':>16}")
+    for label, args, env in (("off", [], {}), ("metrics", ["--metrics-listen", "127.0.0.1:0"], {}),
+                             ("metrics+traces", ["--metrics-listen", "127.0.0.1:0"],
+                              {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"})):
+        os.environ.update(env)
+        try:
+            cluster = started(args)
+        finally:
+            for key in env:
+                del os.environ[key]
+        try:
+            for name, d, r, r99, cpu in await overhead(cluster, calls):
+                print(f"{label:<16}{name:<30}{d:>10.2f}ms{r:>10.2f}ms{r - d:>9.2f}ms{r99 or 0:>10.2f}ms{cpu:>13.2f}ms")
+        finally:
+            cluster.stop()
+    sink_server.stop(None)
+    print(f"(spans received by the local OTLP sink: {len(sink.spans)})\n")
+
+    cluster = started([])
     try:
-        cluster.wait_ready()
-        cluster.router.wait_for_event("switch", to_state="NORMAL", timeout=30)
         frame = make_pool(320, 240, "jpeg", count=1).frame(0)
-        rows = []
-        for name, request in (("GetModelInfo (no inference)", None), ("Detect 320x240 JPEG", frame)):
-            direct = await sequential(cluster.primary_address, request, calls)
-            before = cpu_seconds(cluster.router)
-            routed = await sequential(cluster.router_address, request, calls)
-            router_cpu_ms = (cpu_seconds(cluster.router) - before) * 1000 / (calls + 20)
-            rows.append((name, statistics.median(direct), statistics.median(routed), percentile(routed, 99),
-                         router_cpu_ms))
-        print(f"{'call':<30}{'direct p50':>12}{'router p50':>12}{'added p50':>11}{'router p99':>12}"
-              f"{'router CPU/RPC':>16}")
-        for name, d, r, r99, cpu in rows:
-            print(f"{name:<30}{d:>10.2f}ms{r:>10.2f}ms{r - d:>9.2f}ms{r99 or 0:>10.2f}ms{cpu:>13.2f}ms")
-        print()
         for fault in ("SIGKILL", "SIGSTOP"):
             cluster.router.events.clear()
             result = await failover(cluster, fault, frame, rate)

@@ -6,16 +6,12 @@ The test is the OTLP collector: a gRPC TraceService on 127.0.0.1 that every proc
 from __future__ import annotations
 
 import subprocess
-import threading
 from collections.abc import Iterator
-from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from bench.otlp_sink import OtlpSink, Span
 from client.processes import BIN, LocalCluster
 from detector.defaultmodel.scenes import make_scene
 from detector.imaging import encode_jpeg
@@ -23,58 +19,18 @@ from detector.imaging import encode_jpeg
 pytestmark = pytest.mark.integration
 
 
-@dataclass(frozen=True)
-class Span:
-    service: str
-    name: str
-    trace_id: str
-    span_id: str
-    parent_id: str
-
-
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """Keeps every exported span."""
-
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        self.changed = threading.Condition()
-
-    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
-               context: grpc.ServicerContext) -> trace_service_pb2.ExportTraceServiceResponse:
-        with self.changed:
-            for rs in request.resource_spans:
-                service = next((a.value.string_value for a in rs.resource.attributes if a.key == "service.name"), "")
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        self.spans.append(Span(service, s.name, s.trace_id.hex(), s.span_id.hex(),
-                                               s.parent_span_id.hex()))
-            self.changed.notify_all()
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def chain(self, span: Span) -> list[Span]:
-        """The span and its ancestors, nearest first."""
-        by_id = {s.span_id: s for s in self.spans}
-        out = [span]
-        while out[-1].parent_id and out[-1].parent_id in by_id:
-            out.append(by_id[out[-1].parent_id])
-        return out
-
-
 @pytest.fixture
-def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[Collector]:
-    c = Collector()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(c, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpSink]:
+    c = OtlpSink()
+    server, endpoint = c.start()
     # Child processes inherit these: the standard OpenTelemetry variables, nothing of our own.
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     yield c
     server.stop(None)
 
 
-def test_one_trace_from_client_through_router_to_inference(collector: Collector, tmp_path: Path) -> None:
+def test_one_trace_from_client_through_router_to_inference(collector: OtlpSink, tmp_path: Path) -> None:
     cluster = LocalCluster()
     try:
         cluster.wait_ready()

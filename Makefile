@@ -26,12 +26,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	@touch $@
 
-# promtool and the Prometheus server (Debian package prometheus) for the alert-rule and scrape tests.
+# Debian packages the tests use: prometheus (promtool and a server for the alert-rule and scrape
+# tests) and docker-compose (validates the compose files without a Docker engine).
 tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-		echo "installing the Debian package prometheus (promtool, prometheus)"; \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v docker-compose >/dev/null || { \
+		echo "installing the Debian packages prometheus and docker-compose"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends prometheus docker-compose >/dev/null; }
 
 # Stubs are generated beside their .proto files (package `eagleeye`), with .pyi type stubs.
 define gen_protos

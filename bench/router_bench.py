@@ -146,7 +146,7 @@ async def main_async(calls: int, rate: float) -> int:
     try:
         frame = make_pool(320, 240, "jpeg", count=1).frame(0)
         for fault in ("SIGKILL", "SIGSTOP"):
-            cluster.router.events.clear()
+            cluster.router.forget_events()
             result = await failover(cluster, fault, frame, rate)
             ms = "-" if result.fault_to_switch_ms is None else f"{result.fault_to_switch_ms:.0f} ms"
             print(f"{fault} primary under {rate:g} rps unary: fault to switch (all traffic on the standby) {ms}; "

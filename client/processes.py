@@ -60,6 +60,11 @@ class Proc:
                                f"(exit code {self.popen.poll()}); its log:\n" + "\n".join(self.lines[-30:]))
         return hit
 
+    def forget_events(self) -> None:
+        """Drop the events seen so far, so the next wait_for_event sees only what happens from now on."""
+        with self._changed:
+            self.events.clear()
+
     def wait_listening(self, timeout: float = 60.0) -> str:
         self.wait_for_event(self._ready_event, timeout)
         return self.address

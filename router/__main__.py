@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from router.watcher import BackendWatcher, backend_channel
 
 log = logging.getLogger("eagleeye.router")
 PROG = "eagleeye-router"
+ADMIN_TOKEN_ENV = "EAGLEEYE_ADMIN_TOKEN"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a recovered primary must stay ready before traffic ramps back (default 10)")
     p.add_argument("--ramp", type=float, metavar="S", dest="ramp_s",
                    help="how long the ramp back to the primary takes (default 30)")
-    p.add_argument("--admin-token", metavar="TOKEN", help="credential for maintenance actions (drain, switch)")
+    p.add_argument("--admin-token", metavar="TOKEN",
+                   help=f"credential for maintenance actions (drain, switch); or set {ADMIN_TOKEN_ENV}")
     p.add_argument("--config", metavar="FILE", type=Path, help="a TOML file with any of the settings")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def make_config() -> RouterConfig:
         flags = {k: v for k, v in vars(args).items() if k not in ("config", "weights")}
+        if flags.get("admin_token") is None and os.environ.get(ADMIN_TOKEN_ENV):
+            flags["admin_token"] = os.environ[ADMIN_TOKEN_ENV]  # keeps the secret out of `ps`
         if args.weights is not None:
             flags["weights"] = config_mod.parse_weights(args.weights)
         return config_mod.load(args.config, flags)

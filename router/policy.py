@@ -35,10 +35,10 @@ class State(Enum):
 # Every (new state, cause) a Transition can carry; metrics start each at zero.
 TRANSITION_CAUSES: tuple[tuple[State, str], ...] = (
     (State.FAILOVER, "primary_failed"), (State.FAILOVER, "primary_failed_in_recovery"),
-    (State.FAILOVER, "primary_not_heard_yet"), (State.BOTH_DOWN, "both_failed"),
+    (State.FAILOVER, "primary_not_ready_yet"), (State.BOTH_DOWN, "both_failed"),
     (State.STANDBY_DOWN, "standby_failed"), (State.RECOVERING, "primary_recovered"),
     (State.RECOVERING, "ramp_started"), (State.DEGRADED, "headroom_lost"), (State.NORMAL, "headroom_back"),
-    *((s, c) for s in (State.NORMAL, State.DEGRADED) for c in ("both_ready", "primary_first_answer", "ramp_complete")),
+    *((s, c) for s in (State.NORMAL, State.DEGRADED) for c in ("both_ready", "primary_first_ready", "ramp_complete")),
 )
 
 
@@ -67,7 +67,7 @@ class BackendView:
     healthy_checks: int = 0                  # consecutive successful active checks
     last_ok_at: float | None = None          # when it was last seen healthy
     reason: str = ""                         # why it is not ready or lacks headroom
-    known: bool = True                       # it has answered at least once since the router started
+    been_ready: bool = True                  # it has been ready at least once since the router started
 
 
 @dataclass(frozen=True)
@@ -112,9 +112,10 @@ class Policy:
     _normal_since: float | None = None
     _headroom_back_since: float | None = None
     _skip_hold_down: bool = False
-    # FAILOVER only because the primary had not answered yet (the router just started): that is
-    # not a failure, so its first ready answer brings traffic back without a hold-down.
-    _primary_unheard: bool = False
+    # FAILOVER only because the primary has not been ready yet since the router started (it is
+    # loading, or the router just started): that is not a failure, so when it first becomes ready,
+    # traffic comes back without a hold-down. Once seen ready, every failure counts.
+    _primary_starting: bool = False
 
     def __post_init__(self) -> None:
         self._hold_down = self.cfg.hold_down_s
@@ -139,16 +140,16 @@ class Policy:
 
     def _primary_failed(self, primary: BackendView, now: float, out: list[Transition]) -> None:
         if self.state is not State.FAILOVER:
-            self._primary_unheard = not primary.known
-        elif primary.known:
-            self._primary_unheard = False
+            self._primary_starting = not primary.been_ready
+        elif primary.been_ready:
+            self._primary_starting = False
         if self.state is State.RECOVERING:
             self._hold_down = min(self._hold_down * self.cfg.hold_down_multiplier, self.cfg.hold_down_max_s)
             cause = "primary_failed_in_recovery"
             reason = (f"primary failed again during recovery ({primary.reason or 'not ready'}); "
                       f"next hold-down {self._hold_down:g} s")
         else:
-            cause = "primary_failed" if primary.known else "primary_not_heard_yet"
+            cause = "primary_failed" if primary.been_ready else "primary_not_ready_yet"
             reason = f"primary not ready: {primary.reason or 'no reason given'}"
         self._go(State.FAILOVER, now, cause, reason, out, primary)
 
@@ -190,8 +191,8 @@ class Policy:
             target = self._healthy_target(primary)
             self._go(target, now, "both_ready", "both backends ready" if target is State.NORMAL
                      else f"both backends ready; primary lacks headroom: {primary.reason}", out)
-        elif self.state is State.FAILOVER and self._primary_unheard:
-            self._go(self._healthy_target(primary), now, "primary_first_answer", "primary answered for the first time",
+        elif self.state is State.FAILOVER and self._primary_starting:
+            self._go(self._healthy_target(primary), now, "primary_first_ready", "primary ready for the first time",
                      out)
         elif self.state is State.FAILOVER:
             self._go(State.RECOVERING, now, "primary_recovered",

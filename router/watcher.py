@@ -59,7 +59,7 @@ class BackendStatus:
     call_failures: int = 0
     ejected_at: float | None = None
     drained: bool = False
-    answered: bool = False                   # a readiness verdict (Watch message, NOT_SERVING Check) heard
+    been_ready: bool = False                 # ready at least once since the router started
 
 
 class BackendWatcher:
@@ -92,11 +92,12 @@ class BackendWatcher:
         if s.ejected_at is not None:
             reasons.append(f"ejected after {cfg.eject_after_failures} failed calls in a row")
         ready = not reasons
+        s.been_ready = s.been_ready or ready
         headroom = s.headroom_status != NOT_SERVING
         if ready and not headroom:
             reasons.append("headroom NOT_SERVING")
         return BackendView(ready=ready, headroom=headroom, healthy_checks=s.healthy_checks,
-                           last_ok_at=s.last_ok_at, reason="; ".join(reasons), known=s.answered)
+                           last_ok_at=s.last_ok_at, reason="; ".join(reasons), been_ready=s.been_ready)
 
     def start(self) -> None:
         """Watch readiness and headroom, and Check on an interval."""
@@ -123,7 +124,6 @@ class BackendWatcher:
                     if service == "readiness":
                         self.status.watch_connected = True
                         self.status.watch_error = ""
-                        self.status.answered = True
                     backoff = self._cfg.reconnect_backoff_s
                     self._set_watch(service, resp.status)
                     self._on_change()
@@ -151,8 +151,6 @@ class BackendWatcher:
                                           timeout=self._cfg.check_timeout_s)
             ok = resp.status == SERVING
             error = "" if ok else "NOT_SERVING"
-            # A NOT_SERVING answer is a verdict; SERVING waits for the Watch stream to confirm it.
-            s.answered = s.answered or not ok
         except grpc.aio.AioRpcError as e:
             ok, error = False, e.code().name
         if ok:

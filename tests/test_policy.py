@@ -123,20 +123,24 @@ def test_starts_both_down_until_health_arrives() -> None:
     assert d.state is State.NORMAL and d.transitions[0].from_state is State.BOTH_DOWN
 
 
-def test_a_primary_not_heard_from_yet_is_not_a_failure() -> None:
-    """A (re)started router hears the standby first: no hold-down once the primary answers."""
+def test_a_primary_not_ready_yet_is_not_a_failure() -> None:
+    """A (re)started router hears the standby first, or the primary is still loading its model:
+    no hold-down when the primary becomes ready for the first time."""
     policy = Policy(CFG)
-    d = policy.update(BackendView(ready=False, known=False, reason="connecting"), UP, 0.0)
+    d = policy.update(BackendView(ready=False, been_ready=False, reason="connecting"), UP, 0.0)
     assert (d.state, d.standby_weight) == (State.FAILOVER, 100)
-    d = policy.update(UP, UP, 0.05)
+    d = policy.update(BackendView(ready=False, been_ready=False, reason="readiness NOT_SERVING"), UP, 3.0)
+    assert d.state is State.FAILOVER
+    d = policy.update(UP, UP, 5.0)
     assert d.state is State.NORMAL and "first time" in d.transitions[0].reason
 
 
-def test_a_primary_that_answers_not_ready_at_start_gets_the_hold_down() -> None:
+def test_a_primary_seen_ready_then_failing_gets_the_hold_down() -> None:
     policy = Policy(CFG)
-    policy.update(BackendView(ready=False, known=False), UP, 0.0)
-    policy.update(BackendView(ready=False, known=True, reason="readiness NOT_SERVING"), UP, 0.1)
-    assert policy.update(up(1), UP, 0.2).state is State.RECOVERING
+    policy.update(BackendView(ready=False, been_ready=False), UP, 0.0)
+    policy.update(UP, UP, 0.1)
+    policy.update(BackendView(ready=False, reason="Watch stream down"), UP, 1.0)
+    assert policy.update(up(1), UP, 2.0).state is State.RECOVERING
 
 
 def test_detection_time_runs_from_last_seen_healthy() -> None:

@@ -28,7 +28,8 @@ class Proc:
         self._changed = threading.Condition()
         self._ready_event = ready_event
         self.address = ""
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.popen.stderr is not None
@@ -81,6 +82,7 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(10)
+        self._reader.join(10)  # every line the process wrote is in `events` before stop() returns
         return self.popen.returncode
 
 

@@ -55,8 +55,12 @@ def _code_name(code: Any) -> str:
 
 
 def retriable(code: grpc.StatusCode) -> bool:
-    """Failures that say "this backend, now", not "this request": worth a try elsewhere."""
-    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    """Failures that say "this backend, now", not "this request": worth a try elsewhere.
+
+    CANCELLED counts: while the router still waits for the answer, its client did not cancel; the
+    backend did (a worker shutting down cancels calls that arrive as it stops).
+    """
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 class Proxy:

@@ -32,3 +32,12 @@ def test_forwarded_metadata_keeps_custom_and_trace_headers_only() -> None:
           ("authorization", "Bearer s3cret"), (":authority", "router")]
     assert forwardable(md) == (("x-camera", "cam-7"), ("traceparent", "00-abc-def-01"),
                                ("grpc-trace-bin", b"\x00\x01"))
+
+
+def test_only_backend_failures_are_retried() -> None:
+    import grpc
+
+    from router.proxy import retriable
+
+    assert {c for c in grpc.StatusCode if retriable(c)} == {
+        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2_grpc
 from common import grpcopts
 from common import telemetry as telemetry_mod
 from common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
+from common.grpcguard import MalformedRequestInterceptor
 from common.logs import event
 from detector import config as config_mod
 from detector.batcher import Batcher, InferenceHooks
@@ -108,7 +109,7 @@ async def serve(cfg: DetectorConfig) -> int:
     probe_bind("listen", host, wanted)
     tel = telemetry_mod.setup("eagleeye-detector", cfg.worker_id or cfg.listen, cfg.metrics_listen or None)
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, *grpcopts.message_size_options(frame_limit)],
-                             interceptors=tel.server_interceptors())
+                             interceptors=[MalformedRequestInterceptor(), *tel.server_interceptors()])
     try:
         port = server.add_insecure_port(cfg.listen)
     except RuntimeError:

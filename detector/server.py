@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from common.grpcguard import MalformedRequest
 from common.logs import event
 from detector.batcher import InferenceFailed, InferenceUnavailable, QueueFull
 from detector.imaging import ImageError
@@ -146,8 +147,11 @@ class DetectorServicer(pb_grpc.DetectorServicer):
             await context.abort(err.code, err.message)
             raise  # unreachable: abort raises
 
-    async def _stream_frame(self, request: pb.DetectRequest) -> pb.DetectResponse:
+    async def _stream_frame(self, request: pb.DetectRequest | MalformedRequest) -> pb.DetectResponse:
         """One stream frame: a bad frame is answered with an error; UNAVAILABLE ends the stream."""
+        if isinstance(request, MalformedRequest):
+            self._count("DetectStream", RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.error))
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed DetectRequest: {request.error}")
         try:
             return await self._serve(request, "DetectStream")
         except Exception as e:
@@ -175,6 +179,8 @@ class DetectorServicer(pb_grpc.DetectorServicer):
                 except StopAsyncIteration:
                     break
                 await pending.put(asyncio.create_task(self._stream_frame(request)))
+                if isinstance(request, MalformedRequest):
+                    break  # no frame_id to answer it with: the stream ends with INVALID_ARGUMENT
         finally:
             draining.cancel()
             await pending.put(None)

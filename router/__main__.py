@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from common import grpcopts, telemetry
 from common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
+from common.grpcguard import MalformedRequestInterceptor
 from common.logs import event
 from eagleeye.router.v1 import router_pb2_grpc
 from router import config as config_mod
@@ -58,7 +59,7 @@ async def serve(cfg: RouterConfig) -> int:
     tel = telemetry.setup("eagleeye-router", cfg.listen, cfg.metrics_listen or None)
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
                                       *grpcopts.message_size_options(cfg.max_message_bytes)],
-                             interceptors=tel.server_interceptors())
+                             interceptors=[MalformedRequestInterceptor(), *tel.server_interceptors()])
     try:
         port = server.add_insecure_port(cfg.listen)
     except RuntimeError:

@@ -25,6 +25,9 @@ from router.wire import REQUEST_FRAME_ID, RESPONSE_FRAME_ID, WireError, frame_id
 log = logging.getLogger("eagleeye.proxy")
 
 SERVICE = "eagleeye.detector.v1.Detector"
+# A frame whose backend failed this many times in a row is not replayed again: it may be what kills
+# backends, and a replay storm must not take both down.
+MAX_FRAME_ATTEMPTS = 3
 UNARY_METHODS = ("Detect", "GetModelInfo")
 STREAM_METHOD = "DetectStream"
 # Headers gRPC sets itself; everything else (custom metadata, traceparent, grpc-trace-bin) passes.
@@ -159,6 +162,7 @@ class _Frame:
     frame_id: int
     received_at: float
     sent_at: float = 0.0
+    attempts: int = 1
 
 
 class _Leg:
@@ -205,6 +209,7 @@ class StreamSession:
         self._generation = 0
         self._client_done = False
         self._moving_to: Backend | None = None
+        self.gave_up = ""
 
     async def _read_client(self) -> None:
         try:
@@ -264,6 +269,13 @@ class StreamSession:
         if retriable_failure:
             self._ctl.record(leg.backend, ok=False)
         leg.close()
+        if retriable_failure and self.pending:
+            if self.pending[0].attempts >= MAX_FRAME_ATTEMPTS:
+                self.gave_up = (f"frame {self.pending[0].frame_id} failed on {MAX_FRAME_ATTEMPTS} backend "
+                                "streams in a row; not replaying it again")
+                return False
+            for f in self.pending:
+                f.attempts += 1
         target = self._ctl.alternative(leg.backend)
         if target is None and self._ctl.usable(leg.backend):
             target = leg.backend  # the only usable one: try it again
@@ -367,9 +379,11 @@ class StreamSession:
                     await self._context.abort(error.code(), error.details() or "")
                 why = f"{leg.backend.value} stream ended: " + (error.code().name if error else "no error")
                 if not self._fail_over(why):
-                    await self._context.abort(grpc.StatusCode.UNAVAILABLE, self._proxy._unavailable_message())
+                    await self._context.abort(grpc.StatusCode.UNAVAILABLE,
+                                              self.gave_up or self._proxy._unavailable_message())
             if kind in ("tick", "answer", "leg_end") and not self._check_placement():
-                await self._context.abort(grpc.StatusCode.UNAVAILABLE, self._proxy._unavailable_message())
+                await self._context.abort(grpc.StatusCode.UNAVAILABLE,
+                                          self.gave_up or self._proxy._unavailable_message())
 
     def _answer(self, data: bytes) -> bool:
         """Whether an answer is the one for the oldest pending frame (then it is no longer pending)."""

@@ -115,8 +115,7 @@ async def overhead(cluster: LocalCluster, calls: int) -> list[tuple[str, float, 
 
 def started(router_args: list[str]) -> LocalCluster:
     cluster = LocalCluster(router_args=["--hold-down", "1", "--ramp", "1", *router_args])
-    cluster.wait_ready()
-    cluster.router.wait_for_event("switch", to_state="NORMAL", timeout=30)
+    cluster.wait_normal()
     return cluster
 
 

@@ -114,6 +114,11 @@ class LocalCluster:
         for worker in (self.primary, self.standby):
             worker.wait_for_event("model ready", timeout)
 
+    def wait_normal(self, timeout: float = 120.0) -> None:
+        """Until both workers are warm and the router has both in service (state NORMAL)."""
+        self.wait_ready(timeout)
+        self.router.wait_for_event("switch", timeout, to_state="NORMAL")
+
     def restart_primary(self) -> Proc:
         """Start the primary again on its old port (after it was killed or stopped)."""
         self.primary.stop()

@@ -93,8 +93,7 @@ def probe_names() -> dict[int, set[str]]:
 def cluster() -> Iterator[LocalCluster]:
     c = LocalCluster()
     try:
-        c.wait_ready()
-        c.router.wait_for_event("switch", to_state="NORMAL")
+        c.wait_normal()
         yield c
     finally:
         c.stop()

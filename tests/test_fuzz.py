@@ -34,8 +34,7 @@ METHODS = ["/eagleeye.detector.v1.Detector/Detect", "/eagleeye.detector.v1.Detec
 def cluster() -> Iterator[LocalCluster]:
     c = LocalCluster(router_args=["--admin-token", "fuzz-token"])
     try:
-        c.wait_ready()
-        c.router.wait_for_event("switch", to_state="NORMAL")
+        c.wait_normal()
         yield c
     finally:
         c.stop()

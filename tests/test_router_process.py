@@ -72,8 +72,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(worker_args=["--fault-injection", "--config", fast_config(tmp_path)],
                      router_args=["--config", str(router_cfg), "--admin-token", "s3cret"])
     try:
-        c.wait_ready()
-        c.router.wait_for_event("switch", to_state="NORMAL")
+        c.wait_normal()
         c.router.forget_events()  # the tests look at what their fault causes, not at start-up
         yield c
     finally:

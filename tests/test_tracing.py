@@ -33,8 +33,7 @@ def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpSink]:
 def test_one_trace_from_client_through_router_to_inference(collector: OtlpSink, tmp_path: Path) -> None:
     cluster = LocalCluster()
     try:
-        cluster.wait_ready()
-        cluster.router.wait_for_event("switch", to_state="NORMAL")
+        cluster.wait_normal()
         image = tmp_path / "frame.jpg"
         image.write_bytes(encode_jpeg(make_scene(9, size=(320, 240)).image))
         out = subprocess.run([str(BIN / "eagleeye"), "detect", "--target", cluster.router_address, str(image)],

@@ -1,0 +1,76 @@
+"""A stand-in worker for proxy-overhead figures: the Detector API answered at once, without a model.
+
+    python -m bench.echo_backend --listen 127.0.0.1:0 --worker-id primary
+
+It answers every Detect with the same small DetectResponse (no decoding, no inference) and reports
+every health name SERVING, so what a benchmark measures in front of it is the proxy's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from common import grpcopts
+from common.logs import event, setup
+from eagleeye.detector.v1 import detector_pb2 as pb
+
+SERVICE = "eagleeye.detector.v1.Detector"
+log = logging.getLogger("eagleeye.echo")
+
+
+async def serve(listen: str, worker: str) -> None:
+    answer = pb.DetectResponse(worker=worker, detections=[pb.Detection(score=0.9, label="screen")]).SerializeToString()
+    info = pb.ModelInfo(name="echo", worker=worker).SerializeToString()
+
+    async def detect(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return answer
+
+    async def model_info(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return info
+
+    async def detect_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            yield answer
+
+    server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, *grpcopts.message_size_options(16 << 20)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        "Detect": grpc.unary_unary_rpc_method_handler(detect),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(model_info),
+        "DetectStream": grpc.stream_stream_rpc_method_handler(detect_stream),
+    }),))
+    health = health_aio.HealthServicer()
+    for name in ("", "readiness", "liveness", "headroom", "gpu"):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port(listen)
+    await server.start()
+    event(log, "listening", address=f"{listen.rsplit(':', 1)[0]}:{port}", worker=worker)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--listen", default="127.0.0.1:0")
+    ap.add_argument("--worker-id", default="echo")
+    args = ap.parse_args()
+    setup("info")
+    asyncio.run(serve(args.listen, args.worker_id))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

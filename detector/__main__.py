@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2_grpc
 from common import grpcopts
 from common import telemetry as telemetry_mod
 from common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
-from common.grpcguard import MalformedRequestInterceptor
+from common.grpcguard import guarded
 from common.logs import event
 from detector import config as config_mod
 from detector.batcher import Batcher, InferenceHooks
@@ -109,7 +109,7 @@ async def serve(cfg: DetectorConfig) -> int:
     probe_bind("listen", host, wanted)
     tel = telemetry_mod.setup("eagleeye-detector", cfg.worker_id or cfg.listen, cfg.metrics_listen or None)
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, *grpcopts.message_size_options(frame_limit)],
-                             interceptors=[MalformedRequestInterceptor(), *tel.server_interceptors()])
+                             interceptors=tel.server_interceptors())
     try:
         port = server.add_insecure_port(cfg.listen)
     except RuntimeError:
@@ -117,7 +117,7 @@ async def serve(cfg: DetectorConfig) -> int:
     worker_id = cfg.worker_id or f"{socket.gethostname()}:{port}"
 
     health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
     publisher = HealthPublisher(health)
     defaults = Defaults(cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
     batcher_ref: list[Batcher] = []
@@ -125,7 +125,7 @@ async def serve(cfg: DetectorConfig) -> int:
     metrics = DetectorMetrics(tel.meter, queue_depth=lambda: batcher_ref[0].depth if batcher_ref else 0,
                               gpu=lambda: monitor_ref[0].gpu if monitor_ref else None, health=publisher.statuses)
     detector = DetectorServicer(worker_id, defaults, cfg.max_stream_inflight, metrics)
-    detector_pb2_grpc.add_DetectorServicer_to_server(detector, server)
+    detector_pb2_grpc.add_DetectorServicer_to_server(detector, guarded(server))
 
     # Listen before importing torch and loading the model: probes get answers (liveness SERVING,
     # readiness NOT_SERVING) during the seconds that takes.
@@ -143,7 +143,7 @@ async def serve(cfg: DetectorConfig) -> int:
         assert isinstance(hooks, FaultHooks)
         fault_injection_pb2_grpc.add_FaultInjectionServicer_to_server(
             FaultInjectionServicer(hooks, telemetry, lambda: batcher_ref[0] if batcher_ref else None,
-                                   monitor.wake), server)
+                                   monitor.wake), guarded(server))
 
     await server.start()
     event(log, "listening", address=f"{host}:{port}", worker=worker_id, metrics=tel.metrics_address,

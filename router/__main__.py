@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from common import grpcopts, telemetry
 from common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
-from common.grpcguard import MalformedRequestInterceptor
+from common.grpcguard import guarded
 from common.logs import event
 from eagleeye.router.v1 import router_pb2_grpc
 from router import config as config_mod
@@ -59,14 +59,14 @@ async def serve(cfg: RouterConfig) -> int:
     tel = telemetry.setup("eagleeye-router", cfg.listen, cfg.metrics_listen or None)
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
                                       *grpcopts.message_size_options(cfg.max_message_bytes)],
-                             interceptors=[MalformedRequestInterceptor(), *tel.server_interceptors()])
+                             interceptors=tel.server_interceptors())
     try:
         port = server.add_insecure_port(cfg.listen)
     except RuntimeError:
         raise ConfigError(f"listen={cfg.listen!r}: cannot bind; is another server on this port?") from None
 
     health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
     watchers: dict[Backend, BackendWatcher] = {}
     data_channels: dict[Backend, grpc.aio.Channel] = {}
     controller_ref: list[Controller] = []
@@ -88,7 +88,7 @@ async def serve(cfg: RouterConfig) -> int:
     proxy = Proxy(cfg, controller, data_channels, tracing=tel.tracing)
     proxy_ref.append(proxy)
     server.add_generic_rpc_handlers((proxy.handler(),))
-    router_pb2_grpc.add_RouterAdminServicer_to_server(AdminServicer(controller, cfg.admin_token), server)
+    router_pb2_grpc.add_RouterAdminServicer_to_server(AdminServicer(controller, cfg.admin_token), guarded(server))
 
     await server.start()
     for w in watchers.values():

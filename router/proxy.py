@@ -336,22 +336,28 @@ class StreamSession:
             await self._context.abort(grpc.StatusCode.UNAVAILABLE, self._proxy._unavailable_message())
         assert target is not None
         reader = asyncio.create_task(self._read_client())
+        ticker = asyncio.create_task(self._tick(min(0.1, self._cfg.stream_frame_timeout_s / 4)))
         self._open(target, replay=False)
         try:
             async for answer in self._loop():
                 yield answer
         finally:
             reader.cancel()
+            ticker.cancel()
             if self._leg is not None:
                 self._leg.close()
 
-    async def _loop(self) -> AsyncIterator[bytes]:
-        tick = min(0.1, self._cfg.stream_frame_timeout_s / 4)
+    async def _tick(self, interval: float) -> None:
+        """A "tick" event every `interval`: placement and stalls are checked even while frames keep
+        arriving and nothing is answered (a per-event timeout would never fire then, and would cost a
+        task and a timer per frame)."""
         while True:
-            try:
-                kind, generation, payload = await asyncio.wait_for(self._events.get(), tick)
-            except TimeoutError:
-                kind, generation, payload = "tick", 0, None
+            await asyncio.sleep(interval)  # a periodic timer, not a wait for some other task
+            self._events.put_nowait(("tick", 0, None))
+
+    async def _loop(self) -> AsyncIterator[bytes]:
+        while True:
+            kind, generation, payload = await self._events.get()
             leg = self._leg
             assert leg is not None
             if kind == "frame":

@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo     start a worker and stream synthetic video through it"
 	@echo "make test     stubs check, lint, type check and the whole test suite"
-	@echo "make bench    figures: health Check latency under load, router overhead, failover times"
+	@echo "make bench    figures: fault matrix vs nginx, proxy overhead, Check latency, long fuzz (~9 min)"
 	@echo "make setup    create $(VENV) and install the project (editable) with its test tools"
 	@echo "make protos   regenerate the gRPC stubs from protos/"
 	@echo "make train-default-model   retrain the embedded default model (about 25 minutes on 2 cores)"
@@ -27,13 +27,15 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # Debian packages the tests use: prometheus (promtool and a server for the alert-rule and scrape
-# tests) and docker-compose (validates the compose files without a Docker engine).
+# tests), docker-compose (validates the compose files without a Docker engine) and nginx (the peer
+# the benchmark compares the router with; its harness is tested too).
 tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v docker-compose >/dev/null || { \
-		echo "installing the Debian packages prometheus and docker-compose"; \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v docker-compose >/dev/null \
+		&& { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } || { \
+		echo "installing the Debian packages prometheus, docker-compose and nginx"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-			--no-install-recommends prometheus docker-compose >/dev/null; }
+			--no-install-recommends prometheus docker-compose nginx >/dev/null; }
 
 # Stubs are generated beside their .proto files (package `eagleeye`), with .pyi type stubs.
 define gen_protos
@@ -63,9 +65,15 @@ test: setup tools check-protos lint
 demo: setup
 	$(PY) -m client.demo
 
+# Figures, not assertions (docs/benchmarks.md): about 9 minutes on 2 cores. The fault matrix
+# installs the Debian package nginx if it is missing.
+FUZZ_BENCH_EXAMPLES ?= 1500
 bench: setup
+	$(PY) -m bench.matrix --out bench/out
 	$(PY) -m bench.check_latency
-	$(PY) -m bench.router_bench
+	$(PY) -m bench.router_bench --calls 200
+	@echo "fuzz/abuse pass, $(FUZZ_BENCH_EXAMPLES) examples per property"
+	FUZZ_EXAMPLES=$(FUZZ_BENCH_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 train-default-model: setup
 	$(PY) -m detector.defaultmodel.train --minutes 22 --out detector/defaultmodel/default.pt2

@@ -60,6 +60,7 @@ class Figures:
     lost: int
     duplicated: int | None
     to_switch_ms: float | None      # fault (or primary ready) to the first answer from the other worker
+    back_ms: float | None           # primary ready again to its first answer (None: not ready, or no answer)
     p50_ms: float | None
     p99_ms: float | None
     before: tuple[float | None, float | None]
@@ -110,12 +111,14 @@ def window_figures(run: Run, start: float, end: float, mark: float, switch_to: s
         # A broken stream is one error to the client, however many frames it took with it.
         codes = Counter(breaks) + Counter(r.error for r in failed if r.error and r.error.startswith("FRAME_"))
     hit = first_answer_from(run.records, switch_to, mark)
+    back = None if run.ready_at is None else first_answer_from(run.records, PRIMARY, run.ready_at)
     return Figures(
         frames=len(inside),
         client_errors=sum(codes.values()),
         lost=len(failed) + len(unanswered),
         duplicated=sum(max(0, r.answers - 1) for r in inside) if run.streams else None,
         to_switch_ms=None if hit is None else (hit - mark) * 1000,
+        back_ms=None if back is None or run.ready_at is None else (back - run.ready_at) * 1000,
         p50_ms=_p(inside)[0], p99_ms=_p(inside)[1],
         before=_p([r for r in inside if r.sent < mark]),
         during=_p([r for r in inside if mark <= r.sent < mark + DURING_S]),

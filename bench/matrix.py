@@ -100,7 +100,7 @@ class Result:
 
 def _row(system: str, scenario: str, load: str, f: Figures, cpu_ms: float | None, *, back: bool) -> Result:
     return Result(system, scenario, load, f.frames, f.client_errors, f.lost, f.duplicated,
-                  None if back else f.to_switch_ms, f.to_switch_ms if back else None, f.p50_ms, f.p99_ms, cpu_ms,
+                  None if back else f.to_switch_ms, f.back_ms, f.p50_ms, f.p99_ms, cpu_ms,
                   p50_before_ms=f.before[0], p99_before_ms=f.before[1], p50_during_ms=f.during[0],
                   p99_during_ms=f.during[1], p50_after_ms=f.after[0], p99_after_ms=f.after[1],
                   traffic_moves=f.traffic_moves, error_codes=f.error_codes)
@@ -374,8 +374,7 @@ async def main_async(args: argparse.Namespace) -> int:
         try:
             cluster.wait_normal()
             for system in args.only:
-                # Called directly, a worker's fault reaches its clients whatever the load: unary shows it.
-                for load in (["unary"] if system == "direct" and args.loads == ["unary", "stream"] else args.loads):
+                for load in loads_for(system, args.loads):
                     for fault in args.faults:
                         progress(f"{system} / {load} / {fault}")
                         rows = await bench.one(system, load, fault)
@@ -394,6 +393,11 @@ async def main_async(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
     progress(f"wrote {out / 'results.json'} ({len(results)} rows)")
     return 0
+
+
+def loads_for(system: str, loads: list[str]) -> list[str]:
+    """Called directly, a worker's fault reaches its clients whatever the load: unary shows it."""
+    return [lo for lo in loads if lo == "unary"] or loads if system == "direct" else loads
 
 
 def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:

@@ -72,7 +72,8 @@ def test_switch_back_is_timed_from_ready_and_counts_errors_before_it() -> None:
     run = Run(records, fault_at=2.0, back_at=5.0, ready_at=8.0, end_at=10.0)
     back = switch_back_figures(run)
     assert back is not None
-    assert back.to_switch_ms == pytest.approx(20)
+    assert back.to_switch_ms == pytest.approx(20) and back.back_ms == pytest.approx(20)
+    assert fault_figures(run).back_ms == pytest.approx(20)     # the fault's row carries it too
     assert (back.client_errors, back.lost) == (10, 10)
     assert switch_back_figures(Run(records, fault_at=2.0, end_at=10.0)) is None
 

@@ -17,6 +17,7 @@ PRIMARY = "primary"
 STANDBY = "standby"
 DURING_S = 2.0       # "during" a fault: frames sent in the first DURING_S seconds after it
 BIN_S = 0.25         # timeline resolution, and the unit in which traffic moves are counted
+SLOW_MS = 250.0      # answers slower than this (ten times the load's normal latency) were caught in the fault
 
 
 @dataclass
@@ -82,14 +83,15 @@ def first_answer_from(records: list[Record], backend: str, since: float) -> floa
 
 
 def majority_bins(records: list[Record], start: float, end: float, bin_s: float = BIN_S) -> list[str | None]:
-    """Per bin of answer time, the worker that gave most of the answers (None: no answers). Answer
-    time, not send time: frames sent into a hung primary and answered late say nothing of where
-    traffic goes now."""
+    """Per bin of send time, the worker that answered most of its frames (None: none answered).
+    Frames slower than SLOW_MS are left out: they were caught in the fault (answered late by a
+    resumed primary, or after a retry) and say nothing of where the proxy sends traffic now."""
     n = max(0, int((end - start) / bin_s + 0.999999))
     counts: list[Counter[str]] = [Counter() for _ in range(n)]
     for r in records:
-        if r.ok and r.backend and r.done is not None and start <= r.done < end:
-            counts[min(n - 1, int((r.done - start) / bin_s))][r.backend] += 1
+        lat = r.latency_ms
+        if r.backend and lat is not None and lat <= SLOW_MS and start <= r.sent < end:
+            counts[min(n - 1, int((r.sent - start) / bin_s))][r.backend] += 1
     return [c.most_common(1)[0][0] if c else None for c in counts]
 
 

@@ -85,3 +85,10 @@ def test_flapping_counts_each_move_of_the_majority() -> None:
     # A few answers from the other worker inside a bin do not make a move.
     mixed = [*steady(0, 2, "primary", rate=40), ok(0.5, "standby"), ok(1.2, "standby")]
     assert traffic_moves(mixed, 0, 2) == 0
+
+
+def test_late_answers_from_a_resumed_primary_are_not_a_move() -> None:
+    # Frames sent into a stopped primary at 2.0-2.5 s are answered by it when it resumes at 3 s.
+    late = [ok(2 + i / 10, "primary", latency=3 - (2 + i / 10)) for i in range(5)]
+    records = [*steady(0, 2, "primary"), *late, *steady(2.5, 6, "standby")]
+    assert traffic_moves(records, 0, 6) == 1

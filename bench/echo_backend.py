@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common import grpcopts
 from common.logs import event, setup
 from eagleeye.detector.v1 import detector_pb2 as pb
-from router.wire import REQUEST_FRAME_ID, frame_id
+from router.wire import request_frame_id
 
 SERVICE = "eagleeye.detector.v1.Detector"
 log = logging.getLogger("eagleeye.echo")
@@ -40,7 +40,7 @@ async def serve(listen: str, worker: str) -> None:
 
     async def detect_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         async for data in requests:  # a stream's answers name their frame, as the worker's do
-            yield pb.DetectResponse(frame_id=frame_id(data, REQUEST_FRAME_ID), worker=worker).SerializeToString()
+            yield pb.DetectResponse(frame_id=request_frame_id(data), worker=worker).SerializeToString()
 
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, *grpcopts.message_size_options(16 << 20)])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {

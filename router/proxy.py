@@ -20,7 +20,7 @@ import grpc
 from common.logs import event
 from router.config import RouterConfig
 from router.controller import Backend, Controller
-from router.wire import REQUEST_FRAME_ID, RESPONSE_FRAME_ID, WireError, frame_id
+from router.wire import WireError, request_frame_id, response_frame_id
 
 log = logging.getLogger("eagleeye.proxy")
 
@@ -216,7 +216,7 @@ class StreamSession:
             async for data in self._requests:
                 await self._room.acquire()  # at most max_stream_pending frames in the router
                 try:
-                    fid = frame_id(data, REQUEST_FRAME_ID)
+                    fid = request_frame_id(data)
                 except WireError as e:
                     self._events.put_nowait(("bad", 0, str(e)))
                     return
@@ -380,8 +380,11 @@ class StreamSession:
                 error: grpc.aio.AioRpcError | None = payload
                 if error is None and not self.pending and not self.held and self._client_done:
                     return  # the stream is complete
+                # The backend's answer about the stream (INVALID_ARGUMENT, ...) goes to the client. UNKNOWN and
+                # INTERNAL say the backend or the transport broke, not the frames: replay elsewhere (a frame
+                # that breaks every backend is given up after MAX_FRAME_ATTEMPTS).
                 if error is not None and not retriable(error.code()) and \
-                        error.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+                        error.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
                     await self._context.abort(error.code(), error.details() or "")
                 why = f"{leg.backend.value} stream ended: " + (error.code().name if error else "no error")
                 if not self._fail_over(why):
@@ -394,7 +397,7 @@ class StreamSession:
     def _answer(self, data: bytes) -> bool:
         """Whether an answer is the one for the oldest pending frame (then it is no longer pending)."""
         try:
-            fid = frame_id(data, RESPONSE_FRAME_ID)
+            fid = response_frame_id(data)
         except WireError:
             fid = -1
         if not self.pending or self.pending[0].frame_id != fid:

@@ -1,55 +1,36 @@
-"""Just enough of the protobuf wire format to read a frame_id without parsing a whole frame.
+"""Reading a stream message's frame_id, and refusing a malformed one, without touching its image.
 
-The router forwards frames as raw bytes; for stream replay it only needs each message's frame_id
-(DetectRequest field 3, DetectResponse field 1, both uint64 varints). Scanning the top-level fields
-skips the image bytes instead of copying them into a message object.
+The router forwards frames as the bytes it received. For stream replay it needs each message's
+frame_id, and a request the worker could not parse must be refused by the router itself: forwarded,
+the worker would end its stream while the router is still writing to it, and gRPC then reports
+INTERNAL ("Internal error from Core") instead of the worker's INVALID_ARGUMENT, about one time in
+ten (found by the long fuzz pass). Parsing with protobuf (upb) validates exactly as the worker
+does and costs about 1 us for a JPEG frame and 15 us for a 600 KB raw frame, less than a
+hand-written scanner in Python. The parsed message is dropped; the original bytes go on.
 """
 
 from __future__ import annotations
 
-REQUEST_FRAME_ID = 3
-RESPONSE_FRAME_ID = 1
+from google.protobuf.message import DecodeError
+
+from eagleeye.detector.v1 import detector_pb2 as pb
 
 
 class WireError(ValueError):
-    """Bytes that are not a well-formed protobuf message."""
+    """Bytes that are not a well-formed message of the expected type."""
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise WireError("truncated or overlong varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
+def request_frame_id(data: bytes) -> int:
+    """The frame_id of a serialized DetectRequest; WireError if protobuf would not parse it."""
+    try:
+        return int(pb.DetectRequest.FromString(data).frame_id)
+    except DecodeError as e:
+        raise WireError(str(e) or "not a DetectRequest") from None
 
 
-def frame_id(buf: bytes, field: int) -> int:
-    """The value of varint field `field` (the last one wins, as in protobuf); 0 when absent."""
-    pos, found = 0, 0
-    end = len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, kind = key >> 3, key & 7
-        if kind == 0:
-            value, pos = _varint(buf, pos)
-            if number == field:
-                found = value
-        elif kind == 2:
-            length, pos = _varint(buf, pos)
-            pos += length
-        elif kind == 1:
-            pos += 8
-        elif kind == 5:
-            pos += 4
-        else:
-            raise WireError(f"unsupported wire type {kind}")
-        if number == 0:
-            raise WireError("field number 0")
-    if pos != end:
-        raise WireError("field runs past the end of the message")
-    return found
+def response_frame_id(data: bytes) -> int:
+    """The frame_id of a serialized DetectResponse; WireError if protobuf would not parse it."""
+    try:
+        return int(pb.DetectResponse.FromString(data).frame_id)
+    except DecodeError as e:
+        raise WireError(str(e) or "not a DetectResponse") from None

@@ -1,27 +1,34 @@
-"""Reading frame_id from raw bytes agrees with protobuf itself."""
+"""Reading frame_id from raw bytes, and refusing what the worker could not parse."""
 
 from __future__ import annotations
 
 import pytest
 
 from eagleeye.detector.v1 import detector_pb2 as pb
-from router.wire import REQUEST_FRAME_ID, RESPONSE_FRAME_ID, WireError, frame_id
+from router.wire import WireError, request_frame_id, response_frame_id
 
 
 @pytest.mark.parametrize("fid", [0, 1, 127, 128, 300, 2**32 + 5, 2**64 - 1])
 def test_frame_ids_match_protobuf(fid: int) -> None:
     req = pb.DetectRequest(encoded=b"\xff" * 70_000, frame_id=fid, score_threshold=0.5, classes=["a", "b"])
-    assert frame_id(req.SerializeToString(), REQUEST_FRAME_ID) == fid
+    assert request_frame_id(req.SerializeToString()) == fid
     raw = pb.DetectRequest(raw=pb.RawImage(data=b"\0" * 12, width=2, height=2), frame_id=fid)
-    assert frame_id(raw.SerializeToString(), REQUEST_FRAME_ID) == fid
+    assert request_frame_id(raw.SerializeToString()) == fid
     resp = pb.DetectResponse(frame_id=fid, detections=[pb.Detection(score=0.5, label="x")], worker="w")
-    assert frame_id(resp.SerializeToString(), RESPONSE_FRAME_ID) == fid
+    assert response_frame_id(resp.SerializeToString()) == fid
 
 
-@pytest.mark.parametrize("junk", [b"\x1a\xff", b"\x18", b"\x80" * 12, b"\x07abc"])
-def test_malformed_bytes_are_rejected(junk: bytes) -> None:
+@pytest.mark.parametrize("junk", [
+    b"\x1a\xff", b"\x18", b"\x80" * 12, b"\x07abc",
+    b"\x88\x9b\xed\xf3N\xa4K",          # a field number beyond protobuf's range (found by the fuzz pass)
+    b"\x3a\x02\xff\xfe",                 # classes: a string that is not UTF-8
+    b"\x12\x03\x08\xff\xff",             # raw: a nested RawImage that is truncated
+])
+def test_what_the_worker_would_refuse_is_refused(junk: bytes) -> None:
+    with pytest.raises(Exception):  # noqa: B017 -- whatever protobuf raises, the worker refuses it too
+        pb.DetectRequest.FromString(junk)
     with pytest.raises(WireError):
-        frame_id(junk, REQUEST_FRAME_ID)
+        request_frame_id(junk)
 
 
 def test_forwarded_metadata_keeps_custom_and_trace_headers_only() -> None:

@@ -1,7 +1,8 @@
 """Forwarding the Detector API: raw bytes through, a retry for unary calls, replay for streams.
 
-Frames are never deserialized: unary requests and responses pass as bytes; streams read only each
-message's frame_id (router.wire) to know which frames are still unanswered.
+Unary requests and responses pass as bytes, unparsed. Stream messages are forwarded as received too;
+the router parses each only to read its frame_id (router.wire), which tells which frames are still
+unanswered, and to refuse a request the worker could not parse either.
 """
 
 from __future__ import annotations

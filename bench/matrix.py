@@ -20,10 +20,9 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -120,10 +119,9 @@ class Front:
 
 
 class Bench:
-    def __init__(self, cluster: LocalCluster, nginx: Nginx, out: Path) -> None:
+    def __init__(self, cluster: LocalCluster, nginx: Nginx) -> None:
         self.cluster = cluster
         self.nginx = nginx
-        self.out = out
         self.fronts = {
             "router": Front("router", lambda: cluster.router_address, lambda: cpu_seconds(cluster.router.popen.pid)),
             "nginx": Front("nginx", lambda: nginx.address, nginx.cpu_seconds),
@@ -370,7 +368,7 @@ async def main_async(args: argparse.Namespace) -> int:
     if args.faults:
         cluster = LocalCluster(worker_args=["--fault-injection"], router_args=router_args(out))
         nginx = Nginx(cluster.primary_address, cluster.standby_address)
-        bench = Bench(cluster, nginx, out)
+        bench = Bench(cluster, nginx)
         try:
             cluster.wait_normal()
             for system in args.only:
@@ -414,18 +412,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.matrix", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench/out"), help="where results.json and the PNGs go")
-    ap.add_argument("--only", type=_names(("router", "nginx", "direct")), default=["router", "nginx", "direct"],
+    ap.add_argument("--only", metavar="SYSTEMS", type=_names(("router", "nginx", "direct")),
+                    default=["router", "nginx", "direct"],
                     help="systems in the fault matrix (default router,nginx,direct)")
-    ap.add_argument("--loads", type=_names(("unary", "stream")), default=["unary", "stream"])
-    ap.add_argument("--faults", type=_names(FAULTS), default=list(FAULTS),
+    ap.add_argument("--loads", metavar="LOADS", type=_names(("unary", "stream")), default=["unary", "stream"],
+                    help="default unary,stream (direct calls: unary only)")
+    ap.add_argument("--faults", metavar="FAULTS", type=_names(FAULTS), default=list(FAULTS),
                     help=f"default {','.join(FAULTS)}; empty: overhead only")
     ap.add_argument("--overhead-seconds", type=float, default=1.5, help="per system and payload and run; 0: skip")
     ap.add_argument("--overhead-runs", type=int, default=2, help="interleaved runs whose medians are reported")
     args = ap.parse_args(argv)
     return asyncio.run(main_async(args))
 
-
-AwaitableFn = Callable[[], Awaitable[Any]]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import analysis
-from bench.analysis import Figures, Run
+from bench.analysis import PRIMARY, Figures, Record, Run, first_answer_from
 from bench.cpu import cpu_seconds
 from bench.nginx import Nginx
 from bench.traffic import Clock, stream_load, unary_load
@@ -49,7 +49,8 @@ STALL_S = 2.0
 PRE_S = 2.0          # steady load before the fault
 OUTAGE_S = 3.0       # how long the primary stays down, hung or stopped
 FLAP_CYCLES = 3      # flapping: SIGSTOP 1 s, SIGCONT 1 s, this many times
-AFTER_S = 3.0        # load after the primary is back (ready), to see the switch back
+AFTER_S = 3.0        # load after the primary is back (ready)...
+SWITCH_BACK_WAIT_S = 12.0   # ...and on until it answers again (1 s more), at most this long after ready
 # The router with its failover settings as in production, except: no standby share in NORMAL, so
 # that "first answer from the standby" means the same as with nginx's backup; a short hold-down and
 # ramp, so that switching back fits the run; and the hold-down's growth (while the primary flaps)
@@ -184,7 +185,7 @@ class Bench:
         await asyncio.to_thread(self.cluster.primary.wait_for_event, "health transition", 120, ready=True)
         run.ready_at = clock.now()
 
-    async def inject(self, fault: str, clock: Clock, run: Run) -> None:
+    async def inject(self, fault: str, clock: Clock, run: Run, live: list[Record]) -> None:
         c = self.cluster
         await self._until(clock, PRE_S)
         run.fault_at = clock.now()
@@ -208,7 +209,9 @@ class Bench:
                 await stub.HangInference(fi.HangRequest(), timeout=5)
                 await self._until(clock, run.fault_at + OUTAGE_S)
                 await stub.ClearFaults(fi.ClearRequest(), timeout=5)
-            run.back_at = run.ready_at = clock.now()
+                run.back_at = clock.now()
+                await self._until_ready(ch)    # its canary passes again: readiness SERVING
+            run.ready_at = clock.now()
         elif fault == "flapping":
             for cycle in range(FLAP_CYCLES):
                 c.primary.signal(signal.SIGSTOP)
@@ -218,7 +221,26 @@ class Bench:
             run.back_at = run.ready_at = clock.now()
         else:
             raise ValueError(fault)
-        await self._until(clock, (run.ready_at or clock.now()) + AFTER_S)
+        ready = run.ready_at if run.ready_at is not None else clock.now()
+        await self._until(clock, ready + AFTER_S)
+        while first_answer_from(live, PRIMARY, ready) is None and clock.now() < ready + SWITCH_BACK_WAIT_S:
+            await asyncio.sleep(0.1)  # watching the load's own records for the switch back
+        back = first_answer_from(live, PRIMARY, ready)
+        if back is not None:
+            await self._until(clock, back + 1.0)
+
+    async def _until_ready(self, ch: grpc.aio.Channel) -> None:
+        health = health_pb2_grpc.HealthStub(ch)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                resp = await health.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=1)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.05)  # polling the standard health Check, as any client would
+        raise RuntimeError("the primary did not report ready within 60 s of the fault being cleared")
 
     async def one(self, system: str, load: str, fault: str) -> list[Result]:
         front = self.fronts[system]
@@ -228,19 +250,21 @@ class Bench:
         run = Run(records=[], fault_at=0.0, streams=load == "stream")
         cpu0 = front.cpu() if front.cpu else None
 
+        live: list[Record] = []
+
         async def script() -> None:
             try:
-                await self.inject(fault, clock, run)
+                await self.inject(fault, clock, run, live)
             finally:
                 stop.set()
 
         injector = asyncio.create_task(script())
         if load == "unary":
             run.records = await unary_load(front.address, self.pool, clock, stop, rate=UNARY_RATE,
-                                           deadline_s=DEADLINE_S)
+                                           deadline_s=DEADLINE_S, live=live)
         else:
             run.records, run.breaks = await stream_load(front.address, self.pool, clock, stop, cameras=CAMERAS,
-                                                        fps=FPS, stall_s=STALL_S)
+                                                        fps=FPS, stall_s=STALL_S, live=live)
         await injector
         run.end_at = clock.now()
         cpu_ms = None if cpu0 is None or front.cpu is None else \

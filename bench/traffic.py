@@ -45,9 +45,9 @@ async def _paced(clock: Clock, rate: float, stop: asyncio.Event, offset: float =
 
 
 async def unary_load(address: str, pool: FramePool, clock: Clock, stop: asyncio.Event, *,
-                     rate: float, deadline_s: float) -> list[Record]:
-    """Detect calls at `rate` per second, each with its own deadline."""
-    records: list[Record] = []
+                     rate: float, deadline_s: float, live: list[Record] | None = None) -> list[Record]:
+    """Detect calls at `rate` per second, each with its own deadline; `live` sees each record as it is made."""
+    records: list[Record] = [] if live is None else live
     async with grpc.aio.insecure_channel(address) as ch:
         stub = pb_grpc.DetectorStub(ch)
 
@@ -72,8 +72,8 @@ class _Camera:
     """One video stream: frames in order over a DetectStream, reopened when it breaks or stalls."""
 
     def __init__(self, stub: pb_grpc.DetectorStub, pool: FramePool, clock: Clock, number: int,
-                 stall_s: float) -> None:
-        self.stub, self.pool, self.clock, self.stall_s = stub, pool, clock, stall_s
+                 stall_s: float, live: list[Record] | None) -> None:
+        self.stub, self.pool, self.clock, self.stall_s, self.live = stub, pool, clock, stall_s, live
         self.base = number * 1_000_000    # frame ids of different cameras never collide
         self.records: dict[int, Record] = {}
         self.pending: dict[int, Record] = {}
@@ -125,6 +125,8 @@ class _Camera:
         rec = Record(sent=self.clock.now())
         self.records[fid] = rec
         self.pending[fid] = rec
+        if self.live is not None:
+            self.live.append(rec)
         try:
             await self.call.write(self.pool.frame(fid))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
@@ -146,11 +148,12 @@ class _Camera:
 
 
 async def stream_load(address: str, pool: FramePool, clock: Clock, stop: asyncio.Event, *,
-                      cameras: int, fps: float, stall_s: float) -> tuple[list[Record], list[tuple[float, str]]]:
+                      cameras: int, fps: float, stall_s: float, live: list[Record] | None = None,
+                      ) -> tuple[list[Record], list[tuple[float, str]]]:
     """`cameras` streams at `fps` each; returns every frame's record and every stream break."""
     async with grpc.aio.insecure_channel(address) as ch:
         stub = pb_grpc.DetectorStub(ch)
-        cams = [_Camera(stub, pool, clock, n, stall_s) for n in range(cameras)]
+        cams = [_Camera(stub, pool, clock, n, stall_s, live) for n in range(cameras)]
 
         async def drive(cam: _Camera, n: int) -> None:
             async for i in _paced(clock, fps, stop, offset=n / (fps * cameras)):

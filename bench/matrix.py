@@ -280,8 +280,11 @@ class Bench:
 
 # -- proxy overhead -------------------------------------------------------------------------------
 
-OVERHEAD_PAYLOADS = (("1 KB", 1_000), ("50 KB (JPEG frame)", 50_000), ("600 KB (raw frame)", 600_000))
+OVERHEAD_PAYLOADS = (("unary", "1 KB", 1_000), ("unary", "50 KB (JPEG frame)", 50_000),
+                     ("unary", "600 KB (raw frame)", 600_000), ("stream", "1 KB", 1_000),
+                     ("stream", "50 KB (JPEG frame)", 50_000))
 OVERHEAD_CONCURRENCY = 16
+STREAMS, STREAM_WINDOW = 8, 4     # stream overhead: 8 streams, each with up to 4 frames unanswered
 
 
 async def closed_loop(address: str, request: pb.DetectRequest, seconds: float, concurrency: int) -> list[float]:
@@ -303,6 +306,42 @@ async def closed_loop(address: str, request: pb.DetectRequest, seconds: float, c
     return out
 
 
+async def stream_loop(address: str, request: pb.DetectRequest, seconds: float) -> list[float]:
+    """STREAMS DetectStreams, each sending as soon as fewer than STREAM_WINDOW frames are unanswered,
+    for `seconds`; per-frame latencies in ms."""
+    out: list[float] = []
+    async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 16 << 20)]) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+        end = time.monotonic() + seconds
+
+        async def camera(n: int) -> None:
+            call = stub.DetectStream()
+            room = asyncio.Semaphore(STREAM_WINDOW)
+            sent: dict[int, float] = {}
+
+            async def answers() -> None:
+                async for resp in call:
+                    out.append((time.monotonic() - sent.pop(resp.frame_id)) * 1000)
+                    room.release()
+
+            async def frames() -> None:
+                i = 0
+                while time.monotonic() < end:
+                    await room.acquire()
+                    fid = n * 10_000_000 + i
+                    sent[fid] = time.monotonic()
+                    await call.write(pb.DetectRequest(encoded=request.encoded, frame_id=fid))
+                    i += 1
+                await call.done_writing()
+
+            async with asyncio.TaskGroup() as tasks:   # a failed reader stops its writer, and the run
+                tasks.create_task(answers())
+                tasks.create_task(frames())
+
+        await asyncio.gather(*(camera(n) for n in range(STREAMS)))
+    return out
+
+
 async def overhead(seconds: float, runs: int) -> list[Result]:
     """Direct, router and nginx in front of two echo backends: requests/s, latency, proxy CPU per RPC."""
     primary = Proc("python", ["-m", "bench.echo_backend", "--worker-id", "primary"])
@@ -320,22 +359,27 @@ async def overhead(seconds: float, runs: int) -> list[Result]:
             "router": (router.address, lambda: cpu_seconds(router.popen.pid)),
             "nginx": (nginx.address, nginx.cpu_seconds),
         }
-        for label, size in OVERHEAD_PAYLOADS:
+        for load, label, size in OVERHEAD_PAYLOADS:
             request = pb.DetectRequest(encoded=os.urandom(size))
             samples: dict[str, list[tuple[float, float | None, float | None, float | None]]] = {k: [] for k in fronts}
             for _ in range(runs):      # interleaved, so drifts of a shared machine hit every system alike
                 for system, (address, cpu) in fronts.items():
                     cpu0 = cpu() if cpu else None
                     t0 = time.monotonic()
-                    lat = await closed_loop(address, request, seconds, OVERHEAD_CONCURRENCY)
+                    if load == "unary":
+                        lat = await closed_loop(address, request, seconds, OVERHEAD_CONCURRENCY)
+                        calls = len(lat) + 20      # the warm-up calls count for the CPU
+                    else:
+                        lat = await stream_loop(address, request, seconds)
+                        calls = len(lat)
                     wall = time.monotonic() - t0
-                    cpu_ms = None if cpu is None or cpu0 is None else (cpu() - cpu0) * 1000 / (len(lat) + 20)
+                    cpu_ms = None if cpu is None or cpu0 is None else (cpu() - cpu0) * 1000 / calls
                     samples[system].append((len(lat) / wall, percentile(lat, 50), percentile(lat, 99), cpu_ms))
             for system, s in samples.items():
                 def med(i: int, s: list[tuple[float, float | None, float | None, float | None]] = s) -> float | None:
                     vals = [x[i] for x in s if x[i] is not None]
                     return statistics.median(vals) if vals else None   # type: ignore[type-var]
-                rows.append(Result(system, f"overhead {label}", "unary", 0, 0, None, None, None, None,
+                rows.append(Result(system, f"overhead {label}", load, 0, 0, None, None, None, None,
                                    med(1), med(2), med(3), requests_per_s=med(0)))
     finally:
         nginx.stop()
@@ -365,11 +409,11 @@ def fault_table(rows: list[Result]) -> str:
 
 
 def overhead_table(rows: list[Result]) -> str:
-    head = f"{'payload':<22}{'system':<8}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'proxy CPU ms/RPC':>18}"
+    head = f"{'load':<8}{'payload':<22}{'system':<8}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'proxy CPU ms/RPC':>18}"
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.scenario.startswith("overhead"):
-            lines.append(f"{r.scenario.removeprefix('overhead '):<22}{r.system:<8}{_ms(r.requests_per_s):>8}"
+            lines.append(f"{r.load:<8}{r.scenario.removeprefix('overhead '):<22}{r.system:<8}{_ms(r.requests_per_s):>8}"
                          f"{_ms(r.p50_ms, 2):>9}{_ms(r.p99_ms, 2):>9}{_ms(r.cpu_ms_per_rpc, 3):>18}")
     return "\n".join(lines)
 
@@ -384,7 +428,7 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"[{time.monotonic() - started:6.1f} s] {what}", file=sys.stderr, flush=True)
 
     if args.overhead_seconds > 0:
-        progress(f"proxy overhead: direct, router, nginx; {len(OVERHEAD_PAYLOADS)} payloads, "
+        progress(f"proxy overhead: direct, router, nginx; {len(OVERHEAD_PAYLOADS)} loads and payloads, "
                  f"{args.overhead_runs} interleaved runs of {args.overhead_seconds:g} s")
         results += await overhead(args.overhead_seconds, args.overhead_runs)
         print(overhead_table(results), flush=True)

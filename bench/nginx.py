@@ -43,7 +43,7 @@ http {{
         listen 127.0.0.1:{port} http2;
         keepalive_requests 1000000;
         # Large frames: without these a 600 KB raw frame is buffered through small chunks.
-        client_max_body_size 16m;
+        client_max_body_size 0;          # a stream is one request body: a limit would cut long streams
         client_body_buffer_size 1m;
         http2_body_preread_size 1m;
         location /eagleeye.detector.v1.Detector/ {{

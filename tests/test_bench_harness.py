@@ -98,10 +98,12 @@ def test_a_small_matrix_writes_the_results_and_timelines(tmp_path: Path) -> None
     required = {"system", "scenario", "client_errors", "lost", "duplicated", "fault_to_switch_ms", "p50_ms",
                 "p99_ms", "cpu_ms_per_rpc"}
     assert all(required <= row.keys() for row in rows)
-    by = {(r["system"], r["scenario"]): r for r in rows}
-    assert {s for s, _ in by} == {"router", "nginx", "direct"}
-    assert by[("router", "overhead 1 KB")]["cpu_ms_per_rpc"] > 0
-    router = by[("router", "sigstop")]
+    by = {(r["system"], r["scenario"], r["load"]): r for r in rows}
+    assert {s for s, _, _ in by} == {"router", "nginx", "direct"}
+    for load in ("unary", "stream"):
+        assert by[("router", "overhead 1 KB", load)]["cpu_ms_per_rpc"] > 0
+        assert by[("direct", "overhead 1 KB", load)]["requests_per_s"] > 0
+    router = by[("router", "sigstop", "unary")]
     assert router["lost"] == 0 and router["fault_to_switch_ms"] is not None    # the router's promise
-    assert by[("nginx", "sigstop")]["cpu_ms_per_rpc"] is not None
+    assert by[("nginx", "sigstop", "unary")]["cpu_ms_per_rpc"] is not None
     assert (tmp_path / "timeline-sigstop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -112,6 +112,7 @@ def window_figures(run: Run, start: float, end: float, mark: float, switch_to: s
     if run.streams:
         # A broken stream is one error to the client, however many frames it took with it.
         codes = Counter(breaks) + Counter(r.error for r in failed if r.error and r.error.startswith("FRAME_"))
+    overall = _p(inside)
     hit = first_answer_from(run.records, switch_to, mark)
     back = None if run.ready_at is None else first_answer_from(run.records, PRIMARY, run.ready_at)
     return Figures(
@@ -121,7 +122,7 @@ def window_figures(run: Run, start: float, end: float, mark: float, switch_to: s
         duplicated=sum(max(0, r.answers - 1) for r in inside) if run.streams else None,
         to_switch_ms=None if hit is None else (hit - mark) * 1000,
         back_ms=None if back is None or run.ready_at is None else (back - run.ready_at) * 1000,
-        p50_ms=_p(inside)[0], p99_ms=_p(inside)[1],
+        p50_ms=overall[0], p99_ms=overall[1],
         before=_p([r for r in inside if r.sent < mark]),
         during=_p([r for r in inside if mark <= r.sent < mark + DURING_S]),
         after=_p([r for r in inside if r.sent >= mark + DURING_S]),

@@ -106,6 +106,21 @@ def _row(system: str, scenario: str, load: str, f: Figures, cpu_ms: float | None
                   traffic_moves=f.traffic_moves, error_codes=f.error_codes)
 
 
+async def until_ready(ch: grpc.aio.Channel, timeout: float) -> None:
+    """Until the worker on `ch` answers its readiness Check SERVING; fails after `timeout` s."""
+    health = health_pb2_grpc.HealthStub(ch)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            resp = await health.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=1)
+            if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.05)  # polling the standard health Check, as any client would
+    raise RuntimeError(f"the primary did not report ready within {timeout:g} s")
+
+
 class Front:
     """What the clients call: the router, nginx, or the primary itself; `cpu()` is the proxy's CPU."""
 
@@ -138,19 +153,9 @@ class Bench:
         c = self.cluster
         if c.primary.popen.poll() is not None:
             await asyncio.to_thread(c.restart_primary)
-        deadline = time.monotonic() + 90
         async with grpc.aio.insecure_channel(c.primary_address) as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            while True:
-                try:
-                    resp = await health.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=2)
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.aio.AioRpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the primary did not report ready within 90 s")
-                await asyncio.sleep(0.1)  # polling the standard health Check, as any client would
+            await until_ready(ch, 90)
+        deadline = time.monotonic() + 90
         if system == "router":
             async with grpc.aio.insecure_channel(c.router_address) as ch:
                 admin = router_pb2_grpc.RouterAdminStub(ch)
@@ -210,7 +215,7 @@ class Bench:
                 await self._until(clock, run.fault_at + OUTAGE_S)
                 await stub.ClearFaults(fi.ClearRequest(), timeout=5)
                 run.back_at = clock.now()
-                await self._until_ready(ch)    # its canary passes again: readiness SERVING
+                await until_ready(ch, 60)    # its canary passes again: readiness SERVING
             run.ready_at = clock.now()
         elif fault == "flapping":
             for cycle in range(FLAP_CYCLES):
@@ -228,19 +233,6 @@ class Bench:
         back = first_answer_from(live, PRIMARY, ready)
         if back is not None:
             await self._until(clock, back + 1.0)
-
-    async def _until_ready(self, ch: grpc.aio.Channel) -> None:
-        health = health_pb2_grpc.HealthStub(ch)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                resp = await health.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.05)  # polling the standard health Check, as any client would
-        raise RuntimeError("the primary did not report ready within 60 s of the fault being cleared")
 
     async def one(self, system: str, load: str, fault: str) -> list[Result]:
         front = self.fronts[system]
@@ -453,7 +445,7 @@ async def main_async(args: argparse.Namespace) -> int:
             cluster.stop()
         print(fault_table(results), flush=True)
         from bench.timeline import draw_all
-        for path in draw_all(bench.runs, out):
+        for path in draw_all(bench.runs, out, SCENARIO_TITLES):
             progress(f"wrote {path}")
 
     (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")

@@ -61,9 +61,14 @@ http {{
 """
 
 
+def find() -> str | None:
+    """The nginx binary, if installed (Debian puts it in /usr/sbin, often not on a user's PATH)."""
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
 def ensure_installed() -> str:
     """The nginx binary; installs the Debian package when it is missing (as `make tools` does)."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    found = find()
     if found:
         return found
     print("installing the Debian package nginx (for the side-by-side figures)", flush=True)
@@ -72,8 +77,8 @@ def ensure_installed() -> str:
     subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "nginx"], check=True,
                    env=env, stdout=subprocess.DEVNULL)
-    found = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.path.exists(found):
+    found = find()
+    if found is None:
         raise RuntimeError("nginx is not installed and could not be installed")
     return found
 

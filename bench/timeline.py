@@ -87,17 +87,16 @@ def draw(runs: dict[tuple[str, str], Run], title: str, path: Path, window: tuple
     return path
 
 
-def draw_all(runs: dict[tuple[str, str, str], Run], out: Path) -> list[Path]:
+def draw_all(runs: dict[tuple[str, str, str], Run], out: Path, titles: dict[str, str]) -> list[Path]:
     """A timeline per fault (and one for the switch back, from the SIGKILL runs' second half)."""
-    from bench.matrix import SCENARIO_TITLES
     paths = []
     for fault in dict.fromkeys(f for _, _, f in runs):
         chosen = {(s, lo): r for (s, lo, f), r in runs.items() if f == fault}
-        paths.append(draw(chosen, SCENARIO_TITLES[fault], out / f"timeline-{fault}.png"))
+        paths.append(draw(chosen, titles[fault], out / f"timeline-{fault}.png"))
         if fault == "sigkill":
             backs = [r.back_at for r in chosen.values() if r.back_at is not None]
             ends = [r.end_at for r in chosen.values()]
             if backs:
-                paths.append(draw(chosen, SCENARIO_TITLES["switch_back"], out / "timeline-switch_back.png",
+                paths.append(draw(chosen, titles["switch_back"], out / "timeline-switch_back.png",
                                   window=(min(backs) - 1, max(ends))))
     return paths

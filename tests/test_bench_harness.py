@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from bench.analysis import Run, fault_figures
 from bench.nginx import Nginx
+from bench.nginx import find as find_nginx
 from bench.traffic import Clock, stream_load, unary_load
 from client.frames import make_pool
 from client.processes import Proc
@@ -22,7 +22,7 @@ from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
-HAS_NGINX = shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
+HAS_NGINX = find_nginx() is not None
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,429 @@
+"""Decisions for one client DetectStream: every frame answered exactly once, in order, across backend
+changes, within a bounded window (pure; time passed in).
+
+The shell (router.proxy) carries out what these methods return: it opens and closes backend streams
+("legs"), writes frames, hands answers to the client, and wakes `on_timer` at `next_timer()`.
+
+Frames, from the client's read to the client's receipt of the answer, are held in a window bounded
+in frames and bytes per stream and in bytes for the whole router (`BytePool`); while it is full the
+shell stops reading from the client, so HTTP/2 flow control pushes back instead of the router
+buffering. At most `backend_window` frames are outstanding on a leg; the rest wait their turn, which
+also paces a replay to the new worker.
+
+A leg is *stalled* when it has frames outstanding and has answered none of them for the stall time
+(a multiple of the backend's recent wait for progress, within a floor and a ceiling): a backlog that
+is being answered is load, not a fault. A stalled leg, a leg that fails, or a backend health calls
+unusable: a new leg on the other backend, and the unanswered frames replayed there. A frame the
+worker refused because its queue was full is tried once on the other worker (a unary Detect), its
+answer slotted back in order. When the weights want a running stream elsewhere (the ramp back to the
+primary), it moves at a frame boundary: nothing new is written to the old leg, and once that has
+answered everything it holds, the stream continues on the new one.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from router.budget import RetryBudget
+from router.fleet import Backend, Fleet
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Window bounds, pacing and the stall rule."""
+
+    max_frames: int = 64                   # per stream, answered-but-not-received ones included
+    max_bytes: int = 64 * 1024 * 1024      # per stream (a frame may be as large as a message)
+    backend_window: int = 16               # outstanding on a leg: the worker's own default per stream
+    # Stall time: `stall_multiplier` x the backend's recent p99 wait for an answer, within bounds.
+    # The floor keeps a scheduling hiccup on a busy host from moving streams; the ceiling bounds what
+    # a hang costs before health has caught up.
+    stall_multiplier: float = 4.0
+    stall_min_s: float = 0.2
+    stall_max_s: float = 1.0
+    # A frame whose leg failed this many times in a row is not replayed again: it may be what kills
+    # backends, and a replay storm must not take both down.
+    max_frame_attempts: int = 3
+    placement_check_s: float = 0.1         # how often health and weights are looked at
+
+
+class BytePool:
+    """The bytes all streams of the router may hold at once; `on_freed` is called when it has room again."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.on_freed: Callable[[], None] = lambda: None
+
+    def full(self) -> bool:
+        return self.used >= self.capacity
+
+    def take(self, n: int) -> None:
+        self.used += n
+
+    def give(self, n: int) -> None:
+        was_full = self.full()
+        self.used -= n
+        if was_full and not self.full():
+            self.on_freed()
+
+
+class _State(Enum):
+    QUEUED = 1      # waiting to be written to the current leg
+    SENT = 2        # outstanding on the current leg
+    ASIDE = 3       # refused for a full queue, being tried on the other worker
+    ANSWERED = 4    # answer ready, waiting for the frames before it
+
+
+@dataclass(eq=False, slots=True)
+class _Frame:
+    fid: int
+    request: bytes
+    received_at: float
+    charged: int
+    state: _State = _State.QUEUED
+    answer: bytes = b""
+    sent_at: float = 0.0
+    failed_legs: int = 0
+    aside_tried: bool = False
+
+
+# What the shell is asked to do.
+@dataclass(frozen=True)
+class Open:
+    """Open a backend stream (leg) `gen` on `backend`."""
+
+    gen: int
+    backend: Backend
+
+
+@dataclass(frozen=True)
+class Write:
+    """Write a frame's bytes to leg `gen`."""
+
+    gen: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class EndWrites:
+    """No more frames for leg `gen` (half-close)."""
+
+    gen: int
+
+
+@dataclass(frozen=True)
+class Close:
+    """Cancel leg `gen`: nothing more is wanted from it."""
+
+    gen: int
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Send an answer to the client; call `on_client_took(size)` once it has gone."""
+
+    data: bytes
+    size: int
+    latency_s: float      # since the router read the frame
+
+
+@dataclass(frozen=True)
+class SideTry:
+    """Try a frame a full worker queue refused on `backend` (unary Detect); then `on_side_result`."""
+
+    fid: int
+    backend: Backend
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A backend answered a frame: its latency, and how long the leg waited for this progress."""
+
+    backend: Backend
+    latency_s: float
+    waited_s: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A backend failed a stream (its leg broke or stalled): a passive health signal."""
+
+    backend: Backend
+
+
+@dataclass(frozen=True)
+class Moved:
+    """The stream moved to another leg (`failure`: replaying `replayed` frames; else a graceful move)."""
+
+    frm: Backend
+    to: Backend
+    reason: str
+    replayed: int
+    failure: bool
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The retry budget refused a side try."""
+
+
+@dataclass(frozen=True)
+class Abort:
+    """End the client's stream with `code` (a grpc.StatusCode name); message "" means: say why no backend can serve."""
+
+    code: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Every frame is answered and the client is done: end the stream OK."""
+
+
+Action = Open | Write | EndWrites | Close | Deliver | SideTry | Answered | Failed | Moved | Refused | Abort | Finish
+
+
+class StreamCore:
+    """One client stream's frames and legs."""
+
+    def __init__(self, cfg: StreamConfig, fleet: Fleet, budget: RetryBudget, pool: BytePool,
+                 affinity: float) -> None:
+        self._cfg = cfg
+        self._fleet = fleet
+        self._budget = budget
+        self._pool = pool
+        self.affinity = affinity
+        self._frames: collections.deque[_Frame] = collections.deque()     # read, not yet delivered
+        self._queued: collections.deque[_Frame] = collections.deque()     # not yet written to the leg
+        self._inflight: collections.deque[_Frame] = collections.deque()   # written, unanswered
+        self._handed = 0              # delivered to the shell, not yet taken by the client
+        self._bytes = 0               # charged by this stream (also in the pool)
+        self.backend: Backend | None = None
+        self._gen = 0
+        self._ended_gen = 0           # the leg EndWrites went to
+        self._moving_to: Backend | None = None
+        self._progress_at = 0.0
+        self._next_check = 0.0
+        self._client_done = False
+        self.finished = False
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def begin(self, backend: Backend, now: float) -> list[Action]:
+        self._next_check = now + self._cfg.placement_check_s
+        return self._open(backend)
+
+    def has_room(self) -> bool:
+        """Whether the shell may read another frame from the client."""
+        count = len(self._frames) + self._handed
+        own = count == 0 or (count < self._cfg.max_frames and self._bytes < self._cfg.max_bytes)
+        return own and not self._pool.full()
+
+    def on_frame(self, fid: int, data: bytes, now: float) -> list[Action]:
+        if self.finished:
+            return []
+        f = _Frame(fid, data, now, 0)
+        self._charge(f, len(data))
+        self._frames.append(f)
+        self._queued.append(f)
+        return self._pump(now)
+
+    def on_answer(self, gen: int, fid: int, data: bytes, queue_full: bool, now: float) -> list[Action]:
+        if self.finished or gen != self._gen or not self._inflight or self._inflight[0].fid != fid:
+            return []  # an older leg's, or a replay overlap: never deliver twice
+        f = self._inflight.popleft()
+        assert self.backend is not None
+        out: list[Action] = [Answered(self.backend, now - f.sent_at, now - self._progress_at)]
+        self._progress_at = now
+        other = self.backend.other
+        if queue_full and not f.aside_tried and self._fleet.usable(other):
+            f.aside_tried = True
+            if self._budget.try_spend(now):
+                f.state, f.answer = _State.ASIDE, data   # the refusal stays the answer if the try fails
+                self._charge(f, len(f.request) + len(data))
+                out.append(SideTry(fid, other, f.request))
+            else:
+                out.append(Refused())
+        if f.state is not _State.ASIDE:
+            self._answered(f, data)
+        out += self._deliver(now)
+        if self._moving_to is not None and not self._inflight:
+            out += self._finish_move(now)
+        return out + self._pump(now) + self._maybe_finish()
+
+    def on_side_result(self, fid: int, data: bytes | None, now: float) -> list[Action]:
+        f = next((f for f in self._frames if f.fid == fid and f.state is _State.ASIDE), None)
+        if f is None or self.finished:
+            return []
+        self._answered(f, data if data is not None else f.answer)
+        return self._deliver(now) + self._maybe_finish()
+
+    def on_leg_end(self, gen: int, failure: bool, code: str, message: str, now: float) -> list[Action]:
+        """Leg `gen` ended: cleanly (code OK), with a failure of the backend, or with its verdict on the stream."""
+        if gen != self._gen or self.finished:
+            return []
+        if code != "OK" and not failure:
+            return self._end(Abort(code, message))  # the backend's answer about the stream itself
+        if code == "OK" and not self._inflight and not self._queued:
+            self.backend = None  # done with it; the client is done too, or a new leg opens for new frames
+            return self._maybe_finish()
+        assert self.backend is not None
+        return self._fail_over(f"{self.backend.value} stream ended: {code}", True, now)
+
+    def on_client_end(self, now: float) -> list[Action]:
+        if self.finished:
+            return []
+        self._client_done = True
+        return self._pump(now) + self._maybe_finish()
+
+    def on_client_took(self, size: int) -> None:
+        """An answer has gone to the client: its bytes and slot are free."""
+        self._handed -= 1
+        self._bytes -= size
+        self._pool.give(size)
+
+    def next_timer(self) -> float | None:
+        if self.finished or self.backend is None:
+            return None
+        at = self._next_check
+        if self._inflight:
+            at = min(at, self._progress_at + self._fleet.stall_s(self.backend))
+        return at
+
+    def on_timer(self, now: float) -> list[Action]:
+        if self.finished or self.backend is None:
+            return []
+        if now >= self._next_check:
+            self._next_check = now + self._cfg.placement_check_s
+        b = self.backend
+        if not self._fleet.usable(b):
+            return self._fail_over(f"{b.value} not ready", False, now)
+        stall = self._fleet.stall_s(b)
+        if self._inflight and now - self._progress_at >= stall:
+            return self._fail_over(f"{b.value} answered none of {len(self._inflight)} frames for "
+                                   f"{now - self._progress_at:.2f} s (stall time {stall:.2f} s)", True, now)
+        wanted = self._fleet.placement(self.affinity)
+        if self._moving_to is None and wanted is not None and wanted is not b and self._fleet.usable(wanted):
+            self._moving_to = wanted
+            if not self._inflight:
+                return self._finish_move(now) + self._pump(now)
+        return []
+
+    def release(self) -> None:
+        """The stream is over: give back everything it still holds."""
+        if self._bytes:
+            self._pool.give(self._bytes)
+        self._bytes = 0
+        self._frames.clear()
+        self._queued.clear()
+        self._inflight.clear()
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _charge(self, f: _Frame, size: int) -> None:
+        delta = size - f.charged
+        f.charged = size
+        self._bytes += delta
+        if delta > 0:
+            self._pool.take(delta)
+        elif delta < 0:
+            self._pool.give(-delta)
+
+    def _answered(self, f: _Frame, data: bytes) -> None:
+        f.state, f.answer, f.request = _State.ANSWERED, data, b""
+        self._charge(f, len(data))
+
+    def _deliver(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        frames = self._frames
+        while frames and frames[0].state is _State.ANSWERED:
+            f = frames.popleft()
+            self._handed += 1
+            out.append(Deliver(f.answer, f.charged, now - f.received_at))
+        return out
+
+    def _open(self, backend: Backend) -> list[Action]:
+        self._gen += 1
+        self.backend = backend
+        return [Open(self._gen, backend)]
+
+    def _pump(self, now: float) -> list[Action]:
+        """Write queued frames while the leg has room; half-close it once the client is done."""
+        out: list[Action] = []
+        if self.finished or self._moving_to is not None:
+            return out
+        if self.backend is None:
+            if not self._queued:
+                return out
+            target = self._fleet.placement(self.affinity)
+            if target is None or not self._fleet.usable(target):
+                target = next((b for b in Backend if self._fleet.usable(b)), None)
+            if target is None:
+                return self._end(Abort("UNAVAILABLE"))
+            out += self._open(target)
+        window = self._cfg.backend_window
+        while self._queued and len(self._inflight) < window:
+            f = self._queued.popleft()
+            f.state, f.sent_at = _State.SENT, now
+            if not self._inflight:
+                self._progress_at = now
+            self._inflight.append(f)
+            out.append(Write(self._gen, f.request))
+        if self._client_done and not self._queued and self._ended_gen != self._gen:
+            self._ended_gen = self._gen
+            out.append(EndWrites(self._gen))
+        return out
+
+    def _fail_over(self, why: str, blame: bool, now: float) -> list[Action]:
+        old = self.backend
+        assert old is not None
+        out: list[Action] = [Close(self._gen)]
+        if blame:
+            out.append(Failed(old))
+            for f in self._inflight:
+                f.failed_legs += 1
+            if self._inflight and self._inflight[0].failed_legs >= self._cfg.max_frame_attempts:
+                return self._end(Abort("UNAVAILABLE", (
+                    f"frame {self._inflight[0].fid} failed on {self._cfg.max_frame_attempts} backend streams "
+                    "in a row; not replaying it again")), out)
+        target = old.other if self._fleet.usable(old.other) else old if self._fleet.usable(old) else None
+        if target is None:
+            return self._end(Abort("UNAVAILABLE"), out)
+        replay = len(self._inflight)
+        for f in reversed(self._inflight):
+            f.state = _State.QUEUED
+            self._queued.appendleft(f)
+        self._inflight.clear()
+        self._moving_to = None
+        out += self._open(target)
+        out.append(Moved(old, target, why, replay, True))
+        return out + self._pump(now)
+
+    def _finish_move(self, now: float) -> list[Action]:
+        old, target = self.backend, self._moving_to
+        assert old is not None and target is not None
+        self._moving_to = None
+        out: list[Action] = []
+        if self._ended_gen != self._gen:
+            self._ended_gen = self._gen
+            out.append(EndWrites(self._gen))
+        out += self._open(target)
+        out.append(Moved(old, target, "weights", 0, False))
+        return out
+
+    def _maybe_finish(self) -> list[Action]:
+        if self._client_done and not self._frames and not self.finished:
+            return self._end(Finish())
+        return []
+
+    def _end(self, last: Action, before: list[Action] | None = None) -> list[Action]:
+        self.finished = True
+        out = list(before or [])
+        if self.backend is not None and not any(isinstance(a, Close) and a.gen == self._gen for a in out):
+            out.append(Close(self._gen))
+        return [*out, last]

@@ -1,0 +1,296 @@
+"""A client stream's decisions with a fake clock: order, exactly once, stalls versus backlog, the window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from router.budget import BudgetConfig, RetryBudget
+from router.fleet import Backend
+from router.stream import (
+    Abort,
+    Action,
+    Answered,
+    BytePool,
+    Close,
+    Deliver,
+    EndWrites,
+    Failed,
+    Finish,
+    Moved,
+    Open,
+    Refused,
+    SideTry,
+    StreamConfig,
+    StreamCore,
+    Write,
+)
+
+P, S = Backend.PRIMARY, Backend.STANDBY
+
+
+@dataclass
+class FakeFleet:
+    usable_set: set[Backend] = field(default_factory=lambda: {P, S})
+    wanted: Backend | None = None
+    stall: float = 0.2
+
+    def usable(self, backend: Backend) -> bool:
+        return backend in self.usable_set
+
+    def placement(self, affinity: float) -> Backend | None:
+        return self.wanted
+
+    def hedge_delay_s(self, backend: Backend) -> float:
+        return 0.05
+
+    def stall_s(self, backend: Backend) -> float:
+        return self.stall
+
+
+def frame(fid: int, size: int = 10) -> bytes:
+    return f"req{fid}".encode().ljust(size, b".")
+
+
+def answer(fid: int) -> bytes:
+    return f"ans{fid}".encode()
+
+
+class Harness:
+    """A StreamCore and what it asked for, with the client taking answers at once unless told not to."""
+
+    def __init__(self, fleet: FakeFleet | None = None, cfg: StreamConfig | None = None,
+                 pool: BytePool | None = None, budget: RetryBudget | None = None) -> None:
+        self.fleet = fleet or FakeFleet()
+        self.pool = pool or BytePool(10**9)
+        self.core = StreamCore(cfg or StreamConfig(backend_window=4, max_frames=8, max_bytes=1000), self.fleet,
+                               budget or RetryBudget(BudgetConfig()), self.pool, affinity=50.0)
+        self.delivered: list[bytes] = []
+        self.take = True
+        self.untaken: list[int] = []
+
+    def run(self, actions: list[Action]) -> list[Action]:
+        for a in actions:
+            if isinstance(a, Deliver):
+                self.delivered.append(a.data)
+                if self.take:
+                    self.core.on_client_took(a.size)
+                else:
+                    self.untaken.append(a.size)
+        return actions
+
+    def writes(self, actions: list[Action]) -> list[tuple[int, bytes]]:
+        return [(a.gen, a.data) for a in actions if isinstance(a, Write)]
+
+    def send(self, *fids: int, now: float = 0.0) -> list[Action]:
+        out: list[Action] = []
+        for fid in fids:
+            out += self.run(self.core.on_frame(fid, frame(fid), now))
+        return out
+
+    def answer(self, gen: int, *fids: int, now: float = 0.0, queue_full: bool = False) -> list[Action]:
+        out: list[Action] = []
+        for fid in fids:
+            out += self.run(self.core.on_answer(gen, fid, answer(fid), queue_full, now))
+        return out
+
+
+def started(h: Harness | None = None) -> Harness:
+    h = h or Harness()
+    assert h.core.begin(P, 0.0) == [Open(1, P)]
+    return h
+
+
+def test_frames_are_answered_in_order_and_the_stream_finishes() -> None:
+    h = started()
+    assert h.writes(h.send(1, 2)) == [(1, frame(1)), (1, frame(2))]
+    out = h.answer(1, 1, 2, now=0.02)
+    assert h.delivered == [answer(1), answer(2)]
+    assert [a for a in out if isinstance(a, Answered)] == [Answered(P, 0.02, 0.02), Answered(P, 0.02, 0.0)]
+    assert h.run(h.core.on_client_end(0.03)) == [EndWrites(1), Close(1), Finish()]
+
+
+def test_a_backlog_that_is_being_answered_is_not_a_stall() -> None:
+    h = started()
+    h.send(*range(8))                       # 4 outstanding (the leg's window), 4 queued
+    now = 0.0
+    for fid in range(8):
+        now += 0.15                        # each answer within the 0.2 s stall time, the oldest waits 1.2 s
+        assert h.core.on_timer(now) == []
+        h.answer(1, fid, now=now)
+        h.send(100 + fid, now=now)         # the client keeps the backlog full
+    assert h.delivered == [answer(f) for f in range(8)]
+    assert h.core.backend is P
+
+
+def test_a_stalled_leg_is_replaced_and_its_frames_replayed_in_order_paced_to_the_window() -> None:
+    h = started()
+    h.send(*range(6), now=0.0)             # 0-3 outstanding, 4-5 queued
+    h.answer(1, 0, now=0.05)
+    assert h.core.next_timer() == 0.1      # the placement check comes first ...
+    assert h.core.on_timer(0.1) == []
+    assert h.core.next_timer() == 0.2
+    assert h.core.on_timer(0.2) == []
+    assert h.core.next_timer() == pytest.approx(0.25)  # the stall time after the last progress
+    out = h.run(h.core.on_timer(0.25))
+    assert out[:3] == [Close(1), Failed(P), Open(2, S)]
+    assert isinstance(out[3], Moved) and out[3].replayed == 4 and out[3].failure
+    assert h.writes(out) == [(2, frame(1)), (2, frame(2)), (2, frame(3)), (2, frame(4))]  # 4 at most
+    assert h.answer(1, 1, now=0.26) == []  # a late answer on the old leg is never delivered
+    h.answer(2, 1, 2, 3, 4, 5, now=0.3)
+    assert h.delivered == [answer(f) for f in range(6)]
+
+
+def test_a_failed_leg_replays_on_the_other_backend_without_duplicates() -> None:
+    h = started()
+    h.send(1, 2, 3)
+    h.answer(1, 1)
+    out = h.run(h.core.on_leg_end(1, True, "UNAVAILABLE", "connection reset", 0.1))
+    assert out[:3] == [Close(1), Failed(P), Open(2, S)]
+    assert h.writes(out) == [(2, frame(2)), (2, frame(3))]
+    h.answer(2, 2, 3)
+    assert h.delivered == [answer(1), answer(2), answer(3)]
+
+
+def test_health_moves_the_stream_without_blaming_the_backend() -> None:
+    fleet = FakeFleet()
+    h = started(Harness(fleet))
+    h.send(1)
+    fleet.usable_set = {S}
+    out = h.core.on_timer(0.1)
+    assert out[:2] == [Close(1), Open(2, S)] and not any(isinstance(a, Failed) for a in out)
+
+
+def test_nowhere_to_go_ends_the_stream_unavailable() -> None:
+    fleet = FakeFleet()
+    h = started(Harness(fleet))
+    h.send(1)
+    fleet.usable_set = set()
+    assert h.core.on_timer(0.1) == [Close(1), Abort("UNAVAILABLE")]
+    assert h.core.on_frame(2, frame(2), 0.2) == []
+
+
+def test_a_frame_that_breaks_every_backend_is_given_up() -> None:
+    h = started()
+    h.send(7)
+    h.core.on_leg_end(1, True, "UNKNOWN", "", 0.1)
+    h.core.on_leg_end(2, True, "UNKNOWN", "", 0.2)
+    out = h.core.on_leg_end(3, True, "UNKNOWN", "", 0.3)
+    assert out[-1] == Abort("UNAVAILABLE", "frame 7 failed on 3 backend streams in a row; not replaying it again")
+
+
+def test_the_backends_verdict_on_the_stream_reaches_the_client() -> None:
+    h = started()
+    h.send(1)
+    assert h.core.on_leg_end(1, False, "INVALID_ARGUMENT", "bad", 0.1) == [Close(1), Abort("INVALID_ARGUMENT", "bad")]
+
+
+def test_a_leg_ending_cleanly_with_frames_outstanding_is_a_failure() -> None:
+    h = started()
+    h.send(1)
+    out = h.core.on_leg_end(1, True, "OK", "", 0.1)
+    assert out[:3] == [Close(1), Failed(P), Open(2, S)]
+
+
+def test_a_full_worker_queue_is_tried_once_on_the_other_worker_and_order_is_kept() -> None:
+    h = started()
+    h.send(1, 2, 3)
+    out = h.answer(1, 1, queue_full=True)
+    assert SideTry(1, S, frame(1)) in out
+    h.answer(1, 2, 3)
+    assert h.delivered == []                        # 2 and 3 wait for 1
+    h.run(h.core.on_side_result(1, b"from standby", 0.1))
+    assert h.delivered == [b"from standby", answer(2), answer(3)]
+
+
+def test_a_failed_side_try_delivers_the_workers_refusal() -> None:
+    h = started()
+    h.send(1)
+    h.answer(1, 1, queue_full=True)
+    h.run(h.core.on_side_result(1, None, 0.1))
+    assert h.delivered == [answer(1)]
+
+
+def test_no_side_try_without_budget_or_other_worker() -> None:
+    fleet = FakeFleet({P})
+    h = started(Harness(fleet))
+    h.send(1)
+    assert not any(isinstance(a, SideTry) for a in h.answer(1, 1, queue_full=True))
+    assert h.delivered == [answer(1)]
+    h2 = started(Harness(budget=RetryBudget(BudgetConfig(ratio=0, min_per_s=0))))
+    h2.send(1)
+    assert Refused() in h2.answer(1, 1, queue_full=True)
+    assert h2.delivered == [answer(1)]
+
+
+def test_the_window_is_bounded_in_frames_until_the_client_takes_its_answers() -> None:
+    h = started()
+    h.take = False                                   # a client that does not read
+    h.send(*range(8))
+    assert not h.core.has_room()                     # max_frames = 8
+    h.answer(1, 0, 1, 2, 3)
+    h.answer(1, 4, 5, 6, 7)
+    assert not h.core.has_room()                     # answered but not taken still hold the window
+    assert h.core.on_timer(5.0) == []                # nothing outstanding: not a stall
+    for size in h.untaken:
+        h.core.on_client_took(size)
+    assert h.core.has_room()
+
+
+def test_the_window_is_bounded_in_bytes_per_stream_and_for_the_router() -> None:
+    h = started()
+    h.core.on_frame(1, b"x" * 600, 0.0)
+    assert h.core.has_room()
+    h.core.on_frame(2, b"x" * 600, 0.0)
+    assert not h.core.has_room()                     # 1200 of 1000 bytes: one frame past the bound at most
+    pool = BytePool(1000)
+    freed: list[int] = []
+    pool.on_freed = lambda: freed.append(pool.used)
+    a, b = started(Harness(pool=pool)), started(Harness(pool=pool))
+    a.core.on_frame(1, b"x" * 999, 0.0)
+    b.core.on_frame(1, b"x" * 1, 0.0)
+    assert not b.core.has_room() and not a.core.has_room()
+    a.answer(1, 1)                                   # the 999-byte request is replaced by its 4-byte answer
+    assert b.core.has_room() and freed
+    a.core.release()
+    b.core.release()
+    assert pool.used == 0
+
+
+def test_a_stream_moves_at_a_frame_boundary_when_the_weights_want_it_elsewhere() -> None:
+    fleet = FakeFleet()
+    h = started(Harness(fleet))
+    h.send(1, 2)
+    fleet.wanted = S
+    assert h.core.on_timer(0.1) == []                # frames outstanding: wait for the boundary
+    assert h.writes(h.send(3)) == []                 # new frames wait too
+    h.answer(1, 1)
+    out = h.answer(1, 2)
+    assert out[-4:] == [EndWrites(1), Open(2, S), Moved(P, S, "weights", 0, False), Write(2, frame(3))]
+    h.answer(2, 3)
+    assert h.delivered == [answer(1), answer(2), answer(3)]
+
+
+def test_after_a_clean_end_new_frames_open_a_new_leg() -> None:
+    fleet = FakeFleet()
+    h = started(Harness(fleet))
+    h.send(1)
+    h.answer(1, 1)
+    assert h.core.on_leg_end(1, True, "OK", "", 0.1) == []
+    out = h.send(2)
+    assert out[0] == Open(2, P) and h.writes(out) == [(2, frame(2))]
+
+
+def test_the_stall_time_is_the_fleets_and_only_counts_while_frames_are_outstanding() -> None:
+    fleet = FakeFleet(stall=0.5)
+    h = started(Harness(fleet))
+    assert h.core.next_timer() == 0.1                # nothing outstanding: only placement checks
+    h.send(1, now=1.0)
+    assert h.core.next_timer() == 0.1
+    h.core.on_timer(1.0)
+    assert h.core.next_timer() == 1.1
+    h.core.on_timer(1.1)
+    assert h.core.next_timer() == pytest.approx(1.2)
+    assert h.core.on_timer(1.49) == []
+    assert h.core.on_timer(1.5)[:2] == [Close(1), Failed(P)]

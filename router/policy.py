@@ -13,6 +13,11 @@ timer (the ramp advances with time), and publishes what comes back.
 A primary must stay ready for the hold-down time *and* pass a number of consecutive checks before the
 ramp starts; a failure during hold-down or ramp returns to FAILOVER and multiplies the next hold-down
 (capped), so a flapping primary cannot make traffic oscillate.
+
+DEGRADED is damped the same way: leaving it needs the primary's headroom back continuously for the
+degraded hold *and* the consecutive checks; entering it again within `hold_down_reset_s` of the last
+DEGRADED episode ending multiplies the degraded hold (capped), and `hold_down_reset_s` in NORMAL resets
+it, so a primary whose headroom flaps under sustained overload stays at the degraded split.
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ class PolicyConfig:
     hold_down_reset_s: float = 300.0
     healthy_checks: int = 5                  # seed practice: 5 healthy probes before switching back
     ramp_s: float = 30.0                     # seed practice: a 30 s ramp
-    degraded_recover_s: float = 5.0          # headroom back this long before leaving DEGRADED
+    degraded_recover_s: float = 5.0          # first degraded hold: headroom back this long before leaving DEGRADED
+    degraded_recover_max_s: float = 120.0    # cap of the growing degraded hold
 
 
 @dataclass(frozen=True)
@@ -90,9 +96,10 @@ class Decision:
     primary_weight: float
     standby_weight: float
     transitions: tuple[Transition, ...] = ()
-    hold_down_remaining_s: float = 0.0
+    hold_down_remaining_s: float = 0.0       # RECOVERING: hold-down left; DEGRADED: degraded hold left
     ramp_progress: float = 0.0
     next_hold_down_s: float = 0.0
+    degraded_hold_s: float = 0.0             # headroom must be back this long to leave DEGRADED (now or next)
 
 
 @dataclass
@@ -111,6 +118,8 @@ class Policy:
     _recovery: _Recovery | None = None
     _normal_since: float | None = None
     _headroom_back_since: float | None = None
+    _degraded_hold: float = -1.0
+    _degraded_ended_at: float | None = None  # when the last DEGRADED episode ended
     _skip_hold_down: bool = False
     # FAILOVER only because the primary has not been ready yet since the router started (it is
     # loading, or the router just started): that is not a failure, so when it first becomes ready,
@@ -119,6 +128,7 @@ class Policy:
 
     def __post_init__(self) -> None:
         self._hold_down = self.cfg.hold_down_s
+        self._degraded_hold = self.cfg.degraded_recover_s
 
     def skip_hold_down(self) -> None:
         """An operator vouches for the primary: the next recovery goes straight to the ramp."""
@@ -131,6 +141,14 @@ class Policy:
         detection = None
         if failing is not None and failing.last_ok_at is not None:
             detection = max(0.0, (now - failing.last_ok_at) * 1000)
+        if self.state is State.DEGRADED:
+            self._degraded_ended_at = now
+        if to is State.DEGRADED:
+            # Back in DEGRADED soon after the last episode: the headroom is flapping; hold longer.
+            if self._degraded_ended_at is not None and now - self._degraded_ended_at < self.cfg.hold_down_reset_s:
+                self._degraded_hold = min(self._degraded_hold * self.cfg.hold_down_multiplier,
+                                          max(self.cfg.degraded_recover_max_s, self.cfg.degraded_recover_s))
+            reason = f"{reason}; next degraded hold {self._degraded_hold:g} s"
         out.append(Transition(now, self.state, to, reason, cause, detection))
         self.state = to
         self._normal_since = now if to is State.NORMAL else None
@@ -178,6 +196,8 @@ class Policy:
         if self.state is State.NORMAL and self._normal_since is not None and \
                 now - self._normal_since >= cfg.hold_down_reset_s:
             self._hold_down = cfg.hold_down_s
+            self._degraded_hold = cfg.degraded_recover_s
+            self._degraded_ended_at = None
         if not primary.ready and not standby.ready:
             self._go(State.BOTH_DOWN, now, "both_failed",
                      f"primary not ready ({primary.reason or 'unknown'}) and standby not ready "
@@ -208,9 +228,11 @@ class Policy:
         elif self.state is State.DEGRADED and primary.headroom:
             if self._headroom_back_since is None:
                 self._headroom_back_since = now
-            if now - self._headroom_back_since >= cfg.degraded_recover_s:
+            held = now - self._headroom_back_since
+            if held >= self._degraded_hold and primary.healthy_checks >= cfg.healthy_checks:
                 self._go(State.NORMAL, now, "headroom_back",
-                         f"primary headroom back for {cfg.degraded_recover_s:g} s", out)
+                         f"primary headroom back for {held:g} s and {primary.healthy_checks} checks "
+                         f"(degraded hold {self._degraded_hold:g} s)", out)
         elif self.state is State.DEGRADED:
             self._headroom_back_since = None
         return self._decision(primary, now, tuple(out))
@@ -222,6 +244,8 @@ class Policy:
             weights = cfg.normal_weights
         elif self.state is State.DEGRADED:
             weights = cfg.degraded_weights
+            back = self._headroom_back_since
+            hold_left = max(0.0, self._degraded_hold - (now - back)) if back is not None else self._degraded_hold
         elif self.state is State.FAILOVER:
             weights = (0.0, 100.0)
         elif self.state is State.STANDBY_DOWN:
@@ -238,4 +262,5 @@ class Policy:
                 progress = min(1.0, (now - rec.ramp_started) / cfg.ramp_s) if cfg.ramp_s > 0 else 1.0
             share = target[0] * progress
             weights = (share, 100.0 - share)
-        return Decision(self.state, weights[0], weights[1], transitions, hold_left, progress, self._hold_down)
+        return Decision(self.state, weights[0], weights[1], transitions, hold_left, progress, self._hold_down,
+                        self._degraded_hold)

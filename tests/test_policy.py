@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ TIGHT = BackendView(ready=True, headroom=False, healthy_checks=99, reason="gpu: 
 
 def up(checks: int) -> BackendView:
     return BackendView(ready=True, healthy_checks=checks)
+
+
+def tight(checks: int = 99) -> BackendView:
+    return BackendView(ready=True, headroom=False, healthy_checks=checks, reason="queue backlog 3x for 2 s")
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,36 @@ CASES: dict[str, list[Step]] = {
         Step(3, TIGHT, UP, State.DEGRADED, (50, 50)),
         Step(4, UP, UP, State.DEGRADED, (50, 50)),
         Step(9, UP, UP, State.NORMAL, (95, 5), "headroom back"),
+    ],
+    "headroom back but fewer than healthy_checks checks: stays DEGRADED": [
+        Step(0, tight(), UP, State.DEGRADED, (50, 50), "next degraded hold 5 s"),
+        Step(1, up(1), UP, State.DEGRADED, (50, 50)),
+        Step(6, up(4), UP, State.DEGRADED, (50, 50)),          # time served, checks not yet
+        Step(7, up(0), UP, State.DEGRADED, (50, 50)),          # a failed Check starts the count again
+        Step(10, up(4), UP, State.DEGRADED, (50, 50)),
+        Step(10.5, up(5), UP, State.NORMAL, (95, 5), "primary headroom back for 9.5 s and 5 checks"),
+    ],
+    "headroom flapping: each quick return to DEGRADED doubles the degraded hold": [
+        Step(0, TIGHT, UP, State.DEGRADED, (50, 50), "next degraded hold 5 s"),
+        Step(1, UP, UP, State.DEGRADED, (50, 50)),
+        Step(6, UP, UP, State.NORMAL, (95, 5), "headroom back for 5 s and 99 checks (degraded hold 5 s)"),
+        Step(8, TIGHT, UP, State.DEGRADED, (50, 50), "next degraded hold 10 s"),
+        Step(9, UP, UP, State.DEGRADED, (50, 50)),
+        Step(14, UP, UP, State.DEGRADED, (50, 50)),            # the old 5 s would have ended it here
+        Step(18.9, UP, UP, State.DEGRADED, (50, 50)),
+        Step(19, UP, UP, State.NORMAL, (95, 5), "(degraded hold 10 s)"),
+        Step(20, TIGHT, UP, State.DEGRADED, (50, 50), "next degraded hold 20 s"),
+        Step(21, UP, UP, State.DEGRADED, (50, 50)),
+        Step(40, TIGHT, UP, State.DEGRADED, (50, 50)),         # lost again after 19 s: the 20 s starts over
+        Step(41, UP, UP, State.DEGRADED, (50, 50)),
+        Step(61, UP, UP, State.NORMAL, (95, 5), "headroom back for 20 s"),
+    ],
+    "the degraded hold does not change the ramp back into DEGRADED": [
+        Step(0, TIGHT, UP, State.DEGRADED, (50, 50)),
+        Step(1, DOWN, UP, State.FAILOVER, (0, 100)),
+        Step(2, up(1), UP, State.RECOVERING, (0, 100), "hold-down 10 s"),
+        Step(12, tight(), UP, State.RECOVERING, (0, 100), "ramping back"),
+        Step(42, tight(), UP, State.DEGRADED, (50, 50), "next degraded hold 10 s"),  # back within 300 s
     ],
     "degraded primary fails": [
         Step(0, TIGHT, UP, State.DEGRADED, (50, 50)),
@@ -216,3 +251,104 @@ def test_every_transition_cause_is_declared() -> None:
         for step in steps:
             seen |= {(t.to_state, t.cause) for t in policy.update(step.primary, step.standby, step.at).transitions}
     assert seen <= set(TRANSITION_CAUSES), seen - set(TRANSITION_CAUSES)
+
+
+@pytest.mark.parametrize("period", [2.0, 5.0, 8.0, 12.0, 20.0])
+def test_flapping_headroom_under_sustained_overload_does_not_bounce_the_split(period: float) -> None:
+    """No fault at all: the primary's headroom flips on a 50 % duty cycle (lost for the first half of each
+    `period`), seen every 0.2 s for 120 s; its readiness Checks all pass."""
+    policy = Policy(CFG)
+    policy.update(UP, UP, -1.0)
+    ticks_per_period = round(period * 5)
+    transitions = []
+    entered: tuple[float, float] | None = None  # (at, hold in force)
+    holds: list[float] = []
+    for i in range(120 * 5 + 1):
+        t = i / 5
+        headroom = i % ticks_per_period >= ticks_per_period / 2
+        view = UP if headroom else tight()
+        d = policy.update(BackendView(ready=True, headroom=view.headroom, healthy_checks=i + 1, reason=view.reason),
+                          UP, t)
+        for tr in d.transitions:
+            transitions.append(tr)
+            if tr.to_state is State.DEGRADED:
+                entered = (t, d.degraded_hold_s)
+                holds.append(d.degraded_hold_s)
+            elif entered is not None:
+                assert t - entered[0] >= entered[1], (t, entered)  # every episode outlasts the hold in force
+                entered = None
+        if d.state is State.DEGRADED:
+            assert 0 <= d.hold_down_remaining_s <= d.degraded_hold_s
+    assert len(transitions) <= 4, [(tr.at, tr.to_state.value) for tr in transitions]
+    assert len(holds) <= 2
+    assert holds == [min(CFG.degraded_recover_s * 2 ** k, CFG.degraded_recover_max_s) for k in range(len(holds))]
+    if period / 2 < CFG.degraded_recover_s:  # headroom never back for the first hold: one switch, and it stays
+        assert [tr.to_state for tr in transitions] == [State.DEGRADED]
+
+
+def test_degraded_hold_doubles_on_each_quick_return_and_is_capped() -> None:
+    policy = Policy(dataclasses.replace(CFG, degraded_recover_max_s=20.0))
+    policy.update(UP, UP, 0)
+    t, holds = 0.0, []
+    for _ in range(5):
+        t += 1
+        d = policy.update(TIGHT, UP, t)
+        assert d.state is State.DEGRADED and d.hold_down_remaining_s == d.degraded_hold_s
+        holds.append(d.degraded_hold_s)
+        t += 1
+        policy.update(UP, UP, t)                  # headroom back ...
+        t += d.degraded_hold_s - 0.5
+        assert policy.update(UP, UP, t).hold_down_remaining_s == pytest.approx(0.5)
+        t += 0.5
+        assert policy.update(UP, UP, t).state is State.NORMAL  # ... for exactly the hold in force
+    assert holds == [5, 10, 20, 20, 20]
+
+
+def test_degraded_hold_resets_after_hold_down_reset_s_in_normal() -> None:
+    policy = Policy(CFG)
+    policy.update(UP, UP, 0)
+    t = 0.0
+    for hold in (5, 10, 20):                      # three quick episodes: the next would be 40 s
+        t += 1
+        assert policy.update(TIGHT, UP, t).degraded_hold_s == hold
+        t += 1
+        policy.update(UP, UP, t)
+        t += hold
+        assert policy.update(UP, UP, t).state is State.NORMAL
+    assert policy.update(UP, UP, t + 299).degraded_hold_s == 20   # not yet: still grown
+    d = policy.update(TIGHT, UP, t + 299.5)
+    assert d.degraded_hold_s == 40 and "next degraded hold 40 s" in d.transitions[0].reason
+    policy.update(UP, UP, t + 300)
+    assert policy.update(UP, UP, t + 340).state is State.NORMAL
+    assert policy.update(UP, UP, t + 340 + 300).degraded_hold_s == 5  # 300 s in NORMAL: back to the first
+    d = policy.update(TIGHT, UP, t + 340 + 301)
+    assert d.degraded_hold_s == 5 and "next degraded hold 5 s" in d.transitions[0].reason
+
+
+def test_a_late_return_to_degraded_without_a_reset_keeps_the_hold() -> None:
+    """Back in DEGRADED more than hold_down_reset_s after the last episode, but not that long in NORMAL
+    (the standby was down meanwhile): not a quick return, not a reset either."""
+    policy = Policy(CFG)
+    policy.update(UP, UP, 0)
+    policy.update(TIGHT, UP, 1)
+    policy.update(UP, UP, 2)
+    policy.update(UP, UP, 7)                       # NORMAL
+    policy.update(TIGHT, UP, 8)                    # hold 10
+    policy.update(UP, DOWN, 9)                     # STANDBY_DOWN ends the episode
+    policy.update(UP, UP, 400)                     # NORMAL, 391 s after the episode
+    assert policy.update(TIGHT, UP, 401).degraded_hold_s == 10
+
+
+def test_router_config_validates_and_passes_degraded_recover_max_s() -> None:
+    from common.cli import ConfigError
+    from router.config import RouterConfig
+
+    def cfg(max_s: float = 120.0) -> RouterConfig:
+        return RouterConfig(primary="127.0.0.1:1", standby="127.0.0.1:2", degraded_recover_max_s=max_s)
+
+    assert RouterConfig(primary="127.0.0.1:1", standby="127.0.0.1:2").policy().degraded_recover_max_s == 120.0
+    assert cfg(30.0).policy().degraded_recover_max_s == 30.0
+    assert cfg(5.0).policy().degraded_recover_max_s == 5.0    # equal to degraded_recover_s is allowed
+    with pytest.raises(ConfigError) as err:
+        cfg(4.0)
+    assert "degraded_recover_max_s=4.0: must be >= degraded_recover_s=5.0" in str(err.value)

@@ -27,15 +27,17 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # Debian packages the tests use: prometheus (promtool and a server for the alert-rule and scrape
-# tests), docker-compose (validates the compose files without a Docker engine) and nginx (the peer
-# the benchmark compares the router with; its harness is tested too).
+# tests), docker-compose (validates the compose files without a Docker engine), nginx (the peer
+# the benchmark compares the router with; its harness is tested too) and iptables (tests/netns.py
+# blackholes a worker's network namespace with DROP rules).
 tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v docker-compose >/dev/null \
-		&& { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } || { \
-		echo "installing the Debian packages prometheus, docker-compose and nginx"; \
+		&& { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } \
+		&& { command -v iptables >/dev/null || test -x /usr/sbin/iptables; } || { \
+		echo "installing the Debian packages prometheus, docker-compose, nginx and iptables"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-			--no-install-recommends prometheus docker-compose nginx >/dev/null; }
+			--no-install-recommends prometheus docker-compose nginx iptables >/dev/null; }
 
 # Stubs are generated beside their .proto files (package `eagleeye`), with .pyi type stubs.
 define gen_protos

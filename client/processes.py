@@ -16,12 +16,17 @@ BIN = Path(sys.executable).parent
 
 
 class Proc:
-    """A child eagleeye process whose JSON log lines on stderr are collected as they arrive."""
+    """A child eagleeye process whose JSON log lines on stderr are collected as they arrive.
 
-    def __init__(self, program: str, args: list[str], *, ready_event: str = "listening") -> None:
+    `wrapper` is prepended to the command line, e.g. `NetNamespace.command([])` (tests/netns.py) to run the
+    program inside a network namespace; the wrapper should exec the program, so signals reach it.
+    """
+
+    def __init__(self, program: str, args: list[str], *, ready_event: str = "listening",
+                 wrapper: list[str] | None = None) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.program = program
-        self.popen = subprocess.Popen([str(BIN / program), *args], stdout=subprocess.DEVNULL,
+        self.popen = subprocess.Popen([*(wrapper or []), str(BIN / program), *args], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         self.events: list[dict[str, Any]] = []
@@ -90,20 +95,36 @@ class LocalCluster:
     """A primary and a standby worker and a router, all on 127.0.0.1, as the demo, benchmarks and tests use.
 
     The workers keep their ports across restarts, so the router sees the same backend come back.
+    `primary_wrapper` and `primary_listen` start the primary otherwise, e.g. inside a network namespace
+    (tests/netns.py): `primary_wrapper=ns.command([]), primary_listen=f"{ns.ns_ip}:0"`; restarts keep both.
     """
 
-    def __init__(self, worker_args: list[str] | None = None, router_args: list[str] | None = None) -> None:
+    def __init__(self, worker_args: list[str] | None = None, router_args: list[str] | None = None, *,
+                 primary_wrapper: list[str] | None = None, primary_listen: str = "127.0.0.1:0") -> None:
         self.worker_args = worker_args or []
         self.router_args = router_args or []
-        self.primary = self._worker("primary", "127.0.0.1:0")
-        self.standby = self._worker("standby", "127.0.0.1:0")
-        self.primary_address = self.primary.wait_listening()
-        self.standby_address = self.standby.wait_listening()
-        self.router = self._router("127.0.0.1:0")
-        self.router_address = self.router.wait_listening()
+        self.primary_wrapper = primary_wrapper
+        started: list[Proc] = []
+        try:  # a process that fails to start does not leave the others running
+            self.primary = self._worker("primary", primary_listen, primary_wrapper)
+            started.append(self.primary)
+            self.standby = self._worker("standby", "127.0.0.1:0")
+            started.append(self.standby)
+            self.primary_address = self.primary.wait_listening()
+            self.standby_address = self.standby.wait_listening()
+            self.router = self._router("127.0.0.1:0")
+            started.append(self.router)
+            self.router_address = self.router.wait_listening()
+        except BaseException:
+            for proc in started:
+                if proc.popen.poll() is None:
+                    proc.popen.kill()
+                proc.stop()
+            raise
 
-    def _worker(self, name: str, listen: str) -> Proc:
-        return Proc("eagleeye-detector", ["--listen", listen, "--worker-id", name, *self.worker_args])
+    def _worker(self, name: str, listen: str, wrapper: list[str] | None = None) -> Proc:
+        return Proc("eagleeye-detector", ["--listen", listen, "--worker-id", name, *self.worker_args],
+                    wrapper=wrapper)
 
     def _router(self, listen: str) -> Proc:
         return Proc("eagleeye-router", ["--listen", listen, "--primary", self.primary_address,
@@ -122,7 +143,7 @@ class LocalCluster:
     def restart_primary(self) -> Proc:
         """Start the primary again on its old port (after it was killed or stopped)."""
         self.primary.stop()
-        self.primary = self._worker("primary", self.primary_address)
+        self.primary = self._worker("primary", self.primary_address, self.primary_wrapper)
         self.primary.wait_listening()
         return self.primary
 

@@ -10,3 +10,8 @@ SERVER_BASE_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.so_reuseport", 0),)
 def message_size_options(max_bytes: int) -> list[tuple[str, int]]:
     """Send/receive limits for messages carrying frames of up to `max_bytes`."""
     return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
+
+# Trailing metadata a worker sets on RESOURCE_EXHAUSTED when its queue is full (the request itself is
+# fine): the router may try another worker. An oversized image is RESOURCE_EXHAUSTED without it.
+RETRY_ELSEWHERE_KEY = "eagleeye-retry-elsewhere"
+RETRY_ELSEWHERE_QUEUE_FULL = "queue-full"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 
 from common.grpcguard import MalformedRequest
+from common.grpcopts import RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL
 from common.logs import event
 from detector.batcher import InferenceFailed, InferenceUnavailable, QueueFull
 from detector.imaging import ImageError
@@ -36,10 +37,11 @@ class Defaults:
 class RequestError(Exception):
     """A request the worker refuses, with the status to answer."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, retry_elsewhere: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_elsewhere = retry_elsewhere  # busy, not broken: another worker may take it
 
 
 def _status_of(err: Exception) -> RequestError:
@@ -50,7 +52,7 @@ def _status_of(err: Exception) -> RequestError:
         code = grpc.StatusCode.RESOURCE_EXHAUSTED if err.too_large else grpc.StatusCode.INVALID_ARGUMENT
         return RequestError(code, str(err))
     if isinstance(err, QueueFull):
-        return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), retry_elsewhere=True)
     if isinstance(err, InferenceUnavailable):
         return RequestError(grpc.StatusCode.UNAVAILABLE, str(err))
     if isinstance(err, InferenceFailed):
@@ -144,6 +146,8 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         except Exception as e:
             err = _status_of(e)
             self._count("Detect", err)
+            if err.retry_elsewhere:
+                context.set_trailing_metadata(((RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL),))
             await context.abort(err.code, err.message)
             raise  # unreachable: abort raises
 
@@ -160,7 +164,8 @@ class DetectorServicer(pb_grpc.DetectorServicer):
             if err.code == grpc.StatusCode.UNAVAILABLE:
                 raise err from None
             return pb.DetectResponse(frame_id=request.frame_id, worker=self.worker_id,
-                                     error=pb.FrameError(code=err.code.value[0], message=err.message))
+                                     error=pb.FrameError(code=err.code.value[0], message=err.message,
+                                                         retry_elsewhere=err.retry_elsewhere))
 
     async def _read_frames(self, requests: AsyncIterator[pb.DetectRequest],
                            pending: asyncio.Queue[asyncio.Task[pb.DetectResponse] | None]) -> None:

@@ -22,7 +22,9 @@ from eagleeye.router.v1 import router_pb2_grpc
 from router import config as config_mod
 from router.admin import AdminServicer
 from router.config import RouterConfig
-from router.controller import Backend, Controller
+from router.controller import Controller
+from router.fleet import Backend
+from router.latency import BackendTimers
 from router.proxy import Proxy
 from router.watcher import BackendWatcher, backend_channel
 
@@ -68,7 +70,8 @@ async def serve(cfg: RouterConfig) -> int:
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
     watchers: dict[Backend, BackendWatcher] = {}
-    data_channels: dict[Backend, grpc.aio.Channel] = {}
+    unary_channels: dict[Backend, grpc.aio.Channel] = {}
+    stream_channels: dict[Backend, grpc.aio.Channel] = {}
     controller_ref: list[Controller] = []
 
     def changed() -> None:
@@ -76,16 +79,19 @@ async def serve(cfg: RouterConfig) -> int:
             controller_ref[0].changed()
 
     for backend, address in ((Backend.PRIMARY, cfg.primary), (Backend.STANDBY, cfg.standby)):
-        health_channel = backend_channel(address, cfg)
-        # Calls carry the trace; health probes (ten a second) stay out of it, on a channel of their own.
-        data_channels[backend] = backend_channel(address, cfg, tel.client_interceptors()) if tel.tracing \
-            else health_channel
-        watchers[backend] = BackendWatcher(backend.value, address, health_channel, cfg, changed)
+        # A connection each for health, unary calls and streams (see backend_channel). Calls carry the
+        # trace; health probes (ten a second) stay out of it.
+        interceptors = tel.client_interceptors() if tel.tracing else None
+        unary_channels[backend] = backend_channel(address, cfg, interceptors)
+        stream_channels[backend] = backend_channel(address, cfg, interceptors)
+        watchers[backend] = BackendWatcher(backend.value, address, backend_channel(address, cfg), cfg, changed)
+    timers = {b: BackendTimers(cfg.hedge_quantile, (cfg.hedge_delay_min_s, cfg.hedge_delay_max_s),
+                               cfg.stall_multiplier, (cfg.stall_min_s, cfg.stall_max_s)) for b in Backend}
     proxy_ref: list[Proxy] = []
-    controller = Controller(cfg.policy(), watchers, health, tel.meter,
+    controller = Controller(cfg.policy(), watchers, health, timers, tel.meter,
                             streams=lambda: proxy_ref[0].active_streams if proxy_ref else 0)
     controller_ref.append(controller)
-    proxy = Proxy(cfg, controller, data_channels, tracing=tel.tracing)
+    proxy = Proxy(cfg, controller, unary_channels, stream_channels, tracing=tel.tracing)
     proxy_ref.append(proxy)
     server.add_generic_rpc_handlers((proxy.handler(),))
     router_pb2_grpc.add_RouterAdminServicer_to_server(AdminServicer(controller, cfg.admin_token), guarded(server))
@@ -111,11 +117,10 @@ async def serve(cfg: RouterConfig) -> int:
     for w in watchers.values():
         await w.stop()
         await w.channel.close()
-    for backend, ch in data_channels.items():
-        if ch is not watchers[backend].channel:
-            await ch.close()
-    event(log, "stopped", switches=dict(controller.switches), retries=controller.retries,
-          stream_migrations=controller.stream_migrations)
+    for ch in (*unary_channels.values(), *stream_channels.values()):
+        await ch.close()
+    event(log, "stopped", switches=dict(controller.switches), retries=controller.retries, hedges=controller.hedges,
+          stream_migrations=controller.stream_migrations, replayed_frames=controller.replayed_frames)
     tel.shutdown()
     return 0
 

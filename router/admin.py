@@ -9,7 +9,8 @@ import grpc
 
 from eagleeye.router.v1 import router_pb2 as pb
 from eagleeye.router.v1 import router_pb2_grpc as pb_grpc
-from router.controller import Backend, Controller, SwitchEvent
+from router.controller import Controller, SwitchEvent
+from router.fleet import Backend
 
 _BACKENDS: dict[int, Backend] = {pb.PRIMARY: Backend.PRIMARY, pb.STANDBY: Backend.STANDBY}
 _TO_PB: dict[Backend, pb.Backend] = {Backend.PRIMARY: pb.PRIMARY, Backend.STANDBY: pb.STANDBY}

@@ -8,7 +8,12 @@ from typing import Any
 
 from common import settings
 from common.cli import ConfigError, parse_host_port
+from router.budget import BudgetConfig
 from router.policy import PolicyConfig
+from router.stream import StreamConfig
+from router.unary import UnaryConfig
+
+_U, _S, _B = UnaryConfig, StreamConfig, BudgetConfig  # the data path's defaults live beside its rules
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -36,11 +41,22 @@ class RouterConfig:
     check_interval_s: float = 0.2
     check_timeout_s: float = 0.25
     check_failures: int = 2             # consecutive failed Checks: the backend is not ready
-    per_try_timeout_s: float = 1.0      # a unary try on a hung backend is abandoned after this
+    per_try_timeout_s: float = _U.per_try_timeout_s  # a unary try on a hung backend is abandoned after this
+    hedge_quantile: float = _U.hedge_quantile        # hedge delay: this quantile of the backend's latency ...
+    hedge_delay_min_s: float = _U.hedge_delay_min_s  # ... within these bounds
+    hedge_delay_max_s: float = _U.hedge_delay_max_s
+    retry_budget_ratio: float = _B.ratio             # hedges + retries: at most this share of calls ...
+    retry_budget_min_per_s: float = _B.min_per_s     # ... or this many per second
+    retry_budget_window_s: float = _B.window_s
     default_deadline_s: float = 30.0    # for clients that send none
     eject_after_failures: int = 3       # consecutive retriable failures of real calls
-    stream_frame_timeout_s: float = 1.0  # oldest unanswered stream frame older than this: move the stream
-    max_stream_pending: int = 64        # unanswered frames a stream may hold (then flow control)
+    max_stream_pending: int = _S.max_frames          # frames a stream may hold unanswered (then flow control)
+    max_stream_pending_bytes: int = _S.max_bytes     # ... and bytes
+    max_pending_bytes_total: int = 512 * 1024 * 1024  # bytes all streams together may hold
+    stream_backend_window: int = _S.backend_window   # frames outstanding on a backend stream at once
+    stall_multiplier: float = _S.stall_multiplier    # stall time: this x the recent p99 wait for an answer ...
+    stall_min_s: float = _S.stall_min_s              # ... within these bounds
+    stall_max_s: float = _S.stall_max_s
     reconnect_backoff_s: float = 0.1    # Watch reconnection starts here ...
     reconnect_backoff_max_s: float = 1.0  # ... and doubles up to this
     admin_token: str = ""               # "": maintenance actions are refused
@@ -64,7 +80,8 @@ class RouterConfig:
             if min(w) < 0 or abs(sum(w) - 100) > 1e-6:
                 raise ConfigError(f"{name}={w[0]:g},{w[1]:g}: must be two non-negative percentages summing to 100")
         for name in ("hold_down_s", "hold_down_max_s", "hold_down_reset_s", "check_interval_s",
-                     "check_timeout_s", "per_try_timeout_s", "default_deadline_s", "stream_frame_timeout_s",
+                     "check_timeout_s", "per_try_timeout_s", "default_deadline_s", "hedge_delay_min_s",
+                     "stall_min_s", "stall_multiplier", "retry_budget_window_s",
                      "reconnect_backoff_s", "reconnect_backoff_max_s"):
             settings.positive(name, getattr(self, name))
         if self.hold_down_max_s < self.hold_down_s:
@@ -79,6 +96,15 @@ class RouterConfig:
         settings.at_least("check_failures", self.check_failures, 1)
         settings.at_least("eject_after_failures", self.eject_after_failures, 1)
         settings.at_least("max_stream_pending", self.max_stream_pending, 1)
+        settings.at_least("max_stream_pending_bytes", self.max_stream_pending_bytes, 1)
+        settings.at_least("max_pending_bytes_total", self.max_pending_bytes_total, 1)
+        settings.at_least("stream_backend_window", self.stream_backend_window, 1)
+        settings.in_range("hedge_quantile", self.hedge_quantile, 0.5, 1.0)
+        settings.at_least("retry_budget_ratio", self.retry_budget_ratio, 0)
+        settings.at_least("retry_budget_min_per_s", self.retry_budget_min_per_s, 0)
+        for low, high in (("hedge_delay_min_s", "hedge_delay_max_s"), ("stall_min_s", "stall_max_s")):
+            if getattr(self, high) < getattr(self, low):
+                raise ConfigError(f"{high}={getattr(self, high)}: must be >= {low}={getattr(self, low)}")
         settings.at_least("max_message_bytes", self.max_message_bytes, 1024 * 1024)
         settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
         settings.one_of("log_level", self.log_level, LOG_LEVELS)
@@ -91,6 +117,23 @@ class RouterConfig:
                             healthy_checks=self.healthy_checks, ramp_s=self.ramp_s,
                             degraded_recover_s=self.degraded_recover_s,
                             degraded_recover_max_s=self.degraded_recover_max_s)
+
+
+    def unary(self) -> UnaryConfig:
+        """The unary decisions' share of the settings."""
+        return UnaryConfig(per_try_timeout_s=self.per_try_timeout_s, hedge_quantile=self.hedge_quantile,
+                           hedge_delay_min_s=self.hedge_delay_min_s, hedge_delay_max_s=self.hedge_delay_max_s)
+
+    def stream(self) -> StreamConfig:
+        """The stream decisions' share of the settings."""
+        return StreamConfig(max_frames=self.max_stream_pending, max_bytes=self.max_stream_pending_bytes,
+                            backend_window=self.stream_backend_window, stall_multiplier=self.stall_multiplier,
+                            stall_min_s=self.stall_min_s, stall_max_s=self.stall_max_s)
+
+    def budget(self) -> BudgetConfig:
+        """The retry budget's share of the settings."""
+        return BudgetConfig(ratio=self.retry_budget_ratio, min_per_s=self.retry_budget_min_per_s,
+                            window_s=self.retry_budget_window_s)
 
 
 def parse_weights(text: str) -> tuple[float, float]:

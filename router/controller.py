@@ -13,13 +13,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from enum import Enum
 
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 from opentelemetry import metrics
 
 from common.logs import event
+from router.fleet import Backend
+from router.latency import BackendTimers
 from router.metrics import RouterMetrics
 from router.policy import Decision, Policy, PolicyConfig, State, Transition
 from router.watcher import BackendWatcher
@@ -29,17 +30,6 @@ log = logging.getLogger("eagleeye.router")
 READINESS_NAMES = ("", "readiness", "eagleeye.detector.v1.Detector")
 TICK_S = 0.1          # the ramp advances in steps this fine
 LATENCY_WINDOW_S = 5.0  # "latency before/after" a switch: medians over this long
-
-
-class Backend(Enum):
-    """The two backends."""
-
-    PRIMARY = "primary"
-    STANDBY = "standby"
-
-    @property
-    def other(self) -> Backend:
-        return Backend.STANDBY if self is Backend.PRIMARY else Backend.PRIMARY
 
 
 @dataclass(frozen=True)
@@ -73,14 +63,16 @@ class LatencyLog:
 
 
 class Controller:
-    """Policy + watchers + observers."""
+    """Policy + watchers + observers; to the data path, the Fleet it asks about backends."""
 
     def __init__(self, policy_cfg: PolicyConfig, watchers: dict[Backend, BackendWatcher],
-                 health: health_aio.HealthServicer, meter: metrics.Meter | None = None,
+                 health: health_aio.HealthServicer, timers: dict[Backend, BackendTimers],
+                 meter: metrics.Meter | None = None,
                  streams: Callable[[], int] = lambda: 0, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
         self._policy = Policy(policy_cfg)
         self.watchers = watchers
+        self.timers = timers
         self._health = health
         self._clock = clock
         self._wall = wall
@@ -92,7 +84,9 @@ class Controller:
         self.latency = LatencyLog()
         self.switches: collections.Counter[str] = collections.Counter()
         self.retries = 0
+        self.hedges = 0
         self.stream_migrations = 0
+        self.replayed_frames = 0
         self._dirty = asyncio.Event()
         self.metrics = RouterMetrics(
             meter or metrics.NoOpMeter("eagleeye"),
@@ -171,15 +165,29 @@ class Controller:
             return None
         return Backend.PRIMARY if self._rng.random() * (p + s) < p else Backend.STANDBY
 
-    def placement(self, affinity: float) -> Backend | None:
-        """Where a stream with `affinity` in [0, 100) belongs: the primary while affinity < its weight.
-
-        As the ramp raises the primary's weight, each stream moves back exactly once.
-        """
+    def place_new(self, affinity: float) -> Backend | None:
+        """Where a new stream with `affinity` in [0, 100) goes: the primary while affinity < its weight."""
         p, s = self.decision.primary_weight, self.decision.standby_weight
         if p + s <= 0:
             return None
         return Backend.PRIMARY if affinity < p * 100 / (p + s) else Backend.STANDBY
+
+    def placement(self, affinity: float) -> Backend | None:
+        """Where a running stream belongs: as a new one would, but DEGRADED moves no running stream.
+
+        As the ramp raises the primary's weight, each stream moves back exactly once. Under overload a
+        stream is often the load itself: moved off a primary lacking headroom it would take the
+        overload along and come back when headroom returns, so DEGRADED shifts new streams only.
+        """
+        if self.decision.state is State.DEGRADED:
+            return None
+        return self.place_new(affinity)
+
+    def hedge_delay_s(self, backend: Backend) -> float:
+        return self.timers[backend].hedge_delay_s()
+
+    def stall_s(self, backend: Backend) -> float:
+        return self.timers[backend].stall_s()
 
     def usable(self, backend: Backend) -> bool:
         """Ready by every signal (a retry or a stream may go there even at weight 0)."""
@@ -189,11 +197,19 @@ class Controller:
         other = backend.other
         return other if self.usable(other) else None
 
-    def record(self, backend: Backend, ok: bool, latency_ms: float | None = None) -> None:
-        """A real call's outcome (ok, or a retriable failure)."""
+    def record(self, backend: Backend, ok: bool, latency_s: float | None = None) -> None:
+        """A real call's outcome (ok, or a failure of the backend) and its latency."""
         self.watchers[backend].record_call(ok)
-        if ok and latency_ms is not None:
-            self.latency.add(self._clock(), latency_ms)
+        if ok and latency_s is not None:
+            self.latency.add(self._clock(), latency_s * 1000)
+
+    def unary_answered(self, backend: Backend, latency_s: float) -> None:
+        self.record(backend, True, latency_s)
+        self.timers[backend].unary_answered(latency_s)
+
+    def stream_answered(self, backend: Backend, latency_s: float, waited_s: float) -> None:
+        self.record(backend, True, latency_s)
+        self.timers[backend].stream_progress(waited_s)
 
     # -- admin -------------------------------------------------------------------------------------
 

@@ -36,12 +36,24 @@ class RouterMetrics:
             description="Failure-driven switches: from the last moment the backend was seen healthy to the switch")
         self._retries = meter.create_counter("eagleeye_router_retries", unit="1",
                                              description="Unary calls retried on the other backend, by failed backend")
+        self._hedges = meter.create_counter(
+            "eagleeye_router_hedges", unit="1",
+            description="Unary calls also sent to the other backend after the hedge delay, by slow backend")
+        self._refusals = meter.create_counter(
+            "eagleeye_router_retry_budget_refusals", unit="1",
+            description="Hedges, retries and stream side tries the retry budget refused, by kind")
         self._migrations = meter.create_counter("eagleeye_router_stream_migrations", unit="1",
                                                 description="Streams moved between backends, by reason")
+        self._replayed = meter.create_counter("eagleeye_router_stream_replayed_frames", unit="1",
+                                              description="Stream frames sent again to another backend after a failure")
 
         # Counters with known labels start at 0, so rates and alerts see a series before the first event.
         for backend in ("primary", "standby"):
             self._retries.add(0, {"backend": backend})
+            self._hedges.add(0, {"backend": backend})
+        for kind in ("hedge", "retry", "side_try"):
+            self._refusals.add(0, {"kind": kind})
+        self._replayed.add(0)
         for reason in ("failure", "rebalance"):
             self._migrations.add(0, {"reason": reason})
         for to_state, cause in TRANSITION_CAUSES:
@@ -87,6 +99,15 @@ class RouterMetrics:
 
     def retry(self, failed_backend: str) -> None:
         self._retries.add(1, {"backend": failed_backend})
+
+    def hedge(self, slow_backend: str) -> None:
+        self._hedges.add(1, {"backend": slow_backend})
+
+    def budget_refused(self, kind: str) -> None:
+        self._refusals.add(1, {"kind": kind})
+
+    def replayed(self, frames: int) -> None:
+        self._replayed.add(frames)
 
     def migration(self, reason: str) -> None:
         self._migrations.add(1, {"reason": reason})

@@ -1,34 +1,35 @@
-"""Forwarding the Detector API: raw bytes through, a retry for unary calls, replay for streams.
+"""Forwarding the Detector API: the shell that carries out router.unary's and router.stream's decisions.
 
 Unary requests and responses pass as bytes, unparsed. Stream messages are forwarded as received too;
 the router parses each only to read its frame_id (router.wire), which tells which frames are still
-unanswered, and to refuse a request the worker could not parse either.
+unanswered, and to refuse a request the worker could not parse either. Every timer is the router's
+own (asyncio), not only gRPC's deadline: behind a partitioned connection that may not fire for
+seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import random
-import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
 
+from common.grpcopts import RETRY_ELSEWHERE_KEY
 from common.logs import event
+from router import stream as st
+from router import unary as un
+from router.budget import RetryBudget
 from router.config import RouterConfig
-from router.controller import Backend, Controller
+from router.controller import Controller
+from router.fleet import Backend
 from router.wire import WireError, request_frame_id, response_frame_id
 
 log = logging.getLogger("eagleeye.proxy")
 
 SERVICE = "eagleeye.detector.v1.Detector"
-# A frame whose backend failed this many times in a row is not replayed again: it may be what kills
-# backends, and a replay storm must not take both down.
-MAX_FRAME_ATTEMPTS = 3
 UNARY_METHODS = ("Detect", "GetModelInfo")
 STREAM_METHOD = "DetectStream"
 # Headers gRPC sets itself; everything else (custom metadata, traceparent, grpc-trace-bin) passes.
@@ -37,6 +38,14 @@ _HOP_BY_HOP = frozenset({"content-type", "te", "user-agent", "grpc-timeout", "gr
 # When the router traces, its own client interceptor writes these (as the child of its span).
 TRACE_HEADERS = frozenset({"traceparent", "tracestate", "grpc-trace-bin", "baggage"})
 Metadata = tuple[tuple[str, str | bytes], ...]
+# A backend call ending with one of these says "this backend, now", not "this request".
+# CANCELLED counts: while the router still waits for the answer, its client did not cancel; the
+# backend did (a worker shutting down cancels calls that arrive as it stops).
+_BACKEND_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                               grpc.StatusCode.CANCELLED})
+# On a stream, UNKNOWN and INTERNAL say the backend or the transport broke, not the frames.
+_STREAM_FAILURES = _BACKEND_FAILURES | {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+_CODES = {c.name: c for c in grpc.StatusCode}
 
 
 def forwardable(metadata: Sequence[Any] | None, tracing: bool = False) -> Metadata:
@@ -58,26 +67,38 @@ def _code_name(code: Any) -> str:
     return "CANCELLED"
 
 
-def retriable(code: grpc.StatusCode) -> bool:
-    """Failures that say "this backend, now", not "this request": worth a try elsewhere.
-
-    CANCELLED counts: while the router still waits for the answer, its client did not cancel; the
-    backend did (a worker shutting down cancels calls that arrive as it stops).
-    """
-    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+def outcome(error: grpc.aio.AioRpcError | None) -> un.Outcome:
+    """How a backend attempt ended, for the unary decisions."""
+    if error is None:
+        return un.Outcome.OK
+    code = error.code()
+    if code in _BACKEND_FAILURES:
+        return un.Outcome.FAILED
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and \
+            any(k == RETRY_ELSEWHERE_KEY for k, _ in (error.trailing_metadata() or ())):
+        return un.Outcome.OVERLOADED
+    return un.Outcome.FINAL
 
 
 class Proxy:
-    """The Detector methods, forwarded to the backend the controller picks."""
+    """The Detector methods, forwarded to the backends the controller's view allows."""
 
-    def __init__(self, cfg: RouterConfig, controller: Controller,
-                 channels: dict[Backend, grpc.aio.Channel] | None = None, tracing: bool = False) -> None:
-        self._cfg = cfg
-        self._controller = controller
+    def __init__(self, cfg: RouterConfig, controller: Controller, unary_channels: dict[Backend, grpc.aio.Channel],
+                 stream_channels: dict[Backend, grpc.aio.Channel], tracing: bool = False,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.cfg = cfg
+        self.controller = controller
         self.tracing = tracing
-        channels = channels or {b: w.channel for b, w in controller.watchers.items()}
-        self._unary = {(b, m): ch.unary_unary(f"/{SERVICE}/{m}") for b, ch in channels.items() for m in UNARY_METHODS}
-        self._stream = {b: ch.stream_stream(f"/{SERVICE}/{STREAM_METHOD}") for b, ch in channels.items()}
+        self.unary_cfg = cfg.unary()
+        self.stream_cfg = cfg.stream()
+        self.budget = RetryBudget(cfg.budget())
+        self.pool = st.BytePool(cfg.max_pending_bytes_total)
+        self.pool.on_freed = self._pool_freed
+        self._pool_waiters: set[asyncio.Event] = set()
+        self.unary = {(b, m): ch.unary_unary(f"/{SERVICE}/{m}") for b, ch in unary_channels.items()
+                      for m in UNARY_METHODS}
+        self.streams = {b: ch.stream_stream(f"/{SERVICE}/{STREAM_METHOD}") for b, ch in stream_channels.items()}
+        self.clock = clock or asyncio.get_running_loop().time
         self.active_streams = 0
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -87,65 +108,36 @@ class Proxy:
         handlers[STREAM_METHOD] = grpc.stream_stream_rpc_method_handler(self._detect_stream)
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
-    def _unavailable_message(self) -> str:
-        views = {b.value: w.view() for b, w in self._controller.watchers.items()}
-        return (f"no backend can serve: router state {self._controller.decision.state.value} ("
+    def unavailable_message(self) -> str:
+        views = {b.value: w.view() for b, w in self.controller.watchers.items()}
+        return (f"no backend can serve: router state {self.controller.decision.state.value} ("
                 + "; ".join(f"{name}: {v.reason or 'ready'}" for name, v in views.items()) + ")")
+
+    def wait_for_pool(self, room: asyncio.Event) -> None:
+        """Set `room` when the router-wide window has space again."""
+        self._pool_waiters.add(room)
+
+    def _pool_freed(self) -> None:
+        waiters, self._pool_waiters = self._pool_waiters, set()
+        for room in waiters:
+            room.set()
+
+    # -- unary -------------------------------------------------------------------------------------
 
     def _make_unary(self, method: str) -> Any:
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            started = time.monotonic()
+            started = self.clock()
             try:
-                response = await self._forward_unary(method, request, context)
+                response = await UnaryForward(self, method, request, context).run()
             except BaseException:
                 code = context.code() if hasattr(context, "code") else None
-                self._controller.metrics.request(method, _code_name(code))
+                self.controller.metrics.request(method, _code_name(code))
                 raise
-            self._controller.metrics.request(method, "OK", time.monotonic() - started)
+            self.controller.metrics.request(method, "OK", self.clock() - started)
             return response
         return handle
 
-    async def _forward_unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        cfg, ctl = self._cfg, self._controller
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + (remaining if remaining is not None else cfg.default_deadline_s)
-        metadata = forwardable(context.invocation_metadata(), self.tracing)
-        picked = ctl.pick()
-        if picked is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, self._unavailable_message())
-            raise AssertionError("unreachable")
-        target: Backend = picked
-        for attempt in (0, 1):
-            left = deadline - time.monotonic()
-            alternative = ctl.alternative(target) if attempt == 0 else None
-            # A per-try timeout only makes sense when there is somewhere else to try.
-            timeout = min(cfg.per_try_timeout_s, left) if alternative is not None else left
-            started = time.monotonic()
-            call = self._unary[(target, method)](request, timeout=max(timeout, 0.001), metadata=metadata)
-            try:
-                response: bytes = await call
-            except grpc.aio.AioRpcError as e:
-                code = e.code()
-                if not retriable(code):
-                    await context.abort(code, e.details() or "")
-                out_of_time = deadline - time.monotonic() <= 0.001
-                if not (code == grpc.StatusCode.DEADLINE_EXCEEDED and out_of_time):
-                    ctl.record(target, ok=False)
-                if alternative is None or out_of_time:
-                    await context.abort(code, e.details() or "")
-                    raise AssertionError("unreachable") from None
-                event(log, "retry", logging.DEBUG, method=method, failed=target.value, code=code.name,
-                      to=alternative.value)
-                ctl.retries += 1
-                ctl.metrics.retry(target.value)
-                target = alternative
-                continue
-            ctl.record(target, ok=True, latency_ms=(time.monotonic() - started) * 1000)
-            trailing = await call.trailing_metadata()
-            if trailing:
-                context.set_trailing_metadata(forwardable(trailing))
-            return response
-        raise AssertionError("unreachable")
+    # -- streams -----------------------------------------------------------------------------------
 
     async def _detect_stream(self, requests: AsyncIterator[bytes],
                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -157,22 +149,114 @@ class Proxy:
             self.active_streams -= 1
 
 
-@dataclass
-class _Frame:
-    data: bytes
-    frame_id: int
-    received_at: float
-    sent_at: float = 0.0
-    attempts: int = 1
+async def _settle(call: grpc.aio.UnaryUnaryCall[bytes, bytes]) -> tuple[bytes | None, grpc.aio.AioRpcError | None]:
+    try:
+        return await call, None
+    except grpc.aio.AioRpcError as e:
+        return None, e
+
+
+class UnaryForward:
+    """One unary call: carries out router.unary's decisions with real backend calls and timers."""
+
+    def __init__(self, proxy: Proxy, method: str, request: bytes, context: grpc.aio.ServicerContext) -> None:
+        self._proxy = proxy
+        self._method = method
+        self._request = request
+        self._context = context
+
+    async def run(self) -> bytes:
+        proxy, ctl, ctx = self._proxy, self._proxy.controller, self._context
+        now = proxy.clock()
+        remaining = ctx.time_remaining()
+        deadline = now + (remaining if remaining is not None else proxy.cfg.default_deadline_s)
+        picked = ctl.pick()
+        if picked is None:
+            await ctx.abort(grpc.StatusCode.UNAVAILABLE, proxy.unavailable_message())
+            raise AssertionError("unreachable")
+        core = un.UnaryCall(proxy.unary_cfg, ctl, proxy.budget, deadline)
+        metadata = forwardable(ctx.invocation_metadata(), proxy.tracing)
+        calls: list[tuple[Backend, grpc.aio.UnaryUnaryCall[bytes, bytes]]] = []
+        results: dict[int, tuple[bytes | None, grpc.aio.AioRpcError | None]] = {}
+        running: dict[asyncio.Future[tuple[bytes | None, grpc.aio.AioRpcError | None]], int] = {}
+        actions: list[un.Action] = core.start(picked, now)
+        try:
+            while True:
+                for act in actions:
+                    if isinstance(act, un.Send):
+                        call = proxy.unary[(act.backend, self._method)](
+                            self._request, timeout=max(deadline - proxy.clock(), 0.001), metadata=metadata)
+                        calls.append((act.backend, call))
+                        running[asyncio.ensure_future(_settle(call))] = act.attempt
+                        if act.why != "first":
+                            self._count_extra(act)
+                    elif isinstance(act, un.Cancel):
+                        calls[act.attempt][1].cancel()
+                        running = {f: i for f, i in running.items() if i != act.attempt}
+                    elif isinstance(act, un.Observe):
+                        if act.ok and act.latency_s is not None:
+                            ctl.unary_answered(act.backend, act.latency_s)
+                        else:
+                            ctl.record(act.backend, act.ok)
+                    elif isinstance(act, un.Refused):
+                        ctl.metrics.budget_refused(act.why)
+                    elif isinstance(act, un.Reply):
+                        return await self._reply(calls[act.attempt][1], results[act.attempt])
+                    elif isinstance(act, un.Expire):
+                        await ctx.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                        "deadline exceeded waiting for a detector worker")
+                timer = core.next_timer()
+                timeout = None if timer is None else max(0.0, timer - proxy.clock())
+                done, _ = await asyncio.wait(running.keys(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                now = proxy.clock()
+                actions = []
+                for fut in done:
+                    attempt = running.pop(fut)
+                    if fut.cancelled():
+                        continue
+                    results[attempt] = fut.result()
+                    actions += core.on_result(attempt, outcome(results[attempt][1]), now)
+                if timer is not None and now >= timer:
+                    actions += core.on_timer(max(now, timer))
+        finally:
+            for fut, attempt in running.items():
+                calls[attempt][1].cancel()
+                fut.cancel()
+
+    def _count_extra(self, act: un.Send) -> None:
+        ctl = self._proxy.controller
+        slow = act.backend.other
+        if act.why == "hedge":
+            ctl.hedges += 1
+            ctl.metrics.hedge(slow.value)
+        else:
+            ctl.retries += 1
+            ctl.metrics.retry(slow.value)
+        event(log, act.why, logging.DEBUG, method=self._method, frm=slow.value, to=act.backend.value)
+
+    async def _reply(self, call: grpc.aio.UnaryUnaryCall[bytes, bytes],
+                     result: tuple[bytes | None, grpc.aio.AioRpcError | None]) -> bytes:
+        response, error = result
+        if error is not None:
+            trailing = error.trailing_metadata()
+            if trailing:
+                self._context.set_trailing_metadata(forwardable(trailing))
+            await self._context.abort(error.code(), error.details() or "")
+            raise AssertionError("unreachable")
+        assert response is not None
+        trailing = await call.trailing_metadata()
+        if trailing:
+            self._context.set_trailing_metadata(forwardable(trailing))
+        return response
 
 
 class _Leg:
-    """One backend call carrying a client stream; `generation` tells its events from older legs'."""
+    """One backend call carrying a client stream."""
 
-    def __init__(self, backend: Backend, call: grpc.aio.StreamStreamCall, generation: int) -> None:
+    def __init__(self, gen: int, backend: Backend, call: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+        self.gen = gen
         self.backend = backend
         self.call = call
-        self.generation = generation
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -183,62 +267,149 @@ class _Leg:
 
 
 class StreamSession:
-    """One client DetectStream: every frame answered exactly once, in order, across backend changes.
+    """One client DetectStream: carries out router.stream's decisions with real legs, timers and flow control.
 
-    Frames sent to a backend and not yet answered stay in `pending`. If the backend fails (the call
-    ends with an error, its oldest frame waits past stream_frame_timeout_s, or health says it is not
-    ready), a new leg opens on the other backend and `pending` is replayed there. When the weights
-    say the stream belongs elsewhere (the ramp), it moves at a frame boundary: new frames wait in
-    `held` until the old leg has answered everything, then go to the new one.
+    Answers are handed to the client through a queue, so a client that stops reading does not stop
+    the router from hearing its backend (a stall is judged on what the backend answered, not on what
+    the client took); the window bounds that queue.
     """
 
     def __init__(self, proxy: Proxy, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         self._proxy = proxy
-        self._cfg = proxy._cfg
-        self._ctl = proxy._controller
+        self._ctl = proxy.controller
         self._requests = requests
         self._context = context
         self._metadata = forwardable(context.invocation_metadata(), proxy.tracing)
         remaining = context.time_remaining()
-        self._deadline = None if remaining is None else time.monotonic() + remaining
-        self._events: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
-        self._room = asyncio.Semaphore(self._cfg.max_stream_pending)
-        self.pending: collections.deque[_Frame] = collections.deque()
-        self.held: collections.deque[_Frame] = collections.deque()
-        self._affinity = random.random() * 100
-        self._leg: _Leg | None = None
-        self._generation = 0
-        self._client_done = False
-        self._moving_to: Backend | None = None
-        self.gave_up = ""
+        self._deadline = None if remaining is None else proxy.clock() + remaining
+        self._core = st.StreamCore(proxy.stream_cfg, proxy.controller, proxy.budget, proxy.pool,
+                                   affinity=random.random() * 100)
+        self._legs: dict[int, _Leg] = {}
+        self._out: asyncio.Queue[st.Deliver | st.Abort | st.Finish] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._side_tries: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> AsyncIterator[bytes]:
+        """The answers to send the client, in order (an async generator, as gRPC handlers may be)."""
+        ctl, core = self._ctl, self._core
+        target = ctl.place_new(core.affinity)
+        if target is None or not ctl.usable(target):
+            target = ctl.pick()
+        if target is None:
+            await self._context.abort(grpc.StatusCode.UNAVAILABLE, self._proxy.unavailable_message())
+        assert target is not None
+        self._apply(core.begin(target, self._proxy.clock()))
+        reader = asyncio.create_task(self._read_client())
+        try:
+            while True:
+                item = await self._out.get()
+                if isinstance(item, st.Deliver):
+                    yield item.data
+                    core.on_client_took(item.size)
+                    self._update_room()
+                elif isinstance(item, st.Finish):
+                    return
+                else:
+                    code = _CODES.get(item.code, grpc.StatusCode.UNKNOWN)
+                    await self._context.abort(code, item.message or self._proxy.unavailable_message())
+        finally:
+            reader.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+            for leg in self._legs.values():
+                leg.close()
+            for task in self._side_tries:
+                task.cancel()
+            core.release()
+
+    # -- carrying out decisions --------------------------------------------------------------------
+
+    def _apply(self, actions: list[st.Action]) -> None:
+        for a in actions:
+            if isinstance(a, st.Write):
+                self._legs[a.gen].outbox.put_nowait(a.data)
+            elif isinstance(a, st.Deliver):
+                self._out.put_nowait(a)
+                self._ctl.metrics.request(STREAM_METHOD, "OK", a.latency_s)
+            elif isinstance(a, st.Answered):
+                self._ctl.stream_answered(a.backend, a.latency_s, a.waited_s)
+            elif isinstance(a, st.Open):
+                self._open(a)
+            elif isinstance(a, st.EndWrites):
+                self._legs[a.gen].outbox.put_nowait(None)
+            elif isinstance(a, st.Close):
+                leg = self._legs.pop(a.gen, None)
+                if leg is not None:
+                    leg.close()
+            elif isinstance(a, st.Failed):
+                self._ctl.record(a.backend, False)
+            elif isinstance(a, st.Moved):
+                self._moved(a)
+            elif isinstance(a, st.SideTry):
+                task = asyncio.create_task(self._side_try(a))
+                self._side_tries.add(task)
+                task.add_done_callback(self._side_tries.discard)
+            elif isinstance(a, st.Refused):
+                self._ctl.metrics.budget_refused("side_try")
+            else:  # Abort, Finish
+                self._out.put_nowait(a)
+        self._arm_timer()
+        self._update_room()
+
+    def _open(self, a: st.Open) -> None:
+        timeout = None if self._deadline is None else max(0.001, self._deadline - self._proxy.clock())
+        call = self._proxy.streams[a.backend](timeout=timeout, metadata=self._metadata)
+        leg = _Leg(a.gen, a.backend, call)
+        leg.tasks = [asyncio.create_task(self._send(leg)), asyncio.create_task(self._receive(leg))]
+        self._legs[a.gen] = leg
+
+    def _moved(self, a: st.Moved) -> None:
+        ctl = self._ctl
+        ctl.stream_migrations += 1
+        ctl.metrics.migration("failure" if a.failure else "rebalance")
+        if a.failure:
+            ctl.replayed_frames += a.replayed
+            ctl.metrics.replayed(a.replayed)
+        event(log, "stream moved", logging.INFO if a.failure else logging.DEBUG, reason=a.reason,
+              frm=a.frm.value, to=a.to.value, replayed=a.replayed)
+
+    def _update_room(self) -> None:
+        if self._core.has_room() or self._core.finished:
+            self._room.set()
+        else:
+            self._room.clear()
+            if self._proxy.pool.full():
+                self._proxy.wait_for_pool(self._room)
+
+    def _arm_timer(self) -> None:
+        at = self._core.next_timer()
+        if at is None or (self._timer is not None and self._timer_at <= at):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._apply(self._core.on_timer(max(self._proxy.clock(), self._timer_at)))
+
+    # -- tasks -------------------------------------------------------------------------------------
 
     async def _read_client(self) -> None:
-        try:
-            async for data in self._requests:
-                await self._room.acquire()  # at most max_stream_pending frames in the router
-                try:
-                    fid = request_frame_id(data)
-                except WireError as e:
-                    self._events.put_nowait(("bad", 0, str(e)))
-                    return
-                self._events.put_nowait(("frame", 0, _Frame(data, fid, time.monotonic())))
-        finally:
-            self._events.put_nowait(("client_end", 0, None))
-
-    def _open(self, backend: Backend, replay: bool) -> None:
-        self._generation += 1
-        timeout = None if self._deadline is None else max(0.001, self._deadline - time.monotonic())
-        call = self._proxy._stream[backend](timeout=timeout, metadata=self._metadata)
-        leg = _Leg(backend, call, self._generation)
-        leg.tasks = [asyncio.create_task(self._send(leg)), asyncio.create_task(self._receive(leg))]
-        self._leg = leg
-        now = time.monotonic()
-        if replay:
-            for f in self.pending:
-                f.sent_at = now
-                leg.outbox.put_nowait(f.data)
-        if self._client_done and not self.held:
-            leg.outbox.put_nowait(None)
+        core = self._core
+        async for data in self._requests:
+            try:
+                fid = request_frame_id(data)
+            except WireError as e:
+                self._out.put_nowait(st.Abort("INVALID_ARGUMENT", f"malformed DetectRequest: {e}"))
+                return
+            self._apply(core.on_frame(fid, data, self._proxy.clock()))
+            while not core.has_room() and not core.finished:
+                await self._room.wait()  # the window is full: stop reading (flow control)
+        self._apply(core.on_client_end(self._proxy.clock()))
 
     async def _send(self, leg: _Leg) -> None:
         try:
@@ -249,165 +420,35 @@ class StreamSession:
             pass  # the receive side reports how the call ended
 
     async def _receive(self, leg: _Leg) -> None:
-        error: grpc.aio.AioRpcError | None = None
+        code, details, failure = "OK", "", True
         try:
             async for data in leg.call:
-                self._events.put_nowait(("answer", leg.generation, data))
+                try:
+                    fid, elsewhere = response_frame_id(data)
+                except WireError:
+                    fid, elsewhere = -1, False
+                self._apply(self._core.on_answer(leg.gen, fid, data, elsewhere, self._proxy.clock()))
         except grpc.aio.AioRpcError as e:
-            error = e
-        self._events.put_nowait(("leg_end", leg.generation, error))
+            code, details = e.code().name, e.details() or ""
+            failure = e.code() in _STREAM_FAILURES
+        if self._legs.get(leg.gen) is leg:
+            del self._legs[leg.gen]
+        self._apply(self._core.on_leg_end(leg.gen, failure, code, details, self._proxy.clock()))
 
-    def _send_frame(self, frame: _Frame) -> None:
-        assert self._leg is not None
-        frame.sent_at = time.monotonic()
-        self.pending.append(frame)
-        self._leg.outbox.put_nowait(frame.data)
-
-    def _fail_over(self, why: str, retriable_failure: bool = True) -> bool:
-        """Move to the other backend, replaying pending frames; False when there is nowhere to go."""
-        leg = self._leg
-        assert leg is not None
-        if retriable_failure:
-            self._ctl.record(leg.backend, ok=False)
-        leg.close()
-        if retriable_failure and self.pending:
-            if self.pending[0].attempts >= MAX_FRAME_ATTEMPTS:
-                self.gave_up = (f"frame {self.pending[0].frame_id} failed on {MAX_FRAME_ATTEMPTS} backend "
-                                "streams in a row; not replaying it again")
-                return False
-            for f in self.pending:
-                f.attempts += 1
-        target = self._ctl.alternative(leg.backend)
-        if target is None and self._ctl.usable(leg.backend):
-            target = leg.backend  # the only usable one: try it again
-        if target is None:
-            return False
-        event(log, "stream moved", logging.INFO, reason=why, frm=leg.backend.value, to=target.value,
-              replayed=len(self.pending))
-        self._ctl.stream_migrations += 1
-        self._ctl.metrics.migration("failure")
-        self._moving_to = None
-        for f in self.held:  # frames held for a graceful move go with the replay
-            self.pending.append(f)
-        self.held.clear()
-        self._open(target, replay=True)
-        return True
-
-    def _finish_move(self) -> None:
-        """The old leg answered everything: continue on the new backend with the held frames."""
-        leg, target = self._leg, self._moving_to
-        assert leg is not None and target is not None
-        leg.outbox.put_nowait(None)
-        event(log, "stream moved", logging.DEBUG, reason="weights", frm=leg.backend.value, to=target.value,
-              replayed=0)
-        self._ctl.stream_migrations += 1
-        self._ctl.metrics.migration("rebalance")
-        self._moving_to = None
-        self._open(target, replay=False)
-        held, self.held = self.held, collections.deque()
-        for f in held:
-            self._send_frame(f)
-        if self._client_done:
-            assert self._leg is not None
-            self._leg.outbox.put_nowait(None)
-
-    def _check_placement(self) -> bool:
-        """Health and weights: fail over from an unusable backend, move gracefully off an unwanted one."""
-        leg = self._leg
-        assert leg is not None
-        now = time.monotonic()
-        if not self._ctl.usable(leg.backend):
-            return self._fail_over(f"{leg.backend.value} not ready", retriable_failure=False)
-        if self.pending and now - self.pending[0].sent_at > self._cfg.stream_frame_timeout_s:
-            return self._fail_over(f"frame {self.pending[0].frame_id} unanswered for "
-                                   f"{self._cfg.stream_frame_timeout_s:g} s")
-        wanted = self._ctl.placement(self._affinity)
-        if self._moving_to is None and wanted is not None and wanted is not leg.backend and self._ctl.usable(wanted):
-            self._moving_to = wanted
-            if not self.pending:
-                self._finish_move()
-        return True
-
-    async def run(self) -> AsyncIterator[bytes]:
-        """The answers to send the client, in order (an async generator, as gRPC handlers may be)."""
-        target = self._ctl.placement(self._affinity)
-        if target is None or not self._ctl.usable(target):
-            target = self._ctl.pick()
-        if target is None:
-            await self._context.abort(grpc.StatusCode.UNAVAILABLE, self._proxy._unavailable_message())
-        assert target is not None
-        reader = asyncio.create_task(self._read_client())
-        ticker = asyncio.create_task(self._tick(min(0.1, self._cfg.stream_frame_timeout_s / 4)))
-        self._open(target, replay=False)
+    async def _side_try(self, a: st.SideTry) -> None:
+        """A frame a full worker queue refused, as a unary Detect on the other worker."""
+        proxy = self._proxy
+        timeout = proxy.unary_cfg.per_try_timeout_s
+        started = proxy.clock()
+        answer: bytes | None = None
         try:
-            async for answer in self._loop():
-                yield answer
-        finally:
-            reader.cancel()
-            ticker.cancel()
-            if self._leg is not None:
-                self._leg.close()
+            call = proxy.unary[(a.backend, "Detect")](a.data, timeout=timeout, metadata=self._metadata)
+            answer = await asyncio.wait_for(call, timeout)
+            self._ctl.unary_answered(a.backend, proxy.clock() - started)
+        except (grpc.aio.AioRpcError, TimeoutError):
+            pass  # the first worker's refusal stands
+        self._ctl.retries += 1
+        self._ctl.metrics.retry(a.backend.other.value)
+        self._apply(self._core.on_side_result(a.fid, answer, proxy.clock()))
 
-    async def _tick(self, interval: float) -> None:
-        """A "tick" event every `interval`: placement and stalls are checked even while frames keep
-        arriving and nothing is answered (a per-event timeout would never fire then, and would cost a
-        task and a timer per frame)."""
-        while True:
-            await asyncio.sleep(interval)  # a periodic timer, not a wait for some other task
-            self._events.put_nowait(("tick", 0, None))
 
-    async def _loop(self) -> AsyncIterator[bytes]:
-        while True:
-            kind, generation, payload = await self._events.get()
-            leg = self._leg
-            assert leg is not None
-            if kind == "frame":
-                if self._moving_to is not None:
-                    self.held.append(payload)
-                else:
-                    self._send_frame(payload)
-            elif kind == "client_end":
-                self._client_done = True
-                if self._moving_to is None:
-                    leg.outbox.put_nowait(None)
-            elif kind == "bad":
-                await self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed DetectRequest: {payload}")
-            elif kind == "answer" and generation == leg.generation:
-                if self._answer(payload):
-                    yield payload
-                    if self._moving_to is not None and not self.pending:
-                        self._finish_move()
-            elif kind == "leg_end" and generation == leg.generation:
-                error: grpc.aio.AioRpcError | None = payload
-                if error is None and not self.pending and not self.held and self._client_done:
-                    return  # the stream is complete
-                # The backend's answer about the stream (INVALID_ARGUMENT, ...) goes to the client. UNKNOWN and
-                # INTERNAL say the backend or the transport broke, not the frames: replay elsewhere (a frame
-                # that breaks every backend is given up after MAX_FRAME_ATTEMPTS).
-                if error is not None and not retriable(error.code()) and \
-                        error.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
-                    await self._context.abort(error.code(), error.details() or "")
-                why = f"{leg.backend.value} stream ended: " + (error.code().name if error else "no error")
-                if not self._fail_over(why):
-                    await self._context.abort(grpc.StatusCode.UNAVAILABLE,
-                                              self.gave_up or self._proxy._unavailable_message())
-            if kind in ("tick", "answer", "leg_end") and not self._check_placement():
-                await self._context.abort(grpc.StatusCode.UNAVAILABLE,
-                                          self.gave_up or self._proxy._unavailable_message())
-
-    def _answer(self, data: bytes) -> bool:
-        """Whether an answer is the one for the oldest pending frame (then it is no longer pending)."""
-        try:
-            fid = response_frame_id(data)
-        except WireError:
-            fid = -1
-        if not self.pending or self.pending[0].frame_id != fid:
-            # Not the answer the client waits for: it came from a replay overlap. Never deliver twice.
-            return False
-        frame = self.pending.popleft()
-        self._room.release()
-        assert self._leg is not None
-        now = time.monotonic()
-        self._ctl.record(self._leg.backend, ok=True, latency_ms=(now - frame.sent_at) * 1000)
-        self._ctl.metrics.request(STREAM_METHOD, "OK", now - frame.received_at)
-        return True

@@ -28,8 +28,15 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def backend_channel(address: str, cfg: RouterConfig, interceptors: list[Any] | None = None) -> grpc.aio.Channel:
-    """A channel that notices a dead peer quickly and reconnects quickly when it returns."""
+    """A channel with a connection of its own that notices a dead peer and reconnects quickly.
+
+    The router opens one per backend for health, one for unary calls and one for streams: on a
+    connection whose flow-control window a stream has filled, a partitioned peer holds every other
+    call on it too (FACTS.md), and health probes must not wait behind frames.
+    """
     return grpc.aio.insecure_channel(address, interceptors=interceptors or None, options=[
+        # gRPC shares one connection among channels with equal settings unless told otherwise.
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         # gRPC's default reconnect backoff starts at 1 s and grows to 120 s: a restarted worker
@@ -146,13 +153,18 @@ class BackendWatcher:
         """One active Check with a short deadline."""
         started = self._clock()
         s = self.status
+        timeout = self._cfg.check_timeout_s
         try:
-            resp = await self._stub.Check(health_pb2.HealthCheckRequest(service="readiness"),
-                                          timeout=self._cfg.check_timeout_s)
+            # The router's own timer as well as gRPC's deadline: behind a dead connection the
+            # deadline may not fire until keepalive gives up, seconds later (FACTS.md).
+            resp = await asyncio.wait_for(
+                self._stub.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=timeout), timeout)
             ok = resp.status == SERVING
             error = "" if ok else "NOT_SERVING"
         except grpc.aio.AioRpcError as e:
             ok, error = False, e.code().name
+        except TimeoutError:
+            ok, error = False, "DEADLINE_EXCEEDED"
         if ok:
             s.check_failures, s.check_error = 0, ""
             s.healthy_checks += 1

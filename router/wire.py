@@ -28,9 +28,11 @@ def request_frame_id(data: bytes) -> int:
         raise WireError(str(e) or "not a DetectRequest") from None
 
 
-def response_frame_id(data: bytes) -> int:
-    """The frame_id of a serialized DetectResponse; WireError if protobuf would not parse it."""
+def response_frame_id(data: bytes) -> tuple[int, bool]:
+    """The frame_id of a serialized DetectResponse, and whether the worker said to try it elsewhere
+    (its queue was full); WireError if protobuf would not parse it."""
     try:
-        return int(pb.DetectResponse.FromString(data).frame_id)
+        resp = pb.DetectResponse.FromString(data)
     except DecodeError as e:
         raise WireError(str(e) or "not a DetectResponse") from None
+    return int(resp.frame_id), resp.error.retry_elsewhere

@@ -15,7 +15,7 @@ def test_frame_ids_match_protobuf(fid: int) -> None:
     raw = pb.DetectRequest(raw=pb.RawImage(data=b"\0" * 12, width=2, height=2), frame_id=fid)
     assert request_frame_id(raw.SerializeToString()) == fid
     resp = pb.DetectResponse(frame_id=fid, detections=[pb.Detection(score=0.5, label="x")], worker="w")
-    assert response_frame_id(resp.SerializeToString()) == fid
+    assert response_frame_id(resp.SerializeToString()) == (fid, False)
 
 
 @pytest.mark.parametrize("junk", [
@@ -41,10 +41,20 @@ def test_forwarded_metadata_keeps_custom_and_trace_headers_only() -> None:
                                ("grpc-trace-bin", b"\x00\x01"))
 
 
-def test_only_backend_failures_are_retried() -> None:
+def test_only_backend_failures_and_a_full_queue_are_tried_elsewhere() -> None:
     import grpc
+    from grpc.aio import AioRpcError, Metadata
 
-    from router.proxy import retriable
+    from router.proxy import outcome
+    from router.unary import Outcome
 
-    assert {c for c in grpc.StatusCode if retriable(c)} == {
+    def error(code: grpc.StatusCode, *trailing: tuple[str, str]) -> AioRpcError:
+        return AioRpcError(code, Metadata(), Metadata(*trailing), "details")
+
+    assert outcome(None) is Outcome.OK
+    assert {c for c in grpc.StatusCode if c != grpc.StatusCode.OK and outcome(error(c)) is Outcome.FAILED} == {
         grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+    assert outcome(error(grpc.StatusCode.RESOURCE_EXHAUSTED)) is Outcome.FINAL  # e.g. an image too large
+    assert outcome(error(grpc.StatusCode.RESOURCE_EXHAUSTED, ("eagleeye-retry-elsewhere", "queue-full"))) \
+        is Outcome.OVERLOADED
+    assert outcome(error(grpc.StatusCode.INVALID_ARGUMENT)) is Outcome.FINAL

@@ -89,12 +89,14 @@ class DetectResponse(_message.Message):
     def __init__(self, frame_id: _Optional[int] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., worker: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ...) -> None: ...
 
 class FrameError(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "retry_elsewhere")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ELSEWHERE_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    retry_elsewhere: bool
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., retry_elsewhere: _Optional[bool] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()

@@ -29,6 +29,7 @@ class Record:
     backend: str | None = None
     error: str | None = None     # gRPC code name, when the frame failed (call error, stream break, stall)
     answers: int = 0             # how many answers arrived for it (a stream may deliver one twice)
+    out_of_order: bool = False   # a stream answered it after a later frame
 
     @property
     def ok(self) -> bool:

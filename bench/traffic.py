@@ -80,6 +80,7 @@ class _Camera:
         self.breaks: list[tuple[float, str]] = []
         self.call: grpc.aio.StreamStreamCall | None = None
         self.reader: asyncio.Task[None] | None = None
+        self.last_answered = -1
 
     def _open(self) -> None:
         call = self.stub.DetectStream()
@@ -96,6 +97,8 @@ class _Camera:
                 if rec.answers > 1:
                     continue    # a duplicate: counted, not a new answer
                 self.pending.pop(resp.frame_id, None)
+                rec.out_of_order = resp.frame_id < self.last_answered
+                self.last_answered = max(self.last_answered, resp.frame_id)
                 rec.done, rec.backend = self.clock.now(), resp.worker
                 if resp.HasField("error"):
                     rec.error = "FRAME_" + code_name(resp.error.code)

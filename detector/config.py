@@ -37,6 +37,9 @@ class HealthConfig:
     temperature_high_for_s: float = 30.0
     latency_budget_ms: float = 250.0
     latency_window_s: float = 10.0
+    # Once over budget, latency counts as a soft trigger until p95 is below this share of the budget
+    # (a Schmitt trigger): a p95 hovering at the budget under steady overload must not flap headroom.
+    latency_clear_fraction: float = 0.8
     backlog_fraction: float = 0.8       # queue at least this full: a soft trigger
     confirm_evaluations: int = 3        # consecutive evaluations that confirm a soft condition
     require_gpu: bool = False
@@ -52,6 +55,7 @@ class HealthConfig:
         settings.in_range("health.utilization_high_percent", self.utilization_high_percent, 0, 100)
         settings.in_range("health.memory_high_fraction", self.memory_high_fraction, 0, 1)
         settings.in_range("health.backlog_fraction", self.backlog_fraction, 0, 1)
+        settings.in_range("health.latency_clear_fraction", self.latency_clear_fraction, 0, 1)
         settings.at_least("health.memory_trend_samples", self.memory_trend_samples, 2)
         settings.at_least("health.confirm_evaluations", self.confirm_evaluations, 1)
         settings.at_least("health.min_free_memory_bytes", self.min_free_memory_bytes, 0)

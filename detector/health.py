@@ -88,6 +88,8 @@ class HealthEvaluator:
         self._ecc_baseline: int | None = None
         self._latched: list[str] = []   # GPU criticals: they need a human, not a retry
         self._latency_over = 0
+        self._latency_under = 0
+        self._latency_high = False
         self._multi_soft = 0
 
     def _latch(self, reason: str) -> None:
@@ -182,13 +184,21 @@ class HealthEvaluator:
                              else "gpu: state unknown (NVML unavailable) and --require-gpu is set")
         not_ready.extend(self._latched)
 
-        if s.latency_p95_ms is not None and s.latency_p95_ms > cfg.latency_budget_ms:
-            self._latency_over += 1
+        p95 = s.latency_p95_ms
+        if not self._latency_high:
+            self._latency_over = self._latency_over + 1 if p95 is not None and p95 > cfg.latency_budget_ms else 0
+            self._latency_high = self._latency_over >= cfg.confirm_evaluations
+            self._latency_under = 0
         else:
-            self._latency_over = 0
-        if self._latency_over >= cfg.confirm_evaluations:
-            soft.append(f"latency: p95 {s.latency_p95_ms:.0f} ms > budget {cfg.latency_budget_ms:.0f} ms "
-                        f"on {self._latency_over} evaluations")
+            clear = p95 is None or p95 < cfg.latency_clear_fraction * cfg.latency_budget_ms
+            self._latency_under = self._latency_under + 1 if clear else 0
+            if self._latency_under >= cfg.confirm_evaluations:
+                self._latency_high = False
+                self._latency_over = 0
+        if self._latency_high:
+            shown = "unknown" if p95 is None else f"{p95:.0f} ms"
+            soft.append(f"latency: p95 {shown} over budget {cfg.latency_budget_ms:.0f} ms (clears below "
+                        f"{cfg.latency_clear_fraction * cfg.latency_budget_ms:.0f} ms)")
         if s.queue_capacity > 0 and s.queue_depth >= cfg.backlog_fraction * s.queue_capacity:
             soft.append(f"queue: backlog {s.queue_depth}/{s.queue_capacity}")
 

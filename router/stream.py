@@ -8,7 +8,7 @@ Frames, from the client's read to the client's receipt of the answer, are held i
 in frames and bytes per stream and in bytes for the whole router (`BytePool`); while it is full the
 shell stops reading from the client, so HTTP/2 flow control pushes back instead of the router
 buffering. At most `backend_window` frames are outstanding on a leg; the rest wait their turn, which
-also paces a replay to the new worker.
+also paces a replay to the new worker, and while any waits the client is not read either.
 
 A leg is *stalled* when it has frames outstanding and has answered none of them for the stall time
 (a multiple of the backend's recent wait for progress, within a floor and a ceiling): a backlog that
@@ -219,7 +219,14 @@ class StreamCore:
         return self._open(backend)
 
     def has_room(self) -> bool:
-        """Whether the shell may read another frame from the client."""
+        """Whether the shell may read another frame from the client.
+
+        Not while a frame already waits for room on the worker: a stream faster than its worker is
+        then held back by flow control as it would be calling the worker directly, instead of
+        queueing in the router and adding that queue to every frame's latency.
+        """
+        if self._queued:
+            return False
         count = len(self._frames) + self._handed
         own = count == 0 or (count < self._cfg.max_frames and self._bytes < self._cfg.max_bytes)
         return own and not self._pool.full()

@@ -294,3 +294,13 @@ def test_the_stall_time_is_the_fleets_and_only_counts_while_frames_are_outstandi
     assert h.core.next_timer() == pytest.approx(1.2)
     assert h.core.on_timer(1.49) == []
     assert h.core.on_timer(1.5)[:2] == [Close(1), Failed(P)]
+
+
+def test_a_stream_faster_than_its_worker_is_not_read_while_a_frame_waits_for_the_worker() -> None:
+    h = started()
+    h.send(1, 2, 3, 4)                               # the leg's window (4) is full ...
+    assert h.core.has_room()
+    h.send(5)                                        # ... so this one waits in the router
+    assert not h.core.has_room()                     # and the client is held back by flow control
+    h.answer(1, 1)
+    assert h.core.has_room()                         # the waiting frame went to the worker

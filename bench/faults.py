@@ -1,10 +1,11 @@
 """Faults beyond the matrix, through eagleeye-router with its default settings: a network partition of
 the primary, a hung primary under hedging, a stream faster than a worker, and a client that stops
-reading its answers. `make bench` prints their figures; tests/test_faults.py runs shorter versions
-and asserts what a user would notice (nothing lost, duplicated or reordered, no client errors while a
-usable worker exists, generous tail bounds).
+reading its answers; and, as a baseline, the same load with no fault (what hedging costs). `make bench`
+prints their figures; tests/test_faults.py runs shorter versions and asserts what a user would notice
+(nothing lost, duplicated or reordered, no client errors while a usable worker exists, generous tail
+bounds).
 
-    python -m bench.faults [--only partition,hang,overload,slow-reader] [--short] [--out bench/out]
+    python -m bench.faults [--only steady,partition,hang,overload,slow-reader] [--short] [--out bench/out]
 
 The load, as an ingestion worker would send it: unary Detect calls (320x240 JPEG, 15 per second, a
 2 s deadline) and one DetectStream (15 frames per second), both open loop. The partition puts the
@@ -284,7 +285,24 @@ async def slow_reader(t: Timing) -> FaultResult:
     return result
 
 
+async def steady(t: Timing) -> FaultResult:
+    """No fault: what hedging costs in normal operation (extra calls per call at steady load)."""
+    result = FaultResult("steady")
+    cluster = _cluster()
+    try:
+        async def fault(c: LocalCluster, clock: Clock, notes: dict[str, Any]) -> None:
+            await asyncio.sleep(t.overload_s)
+        await _with_load(cluster, fault, make_pool(320, 240, "jpeg"), unary=True, stream_fps=RATE, result=result)
+    finally:
+        cluster.stop()
+    _router_figures(cluster, result)
+    assert result.unary is not None
+    result.notes["hedged_percent"] = round(100 * result.hedges / max(1, result.unary.sent), 2)
+    return result
+
+
 SCENARIOS: dict[str, Callable[[Timing], Coroutine[Any, Any, FaultResult]]] = {
+    "steady": steady,
     "partition": partition, "hang": hang, "overload": lambda t: overload(t, compare_direct=t.overload_s >= 10),
     "slow-reader": slow_reader}
 
@@ -329,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "faults.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     print(table(results))
+    for r in results:
+        if r.notes:
+            print(f"{r.scenario}: " + ", ".join(f"{k} {v}" for k, v in r.notes.items()))
     return 0
 
 

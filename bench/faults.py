@@ -28,6 +28,8 @@ from typing import Any
 import grpc
 
 from bench.analysis import Record
+from bench.matrix import until_ready
+from bench.nginx import Nginx
 from bench.traffic import Clock, _paced, stream_load, unary_load
 from client.frames import FramePool, make_pool
 from client.processes import LocalCluster
@@ -77,6 +79,7 @@ class FaultResult:
     """One scenario: what the clients saw and what the router did."""
 
     scenario: str
+    system: str = "router"
     unary: LoadFigures | None = None
     stream: LoadFigures | None = None
     stream_moves: int = 0          # streams moved after a failure (replays)
@@ -89,7 +92,7 @@ class FaultResult:
 
 
 def figures(records: list[Record]) -> LoadFigures:
-    """Records to figures: lost = never answered nor failed; errors = failed."""
+    """Records to figures: errors = frames that failed; lost = frames that never got detections."""
     lat = [r.latency_ms for r in records if r.latency_ms is not None]
     codes: dict[str, int] = {}
     for r in records:
@@ -100,7 +103,7 @@ def figures(records: list[Record]) -> LoadFigures:
         return None if v is None else round(v, 1)
 
     return LoadFigures(sent=len(records), answered=sum(1 for r in records if r.ok),
-                       errors=sum(codes.values()), lost=sum(1 for r in records if r.done is None),
+                       errors=sum(codes.values()), lost=sum(1 for r in records if not r.ok),
                        duplicated=sum(1 for r in records if r.answers > 1),
                        reordered=sum(1 for r in records if r.out_of_order),
                        p50_ms=ms(percentile(lat, 50)), p99_ms=ms(percentile(lat, 99)),
@@ -127,12 +130,27 @@ def _router_figures(cluster: LocalCluster, result: FaultResult) -> None:
 Fault = Callable[[LocalCluster, Clock, dict[str, Any]], Awaitable[None]]
 
 
+async def _nginx_pass(cluster: LocalCluster, scenario: str, fault: Fault) -> FaultResult:
+    """The same load and fault with nginx (grpc_pass, standby as backup) in front of the same workers."""
+    async with grpc.aio.insecure_channel(cluster.primary_address) as ch:
+        await until_ready(ch, 60)
+    result = FaultResult(scenario, system="nginx")
+    nginx = Nginx(cluster.primary_address, cluster.standby_address)
+    try:
+        await _with_load(cluster, fault, make_pool(320, 240, "jpeg"), unary=True, stream_fps=RATE, result=result,
+                         address=nginx.address)
+    finally:
+        nginx.stop()
+    return result
+
+
 async def _with_load(cluster: LocalCluster, fault: Fault, pool: FramePool, *, unary: bool,
-                     stream_fps: float, result: FaultResult) -> None:
+                     stream_fps: float, result: FaultResult, address: str | None = None) -> None:
+    address = address or cluster.router_address
     clock, stop = Clock(), asyncio.Event()
-    unary_task = asyncio.create_task(unary_load(cluster.router_address, pool, clock, stop, rate=RATE,
+    unary_task = asyncio.create_task(unary_load(address, pool, clock, stop, rate=RATE,
                                                 deadline_s=DEADLINE_S)) if unary else None
-    stream_task = asyncio.create_task(stream_load(cluster.router_address, pool, clock, stop, cameras=1,
+    stream_task = asyncio.create_task(stream_load(address, pool, clock, stop, cameras=1,
                                                   fps=stream_fps, stall_s=CLIENT_STALL_S))
     try:
         await fault(cluster, clock, result.notes)
@@ -155,13 +173,15 @@ def _cluster(**kwargs: Any) -> LocalCluster:
     return cluster
 
 
-async def partition(t: Timing) -> FaultResult:
-    """The primary's network blackholed for outage_s under unary and stream load."""
+async def partition(t: Timing, nginx: bool = False) -> list[FaultResult]:
+    """The primary's network blackholed for outage_s under unary and stream load (then, with `nginx`,
+    the same with nginx in front)."""
     reason = unavailable_reason()
     if reason:
         raise RuntimeError(f"the partition needs network namespaces: {reason}")
     cleanup_stale()
     result = FaultResult("partition")
+    results = [result]
     with NetNamespace() as ns:
         cluster = _cluster(primary_wrapper=ns.command([]), primary_listen=f"{ns.ns_ip}:0")
         try:
@@ -175,15 +195,19 @@ async def partition(t: Timing) -> FaultResult:
                 await asyncio.sleep(t.after_s)
             await _with_load(cluster, fault, make_pool(320, 240, "jpeg"), unary=True, stream_fps=RATE,
                              result=result)
+            if nginx:
+                results.append(await _nginx_pass(cluster, "partition", fault))
         finally:
             cluster.stop()
     _router_figures(cluster, result)
-    return result
+    return results
 
 
-async def hang(t: Timing) -> FaultResult:
-    """The primary SIGSTOPped for hang_s (a hang with its connections open) under unary and stream load."""
+async def hang(t: Timing, nginx: bool = False) -> list[FaultResult]:
+    """The primary SIGSTOPped for hang_s (a hang with its connections open) under unary and stream load
+    (then, with `nginx`, the same with nginx in front)."""
     result = FaultResult("hang")
+    results = [result]
     cluster = _cluster()
     try:
         async def fault(c: LocalCluster, clock: Clock, notes: dict[str, Any]) -> None:
@@ -194,13 +218,15 @@ async def hang(t: Timing) -> FaultResult:
             c.primary.signal(signal.SIGCONT)
             await asyncio.sleep(t.after_s)
         await _with_load(cluster, fault, make_pool(320, 240, "jpeg"), unary=True, stream_fps=RATE, result=result)
+        if nginx:
+            results.append(await _nginx_pass(cluster, "hang", fault))
     finally:
         cluster.stop()
     _router_figures(cluster, result)
-    return result
+    return results
 
 
-async def overload(t: Timing, compare_direct: bool = False) -> FaultResult:
+async def overload(t: Timing, compare_direct: bool = False) -> list[FaultResult]:
     """One stream of 640x480 JPEG frames faster than a worker answers them; no fault at all.
 
     With `compare_direct`, the same stream is then sent to the primary directly, for its latency.
@@ -226,7 +252,7 @@ async def overload(t: Timing, compare_direct: bool = False) -> FaultResult:
     finally:
         cluster.stop()
     _router_figures(cluster, result)
-    return result
+    return [result]
 
 
 async def _slow_reader(address: str, pool: FramePool, clock: Clock, stop: asyncio.Event, pause: tuple[float, float],
@@ -263,7 +289,7 @@ async def _slow_reader(address: str, pool: FramePool, clock: Clock, stop: asynci
     return list(records.values())
 
 
-async def slow_reader(t: Timing) -> FaultResult:
+async def slow_reader(t: Timing) -> list[FaultResult]:
     """A stream client that stops reading its answers for pause_s, then resumes; a unary client beside it."""
     result = FaultResult("slow-reader")
     cluster = _cluster()
@@ -282,10 +308,10 @@ async def slow_reader(t: Timing) -> FaultResult:
     finally:
         cluster.stop()
     _router_figures(cluster, result)
-    return result
+    return [result]
 
 
-async def steady(t: Timing) -> FaultResult:
+async def steady(t: Timing) -> list[FaultResult]:
     """No fault: what hedging costs in normal operation (extra calls per call at steady load)."""
     result = FaultResult("steady")
     cluster = _cluster()
@@ -298,12 +324,14 @@ async def steady(t: Timing) -> FaultResult:
     _router_figures(cluster, result)
     assert result.unary is not None
     result.notes["hedged_percent"] = round(100 * result.hedges / max(1, result.unary.sent), 2)
-    return result
+    return [result]
 
 
-SCENARIOS: dict[str, Callable[[Timing], Coroutine[Any, Any, FaultResult]]] = {
+SCENARIOS: dict[str, Callable[[Timing], Coroutine[Any, Any, list[FaultResult]]]] = {
     "steady": steady,
-    "partition": partition, "hang": hang, "overload": lambda t: overload(t, compare_direct=t.overload_s >= 10),
+    "partition": lambda t: partition(t, nginx=t.outage_s >= 10),     # nginx beside it in the full run
+    "hang": lambda t: hang(t, nginx=t.hang_s >= 8),
+    "overload": lambda t: overload(t, compare_direct=t.overload_s >= 10),
     "slow-reader": slow_reader}
 
 
@@ -313,15 +341,18 @@ def _ms(v: float | None) -> str:
 
 def table(results: list[FaultResult]) -> str:
     """One line per scenario and client."""
-    lines = ["| scenario | client | sent | errors | lost | dup | reordered | p50 ms | p99 ms | max ms | router |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | system | client | sent | errors | lost | dup | reordered | p50 ms | p99 ms | max ms "
+             "| router |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        router = (f"{r.stream_moves} stream moves ({r.replayed_frames} frames replayed), {r.hedges} hedges, "
-                  f"{r.retries} retries, switches: {', '.join(r.switches) or 'none'}")
+        router = "" if r.system != "router" else (
+            f"{r.stream_moves} stream moves ({r.replayed_frames} frames replayed), {r.hedges} hedges, "
+            f"{r.retries} retries, switches: {', '.join(r.switches) or 'none'}")
         for name, f in (("unary", r.unary), ("stream", r.stream)):
             if f is not None:
-                lines.append(f"| {r.scenario} | {name} | {f.sent} | {f.errors} | {f.lost} | {f.duplicated} | "
-                             f"{f.reordered} | {_ms(f.p50_ms)} | {_ms(f.p99_ms)} | {_ms(f.max_ms)} | {router} |")
+                lines.append(f"| {r.scenario} | {r.system} | {name} | {f.sent} | {f.errors} | {f.lost} | "
+                             f"{f.duplicated} | {f.reordered} | {_ms(f.p50_ms)} | {_ms(f.p99_ms)} | "
+                             f"{_ms(f.max_ms)} | {router} |")
                 router = ""
     return "\n".join(lines)
 
@@ -342,14 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         started = time.monotonic()
         print(f"{name} ...", file=sys.stderr, flush=True)
-        results.append(asyncio.run(SCENARIOS[name](timing)))
+        results += asyncio.run(SCENARIOS[name](timing))
         print(f"{name} done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "faults.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     print(table(results))
     for r in results:
         if r.notes:
-            print(f"{r.scenario}: " + ", ".join(f"{k} {v}" for k, v in r.notes.items()))
+            print(f"{r.scenario} ({r.system}): " + ", ".join(f"{k} {v}" for k, v in r.notes.items()))
     return 0
 
 

@@ -25,14 +25,14 @@ def assert_nothing_lost(*loads: LoadFigures | None) -> None:
 
 
 def test_network_partition_of_the_primary() -> None:
-    r = asyncio.run(partition(SHORT))
+    r, = asyncio.run(partition(SHORT))
     assert "NORMAL->FAILOVER" in r.switches, r  # the blackhole was noticed ...
     assert_nothing_lost(r.unary, r.stream)      # ... and cost no client anything
     assert r.unary is not None and r.unary.p99_ms is not None and r.unary.p99_ms < 1000, r.unary
 
 
 def test_hung_primary_is_hedged_around() -> None:
-    r = asyncio.run(hang(SHORT))
+    r, = asyncio.run(hang(SHORT))
     assert "NORMAL->FAILOVER" in r.switches, r
     assert_nothing_lost(r.unary, r.stream)
     assert r.hedges > 0, r
@@ -41,14 +41,14 @@ def test_hung_primary_is_hedged_around() -> None:
 
 
 def test_a_stream_faster_than_its_worker_is_load_not_a_fault() -> None:
-    r = asyncio.run(overload(SHORT))
+    r, = asyncio.run(overload(SHORT))
     assert_nothing_lost(r.stream)
     assert (r.stream_moves, r.replayed_frames) == (0, 0), r
     assert len(r.switches) <= 2, r.switches
 
 
 def test_a_client_that_stops_reading_is_held_back_without_harm() -> None:
-    r = asyncio.run(slow_reader(SHORT))
+    r, = asyncio.run(slow_reader(SHORT))
     assert_nothing_lost(r.unary, r.stream)
     assert r.stream_moves == 0, r                # its worker answered everything: not a stall
     assert r.stream is not None and r.stream.max_ms is not None and r.stream.max_ms >= 1000 * SHORT.pause_s * 0.5

@@ -344,7 +344,8 @@ class StreamSession:
                 if leg is not None:
                     leg.close()
             elif isinstance(a, st.Failed):
-                self._ctl.record(a.backend, False)
+                for _ in range(a.frames):
+                    self._ctl.record(a.backend, False)
             elif isinstance(a, st.Moved):
                 self._moved(a)
             elif isinstance(a, st.SideTry):

@@ -151,9 +151,12 @@ class Answered:
 
 @dataclass(frozen=True)
 class Failed:
-    """A backend failed a stream (its leg broke or stalled): a passive health signal."""
+    """A backend failed a stream (its leg broke or stalled) with `frames` unanswered: a passive health
+    signal worth that many failed calls (a stall with several frames outstanding ejects the backend,
+    so the stream is not moved back to it before health has vouched for it again)."""
 
     backend: Backend
+    frames: int = 1
 
 
 @dataclass(frozen=True)
@@ -391,7 +394,7 @@ class StreamCore:
         assert old is not None
         out: list[Action] = [Close(self._gen)]
         if blame:
-            out.append(Failed(old))
+            out.append(Failed(old, max(1, len(self._inflight))))
             for f in self._inflight:
                 f.failed_legs += 1
             if self._inflight and self._inflight[0].failed_legs >= self._cfg.max_frame_attempts:

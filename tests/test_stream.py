@@ -134,7 +134,7 @@ def test_a_stalled_leg_is_replaced_and_its_frames_replayed_in_order_paced_to_the
     assert h.core.on_timer(0.2) == []
     assert h.core.next_timer() == pytest.approx(0.25)  # the stall time after the last progress
     out = h.run(h.core.on_timer(0.25))
-    assert out[:3] == [Close(1), Failed(P), Open(2, S)]
+    assert out[:3] == [Close(1), Failed(P, 4), Open(2, S)]  # four frames unanswered: four failed calls
     assert isinstance(out[3], Moved) and out[3].replayed == 4 and out[3].failure
     assert h.writes(out) == [(2, frame(1)), (2, frame(2)), (2, frame(3)), (2, frame(4))]  # 4 at most
     assert h.answer(1, 1, now=0.26) == []  # a late answer on the old leg is never delivered
@@ -147,7 +147,7 @@ def test_a_failed_leg_replays_on_the_other_backend_without_duplicates() -> None:
     h.send(1, 2, 3)
     h.answer(1, 1)
     out = h.run(h.core.on_leg_end(1, True, "UNAVAILABLE", "connection reset", 0.1))
-    assert out[:3] == [Close(1), Failed(P), Open(2, S)]
+    assert out[:3] == [Close(1), Failed(P, 2), Open(2, S)]
     assert h.writes(out) == [(2, frame(2)), (2, frame(3))]
     h.answer(2, 2, 3)
     assert h.delivered == [answer(1), answer(2), answer(3)]
@@ -190,7 +190,7 @@ def test_a_leg_ending_cleanly_with_frames_outstanding_is_a_failure() -> None:
     h = started()
     h.send(1)
     out = h.core.on_leg_end(1, True, "OK", "", 0.1)
-    assert out[:3] == [Close(1), Failed(P), Open(2, S)]
+    assert out[:3] == [Close(1), Failed(P, 1), Open(2, S)]
 
 
 def test_a_full_worker_queue_is_tried_once_on_the_other_worker_and_order_is_kept() -> None:
@@ -293,7 +293,7 @@ def test_the_stall_time_is_the_fleets_and_only_counts_while_frames_are_outstandi
     h.core.on_timer(1.1)
     assert h.core.next_timer() == pytest.approx(1.2)
     assert h.core.on_timer(1.49) == []
-    assert h.core.on_timer(1.5)[:2] == [Close(1), Failed(P)]
+    assert h.core.on_timer(1.5)[:2] == [Close(1), Failed(P, 1)]
 
 
 def test_a_stream_faster_than_its_worker_is_not_read_while_a_frame_waits_for_the_worker() -> None:

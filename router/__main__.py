@@ -72,27 +72,17 @@ async def serve(cfg: RouterConfig) -> int:
     watchers: dict[Backend, BackendWatcher] = {}
     unary_channels: dict[Backend, grpc.aio.Channel] = {}
     stream_channels: dict[Backend, grpc.aio.Channel] = {}
-    controller_ref: list[Controller] = []
-
-    def changed() -> None:
-        if controller_ref:
-            controller_ref[0].changed()
-
     for backend, address in ((Backend.PRIMARY, cfg.primary), (Backend.STANDBY, cfg.standby)):
         # A connection each for health, unary calls and streams (see backend_channel). Calls carry the
         # trace; health probes (ten a second) stay out of it.
         interceptors = tel.client_interceptors() if tel.tracing else None
         unary_channels[backend] = backend_channel(address, cfg, interceptors)
         stream_channels[backend] = backend_channel(address, cfg, interceptors)
-        watchers[backend] = BackendWatcher(backend.value, address, backend_channel(address, cfg), cfg, changed)
+        watchers[backend] = BackendWatcher(backend.value, address, backend_channel(address, cfg), cfg)
     timers = {b: BackendTimers(cfg.hedge_quantile, (cfg.hedge_delay_min_s, cfg.hedge_delay_max_s),
                                cfg.stall_multiplier, (cfg.stall_min_s, cfg.stall_max_s)) for b in Backend}
-    proxy_ref: list[Proxy] = []
-    controller = Controller(cfg.policy(), watchers, health, timers, tel.meter,
-                            streams=lambda: proxy_ref[0].active_streams if proxy_ref else 0)
-    controller_ref.append(controller)
+    controller = Controller(cfg.policy(), watchers, health, timers, tel.meter)  # subscribes to the watchers
     proxy = Proxy(cfg, controller, unary_channels, stream_channels, tracing=tel.tracing)
-    proxy_ref.append(proxy)
     server.add_generic_rpc_handlers((proxy.handler(),))
     router_pb2_grpc.add_RouterAdminServicer_to_server(AdminServicer(controller, cfg.admin_token), guarded(server))
 
@@ -110,7 +100,7 @@ async def serve(cfg: RouterConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    event(log, "draining", grace_s=cfg.shutdown_grace_s, streams=proxy.active_streams)
+    event(log, "draining", grace_s=cfg.shutdown_grace_s, streams=controller.active_streams)
     await health.enter_graceful_shutdown()
     await server.stop(cfg.shutdown_grace_s)
     controller_task.cancel()

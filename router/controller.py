@@ -68,7 +68,7 @@ class Controller:
     def __init__(self, policy_cfg: PolicyConfig, watchers: dict[Backend, BackendWatcher],
                  health: health_aio.HealthServicer, timers: dict[Backend, BackendTimers],
                  meter: metrics.Meter | None = None,
-                 streams: Callable[[], int] = lambda: 0, clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
         self._policy = Policy(policy_cfg)
         self.watchers = watchers
@@ -87,12 +87,16 @@ class Controller:
         self.hedges = 0
         self.stream_migrations = 0
         self.replayed_frames = 0
+        self.active_streams = 0       # client DetectStreams open now (the proxy counts them)
         self._dirty = asyncio.Event()
         self.metrics = RouterMetrics(
             meter or metrics.NoOpMeter("eagleeye"),
             weights=lambda: {b.value: self.weight(b) for b in Backend},
             ready=lambda: {b.value: w.view().ready for b, w in self.watchers.items()},
-            state=lambda: self.decision.state, health=lambda: dict(self._published), streams=streams)
+            state=lambda: self.decision.state, health=lambda: dict(self._published),
+            streams=lambda: self.active_streams)
+        for w in watchers.values():
+            w.subscribe(self.changed)
 
     # -- decisions ---------------------------------------------------------------------------------
 

@@ -99,7 +99,6 @@ class Proxy:
                       for m in UNARY_METHODS}
         self.streams = {b: ch.stream_stream(f"/{SERVICE}/{STREAM_METHOD}") for b, ch in stream_channels.items()}
         self.clock = clock or asyncio.get_running_loop().time
-        self.active_streams = 0
 
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler for the Detector service; other services are UNIMPLEMENTED by the server."""
@@ -141,12 +140,12 @@ class Proxy:
 
     async def _detect_stream(self, requests: AsyncIterator[bytes],
                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        self.active_streams += 1
+        self.controller.active_streams += 1
         try:
             async for answer in StreamSession(self, requests, context).run():
                 yield answer
         finally:
-            self.active_streams -= 1
+            self.controller.active_streams -= 1
 
 
 async def _settle(call: grpc.aio.UnaryUnaryCall[bytes, bytes]) -> tuple[bytes | None, grpc.aio.AioRpcError | None]:

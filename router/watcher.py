@@ -70,19 +70,27 @@ class BackendStatus:
 
 
 class BackendWatcher:
-    """Keeps a BackendStatus current and calls `on_change` whenever it changes."""
+    """Keeps a BackendStatus current and tells its listeners (`on_change`, `subscribe`) whenever it changes."""
 
     def __init__(self, name: str, address: str, channel: grpc.aio.Channel, cfg: RouterConfig,
-                 on_change: Callable[[], None], clock: Callable[[], float] = time.monotonic) -> None:
+                 on_change: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.address = address
         self.channel = channel
         self._cfg = cfg
-        self._on_change = on_change
+        self._listeners: list[Callable[[], None]] = [on_change] if on_change is not None else []
         self._clock = clock
         self._stub = health_pb2_grpc.HealthStub(channel)
         self.status = BackendStatus()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever the backend's status changes."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def view(self) -> BackendView:
         """All signals combined into what the policy needs."""
@@ -133,7 +141,7 @@ class BackendWatcher:
                         self.status.watch_error = ""
                     backoff = self._cfg.reconnect_backoff_s
                     self._set_watch(service, resp.status)
-                    self._on_change()
+                    self._changed()
                 error = "stream ended"
             except grpc.aio.AioRpcError as e:
                 error = f"{e.code().name}: {e.details()}"
@@ -145,7 +153,7 @@ class BackendWatcher:
                 if was:
                     event(log, "watch stream broken", logging.WARNING, backend=self.name, error=error)
             self._set_watch(service, None)
-            self._on_change()
+            self._changed()
             await asyncio.sleep(backoff)  # reconnection backoff, not a synchronisation stand-in
             backoff = min(backoff * 2, self._cfg.reconnect_backoff_max_s)
 
@@ -177,7 +185,7 @@ class BackendWatcher:
             s.check_failures += 1
             s.check_error = error
             s.healthy_checks = 0
-        self._on_change()
+        self._changed()
 
     async def _check_loop(self) -> None:
         while True:
@@ -195,9 +203,9 @@ class BackendWatcher:
         if s.call_failures >= self._cfg.eject_after_failures and s.ejected_at is None:
             s.ejected_at = self._clock()
             event(log, "backend ejected", logging.WARNING, backend=self.name, failures=s.call_failures)
-            self._on_change()
+            self._changed()
 
     def set_drained(self, drained: bool) -> None:
         """Operator maintenance."""
         self.status.drained = drained
-        self._on_change()
+        self._changed()

@@ -173,6 +173,20 @@ def _cluster(**kwargs: Any) -> LocalCluster:
     return cluster
 
 
+async def _router_then_nginx(cluster: LocalCluster, scenario: str, fault: Fault, nginx: bool) -> list[FaultResult]:
+    """The standard load through the router with `fault`; then, with `nginx`, through nginx. Stops the cluster."""
+    result = FaultResult(scenario)
+    results = [result]
+    try:
+        await _with_load(cluster, fault, make_pool(320, 240, "jpeg"), unary=True, stream_fps=RATE, result=result)
+        if nginx:
+            results.append(await _nginx_pass(cluster, scenario, fault))
+    finally:
+        cluster.stop()
+    _router_figures(cluster, result)
+    return results
+
+
 async def partition(t: Timing, nginx: bool = False) -> list[FaultResult]:
     """The primary's network blackholed for outage_s under unary and stream load (then, with `nginx`,
     the same with nginx in front)."""
@@ -180,50 +194,30 @@ async def partition(t: Timing, nginx: bool = False) -> list[FaultResult]:
     if reason:
         raise RuntimeError(f"the partition needs network namespaces: {reason}")
     cleanup_stale()
-    result = FaultResult("partition")
-    results = [result]
     with NetNamespace() as ns:
+        async def fault(c: LocalCluster, clock: Clock, notes: dict[str, Any]) -> None:
+            await asyncio.sleep(t.pre_s)            # the fault schedule, not a synchronisation
+            ns.cut()
+            notes["cut_at_s"] = round(clock.now(), 2)
+            await asyncio.sleep(t.outage_s)
+            ns.restore()
+            notes["restored_at_s"] = round(clock.now(), 2)
+            await asyncio.sleep(t.after_s)
         cluster = _cluster(primary_wrapper=ns.command([]), primary_listen=f"{ns.ns_ip}:0")
-        try:
-            async def fault(c: LocalCluster, clock: Clock, notes: dict[str, Any]) -> None:
-                await asyncio.sleep(t.pre_s)            # the fault schedule, not a synchronisation
-                ns.cut()
-                notes["cut_at_s"] = round(clock.now(), 2)
-                await asyncio.sleep(t.outage_s)
-                ns.restore()
-                notes["restored_at_s"] = round(clock.now(), 2)
-                await asyncio.sleep(t.after_s)
-            await _with_load(cluster, fault, make_pool(320, 240, "jpeg"), unary=True, stream_fps=RATE,
-                             result=result)
-            if nginx:
-                results.append(await _nginx_pass(cluster, "partition", fault))
-        finally:
-            cluster.stop()
-    _router_figures(cluster, result)
-    return results
+        return await _router_then_nginx(cluster, "partition", fault, nginx)
 
 
 async def hang(t: Timing, nginx: bool = False) -> list[FaultResult]:
     """The primary SIGSTOPped for hang_s (a hang with its connections open) under unary and stream load
     (then, with `nginx`, the same with nginx in front)."""
-    result = FaultResult("hang")
-    results = [result]
-    cluster = _cluster()
-    try:
-        async def fault(c: LocalCluster, clock: Clock, notes: dict[str, Any]) -> None:
-            await asyncio.sleep(t.pre_s)
-            c.primary.signal(signal.SIGSTOP)
-            notes["stopped_at_s"] = round(clock.now(), 2)
-            await asyncio.sleep(t.hang_s)
-            c.primary.signal(signal.SIGCONT)
-            await asyncio.sleep(t.after_s)
-        await _with_load(cluster, fault, make_pool(320, 240, "jpeg"), unary=True, stream_fps=RATE, result=result)
-        if nginx:
-            results.append(await _nginx_pass(cluster, "hang", fault))
-    finally:
-        cluster.stop()
-    _router_figures(cluster, result)
-    return results
+    async def fault(c: LocalCluster, clock: Clock, notes: dict[str, Any]) -> None:
+        await asyncio.sleep(t.pre_s)
+        c.primary.signal(signal.SIGSTOP)
+        notes["stopped_at_s"] = round(clock.now(), 2)
+        await asyncio.sleep(t.hang_s)
+        c.primary.signal(signal.SIGCONT)
+        await asyncio.sleep(t.after_s)
+    return await _router_then_nginx(_cluster(), "hang", fault, nginx)
 
 
 async def overload(t: Timing, compare_direct: bool = False) -> list[FaultResult]:

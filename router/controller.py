@@ -197,10 +197,6 @@ class Controller:
         """Ready by every signal (a retry or a stream may go there even at weight 0)."""
         return self.watchers[backend].view().ready
 
-    def alternative(self, backend: Backend) -> Backend | None:
-        other = backend.other
-        return other if self.usable(other) else None
-
     def record(self, backend: Backend, ok: bool, latency_s: float | None = None) -> None:
         """A real call's outcome (ok, or a failure of the backend) and its latency."""
         self.watchers[backend].record_call(ok)

@@ -39,9 +39,6 @@ class RecentQuantile:
         """The quantile, or None while there are fewer than `min_samples` samples."""
         return self._value
 
-    def __len__(self) -> int:
-        return len(self._samples)
-
 
 def clamped(value: float | None, floor: float, ceiling: float, scale: float = 1.0) -> float:
     """`value * scale` within [floor, ceiling]; the ceiling when nothing is known yet."""
@@ -55,22 +52,22 @@ class BackendTimers:
 
     def __init__(self, hedge_quantile: float, hedge_bounds: tuple[float, float],
                  stall_multiplier: float, stall_bounds: tuple[float, float]) -> None:
-        self.unary = RecentQuantile(hedge_quantile)
-        self.progress = RecentQuantile(0.99)
+        self._unary = RecentQuantile(hedge_quantile)
+        self._progress = RecentQuantile(0.99)
         self._hedge_bounds = hedge_bounds
         self._stall = (stall_multiplier, stall_bounds)
         self._hedge_s = hedge_bounds[1]
         self._stall_s = stall_bounds[1]
 
     def unary_answered(self, seconds: float) -> None:
-        self.unary.add(seconds)
-        self._hedge_s = clamped(self.unary.value(), *self._hedge_bounds)
+        self._unary.add(seconds)
+        self._hedge_s = clamped(self._unary.value(), *self._hedge_bounds)
 
     def stream_progress(self, waited_s: float) -> None:
         """A stream leg waited this long for its next answer."""
-        self.progress.add(waited_s)
+        self._progress.add(waited_s)
         scale, bounds = self._stall
-        self._stall_s = clamped(self.progress.value(), *bounds, scale=scale)
+        self._stall_s = clamped(self._progress.value(), *bounds, scale=scale)
 
     def hedge_delay_s(self) -> float:
         return self._hedge_s

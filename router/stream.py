@@ -384,15 +384,22 @@ class StreamCore:
                 self._progress_at = now
             self._inflight.append(f)
             out.append(Write(self._gen, f.request))
-        if self._client_done and not self._queued and self._ended_gen != self._gen:
-            self._ended_gen = self._gen
-            out.append(EndWrites(self._gen))
+        if self._client_done and not self._queued:
+            out += self._end_writes()
         return out
+
+    def _end_writes(self) -> list[Action]:
+        """Half-close the current leg, once."""
+        if self._ended_gen == self._gen:
+            return []
+        self._ended_gen = self._gen
+        return [EndWrites(self._gen)]
 
     def _fail_over(self, why: str, blame: bool, now: float) -> list[Action]:
         old = self.backend
         assert old is not None
         out: list[Action] = [Close(self._gen)]
+        self.backend = None           # that leg is gone; _open sets the next one
         if blame:
             out.append(Failed(old, max(1, len(self._inflight))))
             for f in self._inflight:
@@ -418,11 +425,7 @@ class StreamCore:
         old, target = self.backend, self._moving_to
         assert old is not None and target is not None
         self._moving_to = None
-        out: list[Action] = []
-        if self._ended_gen != self._gen:
-            self._ended_gen = self._gen
-            out.append(EndWrites(self._gen))
-        out += self._open(target)
+        out = self._end_writes() + self._open(target)
         out.append(Moved(old, target, "weights", 0, False))
         return out
 
@@ -434,6 +437,6 @@ class StreamCore:
     def _end(self, last: Action, before: list[Action] | None = None) -> list[Action]:
         self.finished = True
         out = list(before or [])
-        if self.backend is not None and not any(isinstance(a, Close) and a.gen == self._gen for a in out):
+        if self.backend is not None:
             out.append(Close(self._gen))
         return [*out, last]

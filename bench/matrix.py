@@ -157,7 +157,7 @@ class Bench:
             await until_ready(ch, 90)
         deadline = time.monotonic() + 90
         if system == "router":
-            async with grpc.aio.insecure_channel(c.router_address) as ch:
+            async with grpc.aio.insecure_channel(c.admin_address) as ch:
                 admin = router_pb2_grpc.RouterAdminStub(ch)
                 while (await admin.GetState(router_pb2.GetStateRequest(), timeout=5)).state != "NORMAL":
                     if time.monotonic() > deadline:

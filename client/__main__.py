@@ -10,28 +10,31 @@ import time
 from pathlib import Path
 from typing import Any
 
+# isort: off
+import client.quiet  # noqa: F401  (before grpc loads)
+# isort: on
 import grpc
 
-from common.cli import ConfigError, OneLineParser, parse_host_port
+from client import admin, dial
+from client.admin import positive_arg, target_arg
+from client.dial import UsageError, add_tls_arguments, channel
+from common.cli import OneLineParser
 from common.telemetry import Telemetry, tracing_configured
 from common.telemetry import setup as telemetry_setup
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 PROG = "eagleeye"
-# Room for a 4K raw frame (3840 x 2160 x 3 = 24.9 MB) and then some.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+DESCRIPTION = """\
+eagleeye: the client tool for operators and ingestion workers.
+
+detect, load and eval send images to a worker or to the router's client port; status and the
+admin commands talk to the router's admin listener (its --admin-listen address). Every command
+that dials takes --target HOST:PORT and, for TLS, --tls-ca FILE (plus --tls-cert/--tls-key for
+mTLS). `eagleeye COMMAND --help` explains each one."""
 
 _TELEMETRY: list[Telemetry] = []
-
-
-def channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel to HOST:PORT that carries large frames (and the trace, when tracing)."""
-    interceptors = _TELEMETRY[0].client_interceptors() if _TELEMETRY else None
-    return grpc.aio.insecure_channel(target, interceptors=interceptors, options=[
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -41,62 +44,55 @@ def _size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
-
-
-def _target(text: str) -> str:
-    try:
-        parse_host_port("--target", text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description=__doc__)
+    p = OneLineParser(prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     d = sub.add_parser("detect", help="detect objects in image files", description="Detect objects in image files.")
-    d.add_argument("--target", required=True, type=_target, metavar="HOST:PORT", help="a worker or the router")
+    d.add_argument("--target", required=True, type=target_arg, metavar="HOST:PORT",
+                   help="a worker, or the router's client port")
     d.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files")
     d.add_argument("--score-threshold", type=float, metavar="S", help="keep detections scoring at least S")
     d.add_argument("--classes", metavar="A,B", help="only these class labels")
-    d.add_argument("--timeout", type=_positive, default=10.0, metavar="S", help="deadline per image (default 10)")
+    d.add_argument("--timeout", type=positive_arg, default=10.0, metavar="S", help="deadline per image (default 10)")
     d.add_argument("--json", action="store_true", help="print one JSON object per image")
+    add_tls_arguments(d)
 
     lo = sub.add_parser("load", help="send synthetic video frames at a fixed rate",
                         description="Send synthetic video frames at a fixed rate, as an ingestion worker "
                                     "would, and report what came back. The last line is JSON with --json.")
-    lo.add_argument("--target", required=True, type=_target, metavar="HOST:PORT")
+    lo.add_argument("--target", required=True, type=target_arg, metavar="HOST:PORT",
+                    help="a worker, or the router's client port")
     lo.add_argument("--mode", choices=["unary", "stream"], default="stream",
                     help="one Detect per frame, or every frame over one DetectStream (default stream)")
-    lo.add_argument("--rate", type=_positive, default=20.0, metavar="N", help="frames per second (default 20)")
-    lo.add_argument("--duration", type=_positive, default=10.0, metavar="S", help="seconds (default 10)")
+    lo.add_argument("--rate", type=positive_arg, default=20.0, metavar="N", help="frames per second (default 20)")
+    lo.add_argument("--duration", type=positive_arg, default=10.0, metavar="S", help="seconds (default 10)")
     lo.add_argument("--size", type=_size, default=(320, 240), metavar="WxH", help="frame size (default 320x240)")
     lo.add_argument("--format", choices=["jpeg", "png", "raw"], default="jpeg", help="frame encoding (default jpeg)")
-    lo.add_argument("--deadline", type=_positive, default=5.0, metavar="S", help="per unary call (default 5)")
+    lo.add_argument("--deadline", type=positive_arg, default=5.0, metavar="S", help="per unary call (default 5)")
     lo.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    add_tls_arguments(lo)
 
     st = sub.add_parser("status", help="a router's state, weights, backend health and recent switches",
                         description="Show a router's state, the weight and health of each backend, and its "
-                                    "last switch events.")
-    st.add_argument("--target", required=True, type=_target, metavar="HOST:PORT", help="the router")
+                                    "last switch events (the same as `eagleeye admin state`). --target is the "
+                                    "router's admin listener (its --admin-listen address), not its client port.")
+    st.add_argument("--target", required=True, type=target_arg, metavar="HOST:PORT",
+                    help="the router's admin listener (its --admin-listen address)")
     st.add_argument("--events", type=int, default=10, metavar="N", help="how many recent events (default 10)")
     st.add_argument("--json", action="store_true", help="print the state as one JSON object")
+    add_tls_arguments(st)
 
     ev = sub.add_parser("eval", help="mAP@0.5 of the served model on held-out synthetic scenes",
                         description="mAP@0.5 of the served model on N held-out synthetic scenes (seeded, so "
                                     "every run sees the same scenes).")
-    ev.add_argument("--target", required=True, type=_target, metavar="HOST:PORT")
+    ev.add_argument("--target", required=True, type=target_arg, metavar="HOST:PORT",
+                    help="a worker, or the router's client port")
     ev.add_argument("--images", type=int, default=300, metavar="N", help="scenes to evaluate (default 300)")
     ev.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_tls_arguments(ev)
+
+    admin.add_admin_parser(sub)
     return p
 
 
@@ -107,7 +103,7 @@ def _print(obj: dict[str, Any], as_json: bool, text: str) -> None:
 async def cmd_detect(args: argparse.Namespace) -> int:
     classes = [c for c in (args.classes or "").split(",") if c]
     failed = 0
-    async with channel(args.target) as ch:
+    async with channel(args.target, args.tls) as ch:
         stub = pb_grpc.DetectorStub(ch)
         for path in args.images:
             try:
@@ -147,7 +143,7 @@ async def cmd_load(args: argparse.Namespace) -> int:
     print(f"sending {round(args.rate * args.duration)} {w}x{h} {args.format} frames "
           f"({pool.payload_bytes} bytes each) at {args.rate:g}/s to {args.target}, {args.mode}", file=sys.stderr)
     started = time.monotonic()
-    async with channel(args.target) as ch:
+    async with channel(args.target, args.tls) as ch:
         stub = pb_grpc.DetectorStub(ch)
         run = run_unary if args.mode == "unary" else run_stream
         tally = await run(stub, pool, plan, print_progress)
@@ -175,7 +171,7 @@ async def cmd_eval(args: argparse.Namespace) -> int:
     scenes = [make_scene(HELD_OUT_SEED_BASE + i) for i in range(args.images)]
     preds: list[Prediction] = []
     sem = asyncio.Semaphore(4)
-    async with channel(args.target) as ch:
+    async with channel(args.target, args.tls) as ch:
         stub = pb_grpc.DetectorStub(ch)
         info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
 
@@ -199,53 +195,49 @@ async def cmd_eval(args: argparse.Namespace) -> int:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToDict
-
-    from eagleeye.router.v1 import router_pb2 as rpb
-    from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
-
-    async with channel(args.target) as ch:
-        state = await rpb_grpc.RouterAdminStub(ch).GetState(rpb.GetStateRequest(), timeout=5)
-    events = list(state.recent_events)[-args.events:] if args.events > 0 else []
-    if args.json:
-        out = MessageToDict(state, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-        out["recent_events"] = out["recent_events"][-args.events:] if args.events > 0 else []
-        print(json.dumps(out))
-        return 0
-    print(f"router {args.target}: {state.state}")
-    if state.state == "RECOVERING":
-        print(f"  hold-down left {state.hold_down_remaining_s:.1f} s, ramp {state.ramp_progress:.0%}")
-    for b in state.backends:
-        name = rpb.Backend.Name(b.backend).lower()
-        health = "ready" if b.ready else "NOT READY"
-        extra = [x for x, on in (("no headroom", not b.headroom and b.ready), ("drained", b.drained),
-                                 ("ejected", b.ejected)) if on]
-        print(f"  {name:<8} {b.address:<22} weight {b.weight:5.1f}%  {health}"
-              + (f" ({', '.join(extra)})" if extra else "") + (f"  - {b.reason}" if b.reason else ""))
-    if events:
-        print("recent switches:")
-    for e in events:
-        when = time.strftime("%H:%M:%S", time.localtime(e.time_unix))
-        detect = f", detected in {e.detection_ms:.0f} ms" if e.detection_ms else ""
-        print(f"  {when} {e.from_state} -> {e.to_state}{detect}: {e.reason}")
+    state = await admin.get_state(args.target, args.tls, args.token, timeout=5)
+    admin.print_state(args.target, state, args.events, args.json)
     return 0
+
+
+async def cmd_admin(args: argparse.Namespace) -> int:
+    return await admin.run(args, _prog(args))
+
+
+COMMANDS = {"detect": cmd_detect, "load": cmd_load, "eval": cmd_eval, "status": cmd_status, "admin": cmd_admin}
+
+
+def _prog(args: argparse.Namespace) -> str:
+    """How errors name the command: `eagleeye status`, `eagleeye admin drain`."""
+    return f"{PROG} {args.command}" + (f" {args.action}" if args.command == "admin" else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"detect": cmd_detect, "load": cmd_load, "eval": cmd_eval, "status": cmd_status}[args.command]
+    prog = _prog(args)
+    try:
+        # Everything an action needs from files is read and checked before dialing.
+        args.tls = dial.tls_from_args(args)
+        needs_token = args.command == "admin" and args.action in admin.ACTIONS
+        args.token = admin.read_token(args, required=needs_token) if args.command in ("admin", "status") else None
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     if tracing_configured():  # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT: each call starts a trace here
         _TELEMETRY.append(telemetry_setup("eagleeye", f"eagleeye {args.command}", None))
+        dial.INTERCEPTORS.extend(_TELEMETRY[0].client_interceptors())
     try:
-        return asyncio.run(command(args))
+        return asyncio.run(COMMANDS[args.command](args))
     except grpc.aio.AioRpcError as e:
-        print(f"{PROG} {args.command}: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
+        print(admin.error_line(prog, args.target, e), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     finally:
         for tel in _TELEMETRY:
             tel.shutdown()
+        _TELEMETRY.clear()
+        dial.INTERCEPTORS.clear()
 
 
 if __name__ == "__main__":

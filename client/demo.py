@@ -91,8 +91,9 @@ async def run(args: argparse.Namespace) -> int:
     stats = Stats()
     try:
         cluster.wait_normal()
-        async with grpc.aio.insecure_channel(cluster.router_address) as ch:
-            stub, admin = pb_grpc.DetectorStub(ch), rpb_grpc.RouterAdminStub(ch)
+        async with grpc.aio.insecure_channel(cluster.router_address) as ch, \
+                grpc.aio.insecure_channel(cluster.admin_address) as admin_ch:
+            stub, admin = pb_grpc.DetectorStub(ch), rpb_grpc.RouterAdminStub(admin_ch)
             start = time.monotonic()
             cams = [asyncio.create_task(camera(stub, i, args.cameras, args.fps, args.duration, stats))
                     for i in range(args.cameras)]

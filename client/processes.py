@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,8 +24,8 @@ class Proc:
     """
 
     def __init__(self, program: str, args: list[str], *, ready_event: str = "listening",
-                 wrapper: list[str] | None = None) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+                 wrapper: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.program = program
         self.popen = subprocess.Popen([*(wrapper or []), str(BIN / program), *args], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True, env=env)
@@ -97,13 +98,18 @@ class LocalCluster:
     The workers keep their ports across restarts, so the router sees the same backend come back.
     `primary_wrapper` and `primary_listen` start the primary otherwise, e.g. inside a network namespace
     (tests/netns.py): `primary_wrapper=ns.command([]), primary_listen=f"{ns.ns_ip}:0"`; restarts keep both.
+    The router serves its admin API on a port of its own, `admin_address`, with `admin_token` (given to
+    it in the environment, as EAGLEEYE_ADMIN_TOKEN).
     """
 
     def __init__(self, worker_args: list[str] | None = None, router_args: list[str] | None = None, *,
-                 primary_wrapper: list[str] | None = None, primary_listen: str = "127.0.0.1:0") -> None:
+                 primary_wrapper: list[str] | None = None, primary_listen: str = "127.0.0.1:0",
+                 admin_token: str = "") -> None:
         self.worker_args = worker_args or []
         self.router_args = router_args or []
         self.primary_wrapper = primary_wrapper
+        self.admin_token = admin_token or secrets.token_hex(16)
+        self.admin_address = "127.0.0.1:0"
         started: list[Proc] = []
         try:  # a process that fails to start does not leave the others running
             self.primary = self._worker("primary", primary_listen, primary_wrapper)
@@ -115,6 +121,7 @@ class LocalCluster:
             self.router = self._router("127.0.0.1:0")
             started.append(self.router)
             self.router_address = self.router.wait_listening()
+            self.admin_address = self.router.wait_for_event("listening")["admin"]
         except BaseException:
             for proc in started:
                 if proc.popen.poll() is None:
@@ -127,8 +134,14 @@ class LocalCluster:
                     wrapper=wrapper)
 
     def _router(self, listen: str) -> Proc:
-        return Proc("eagleeye-router", ["--listen", listen, "--primary", self.primary_address,
-                                        "--standby", self.standby_address, *self.router_args])
+        return Proc("eagleeye-router", ["--listen", listen, "--admin-listen", self.admin_address,
+                                        "--primary", self.primary_address, "--standby", self.standby_address,
+                                        *self.router_args], env={"EAGLEEYE_ADMIN_TOKEN": self.admin_token})
+
+    @property
+    def admin_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata that authorizes admin actions."""
+        return (("authorization", f"Bearer {self.admin_token}"),)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until both workers have their model loaded."""

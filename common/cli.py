@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import socket
 import sys
 from collections.abc import Callable, Coroutine
@@ -47,6 +48,16 @@ def parse_host_port(field: str, value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{field}={value!r}: port must be in 0..65535")
     return host.strip("[]"), port
+
+
+def is_loopback(host: str) -> bool:
+    """Whether HOST names only this machine (a loopback address literal, or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def probe_bind(field: str, host: str, port: int) -> None:

@@ -76,11 +76,12 @@ def _apply(cls: type[Any], prefix: str, table: dict[str, Any], nested: dict[str,
 
 
 def load(cls: type[T], file: Path | None, flags: dict[str, Any],
-         nested: dict[str, type[Any]] | None = None, nested_flags: dict[str, str] | None = None) -> T:
+         nested: dict[str, type[Any]] | None = None, nested_flags: dict[str, str] | None = None,
+         flag_only: tuple[str, ...] = ()) -> T:
     """Defaults, then the TOML `file`, then `flags` (None: not given).
 
     `nested` maps a field to its dataclass (a TOML table); `nested_flags` maps a flag to the nested
-    field it sets (e.g. {"require_gpu": "health"}).
+    field it sets (e.g. {"require_gpu": "health"}); `flag_only` names fields a file may not set.
     """
     nested = nested or {}
     nested_flags = nested_flags or {}
@@ -92,6 +93,10 @@ def load(cls: type[T], file: Path | None, flags: dict[str, Any],
             raise ConfigError(f"config file {str(file)!r}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(file)!r}: not valid TOML: {e}") from None
+        for key in flag_only:
+            if key in values:
+                raise ConfigError(f"{key}: cannot be set in a config file; only the --{key.replace('_', '-')} "
+                                  "flag turns it on")
     for key, value in flags.items():
         if value is None:
             continue

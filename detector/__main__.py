@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 
 from common import grpcopts
 from common import telemetry as telemetry_mod
 from common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
 from common.grpcguard import guarded
+from common.health import HealthServicer
 from common.logs import event
+from common.serving import add_listener, health_server
+from common.tls import ServerTls
 from detector import config as config_mod
 from detector.batcher import Batcher, InferenceHooks
 from detector.config import DetectorConfig
@@ -43,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (port 0: any free port)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0: any free port)")
+    p.add_argument("--health-listen", metavar="HOST:PORT",
+                   help="also serve grpc.health.v1 alone, in plaintext, here (for kubelet probes when --listen is TLS)")
+    p.add_argument("--tls-cert", metavar="FILE", type=Path, help="serve TLS with this PEM certificate (chain)")
+    p.add_argument("--tls-key", metavar="FILE", type=Path, help="... and this PEM private key")
+    p.add_argument("--tls-client-ca", metavar="FILE", type=Path,
+                   help="require client certificates signed by this PEM CA (mTLS)")
     p.add_argument("--device", metavar="auto|cpu|cuda:N", help="where the model runs (default auto)")
     p.add_argument("--model", metavar="FILE", type=Path,
                    help="a .pt2 (torch.export) or TorchScript model file (default: the embedded model)")
@@ -61,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-gpu", action="store_const", const=True,
                    help="readiness NOT_SERVING when no GPU is usable")
     p.add_argument("--fault-injection", action="store_const", const=True,
-                   help="serve the FaultInjection service (tests and demos only)")
+                   help="serve the FaultInjection service (tests and demos only; needs a loopback --listen)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -110,21 +118,23 @@ async def serve(cfg: DetectorConfig) -> int:
     tel = telemetry_mod.setup("eagleeye-detector", cfg.worker_id or cfg.listen, cfg.metrics_listen or None)
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, *grpcopts.message_size_options(frame_limit)],
                              interceptors=tel.server_interceptors())
-    try:
-        port = server.add_insecure_port(cfg.listen)
-    except RuntimeError:
-        raise ConfigError(f"listen={cfg.listen!r}: cannot bind; is another server on this port?") from None
+    tls = ServerTls.of(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+    port = add_listener(server, "listen", cfg.listen, tls)
     worker_id = cfg.worker_id or f"{socket.gethostname()}:{port}"
 
-    health = health_aio.HealthServicer()
+    health = HealthServicer(cfg.max_watch_streams)
     health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
+    probes: grpc.aio.Server | None = None
+    if cfg.health_listen:
+        probes, health_port = health_server(health, cfg.health_listen)
     publisher = HealthPublisher(health)
     defaults = Defaults(cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
     batcher_ref: list[Batcher] = []
     monitor_ref: list[Monitor] = []
     metrics = DetectorMetrics(tel.meter, queue_depth=lambda: batcher_ref[0].depth if batcher_ref else 0,
                               gpu=lambda: monitor_ref[0].gpu if monitor_ref else None, health=publisher.statuses)
-    detector = DetectorServicer(worker_id, defaults, cfg.max_stream_inflight, metrics)
+    detector = DetectorServicer(worker_id, defaults, cfg.max_stream_inflight, metrics,
+                                max_rpcs=cfg.max_concurrent_rpcs, max_streams=cfg.max_concurrent_streams)
     detector_pb2_grpc.add_DetectorServicer_to_server(detector, guarded(server))
 
     # Listen before importing torch and loading the model: probes get answers (liveness SERVING,
@@ -146,7 +156,11 @@ async def serve(cfg: DetectorConfig) -> int:
                                    monitor.wake), guarded(server))
 
     await server.start()
+    if probes is not None:
+        await probes.start()
     event(log, "listening", address=f"{host}:{port}", worker=worker_id, metrics=tel.metrics_address,
+          tls="mTLS" if tls and tls.client_ca else "TLS" if tls else "off",
+          health=f"{parse_host_port('health_listen', cfg.health_listen)[0]}:{health_port}" if probes else None,
           fault_injection=cfg.fault_injection)
     monitor_task = asyncio.create_task(monitor.run())
 
@@ -190,7 +204,8 @@ async def serve(cfg: DetectorConfig) -> int:
             batcher_ref.append(batcher)
             detector.device, detector.half = device, cfg.half and device.startswith("cuda")
             detector.pipeline = Pipeline(model.meta, batcher,
-                                         ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels), latency, tel)
+                                         ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels), latency, tel,
+                                         max_decode_bytes=cfg.max_decode_bytes)
             monitor.model_ready(batcher, canary, golden, gpu_expected=device.startswith("cuda"))
             event(log, "model ready", model=model.meta.name, version=model.meta.version, device=device,
                   classes=list(model.meta.classes), torch_threads=cfg.torch_threads)
@@ -202,6 +217,8 @@ async def serve(cfg: DetectorConfig) -> int:
     await publisher.shutdown()
     detector.draining.set()
     await server.stop(cfg.shutdown_grace_s)
+    if probes is not None:
+        await probes.stop(None)
     if batcher is not None:
         batcher.close()
         await asyncio.to_thread(batcher.join, 1.0)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import settings
-from common.cli import ConfigError, parse_host_port
+from common import settings, tls
+from common.cli import ConfigError, is_loopback, parse_host_port
 
 MiB = 1024 * 1024
 
@@ -67,6 +67,10 @@ class DetectorConfig:
 
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = ""            # HOST:PORT for Prometheus /metrics; "": none
+    health_listen: str = ""             # HOST:PORT, plaintext, grpc.health.v1 only (kubelet probes); "": none
+    tls_cert: Path | None = None        # with tls_key: serve TLS on `listen`
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None   # require client certificates signed by this CA (mTLS)
     device: str = "auto"
     model: Path | None = None           # None: the embedded default model
     half: bool = False
@@ -80,10 +84,20 @@ class DetectorConfig:
     iou_threshold: float = 0.5
     max_detections: int = 100
     max_image_bytes: int = 32 * MiB
-    max_image_pixels: int = 7680 * 4320  # 8K UHD
+    # 4K is the largest input a 256-320 px model gains anything from; a 4096x4096 RGB image decodes to
+    # 48 MiB. Larger images (by header, before decoding) are refused.
+    max_image_pixels: int = 4096 * 4096
+    # Encoded bytes admitted to decoding at once; beyond it RESOURCE_EXHAUSTED (busy: try another
+    # worker). Four largest images: decoding runs on two threads, so two more wait.
+    max_decode_bytes: int = 128 * MiB
     max_stream_inflight: int = 16       # frames of one stream in the worker at once
+    # What one peer, or all peers together, may hold open. A router opens one worker stream per client
+    # stream, so the stream bound matches the router's.
+    max_concurrent_rpcs: int = 256      # unary calls at once (Detect, GetModelInfo)
+    max_concurrent_streams: int = 1000  # DetectStream calls at once
+    max_watch_streams: int = 100        # health Watch streams at once (a router holds 2 per worker)
     shutdown_grace_s: float = 10.0
-    fault_injection: bool = False
+    fault_injection: bool = False       # the --fault-injection flag only, and only on a loopback `listen`
     log_level: str = "info"
     health: HealthConfig = field(default_factory=HealthConfig)
 
@@ -91,6 +105,9 @@ class DetectorConfig:
         parse_host_port("listen", self.listen)
         if self.metrics_listen:
             parse_host_port("metrics_listen", self.metrics_listen)
+        if self.health_listen:
+            parse_host_port("health_listen", self.health_listen)
+        tls.check_server_files(self.tls_cert, self.tls_key, self.tls_client_ca)
         if self.device not in ("auto", "cpu") and not _is_cuda(self.device):
             raise ConfigError(f"device={self.device!r}: must be auto, cpu or cuda:N")
         settings.at_least("torch_threads", self.torch_threads, 1)
@@ -104,8 +121,14 @@ class DetectorConfig:
         settings.at_least("max_image_bytes", self.max_image_bytes, 1024)
         settings.at_least("max_image_pixels", self.max_image_pixels, 64 * 64)
         settings.at_least("max_stream_inflight", self.max_stream_inflight, 1)
+        settings.at_least("max_decode_bytes", self.max_decode_bytes, self.max_image_bytes)
+        for name in ("max_concurrent_rpcs", "max_concurrent_streams", "max_watch_streams"):
+            settings.at_least(name, getattr(self, name), 1)
         settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
         settings.one_of("log_level", self.log_level, LOG_LEVELS)
+        if self.fault_injection and not is_loopback(parse_host_port("listen", self.listen)[0]):
+            raise ConfigError(f"fault_injection: served only on a loopback listen address (127.0.0.1, ::1, "
+                              f"localhost), not listen={self.listen!r}; it lets any caller break this worker")
         if self.model is not None and not self.model.is_file():
             raise ConfigError(f"model={str(self.model)!r}: no such file")
 
@@ -117,5 +140,6 @@ def _is_cuda(device: str) -> bool:
 
 def load(file: Path | None, flags: dict[str, Any]) -> DetectorConfig:
     """Build the config: defaults, then the TOML file, then flags (None = not given)."""
+    # Fault injection lets any caller break the worker: only a deliberate flag turns it on.
     return settings.load(DetectorConfig, file, flags, nested={"health": HealthConfig},
-                         nested_flags={"require_gpu": "health"})
+                         nested_flags={"require_gpu": "health"}, flag_only=("fault_injection",))

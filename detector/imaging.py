@@ -7,14 +7,16 @@ INVALID_ARGUMENT or RESOURCE_EXHAUSTED.
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# PIL's own bomb guard fires only at twice its limit and cannot be tuned per worker; decode_encoded
-# checks the header's size against ImageLimits before any pixel is decoded instead.
-Image.MAX_IMAGE_PIXELS = None
+# PIL warns between its limit and twice it; the header check refuses those images itself, and a
+# warning on stderr would break the JSON log lines.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # Letterbox padding: the mid-grey used by YOLO-family preprocessing; the default model trained on it.
 PAD_VALUE = 114
@@ -34,6 +36,12 @@ class ImageLimits:
 
     max_bytes: int
     max_pixels: int
+
+    def __post_init__(self) -> None:
+        # decode_encoded checks the header's size before any pixel is decoded; PIL's own bomb guard
+        # (process-wide) stands behind it at the same limit, for any path that reaches PIL without
+        # that check: past twice the limit PIL raises, which becomes RESOURCE_EXHAUSTED too.
+        Image.MAX_IMAGE_PIXELS = self.max_pixels
 
 
 @dataclass(frozen=True)
@@ -74,19 +82,26 @@ def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
     if not data:
         raise ImageError("image is empty: send JPEG/PNG bytes in image.encoded or pixels in image.raw")
     if len(data) > limits.max_bytes:
-        raise ImageError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}", too_large=True)
+        raise ImageError(f"image is {len(data)} bytes; the limit is {limits.max_bytes} (max_image_bytes)",
+                         too_large=True)
     try:
         img = Image.open(io.BytesIO(data))
         # The header gives the size before any pixel is decoded: refuse bombs here.
         w, h = img.size
         if w * h > limits.max_pixels:
-            raise ImageError(f"image is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}",
-                             too_large=True)
+            raise ImageError(f"image is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels} "
+                             "(max_image_pixels)", too_large=True)
         if img.format not in ("JPEG", "PNG"):
             raise ImageError(f"image format {img.format} is not supported; send JPEG or PNG")
         img.load()
     except ImageError:
         raise
+    except Image.DecompressionBombError as e:
+        # PIL refuses past twice its limit while opening, before the header check above can speak.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{found.group(1)} pixels" if found else f"more than twice {limits.max_pixels} pixels"
+        raise ImageError(f"image is {size} by its header; the limit is {limits.max_pixels} (max_image_pixels)",
+                         too_large=True) from None
     except UnidentifiedImageError:
         raise ImageError("image bytes are not a JPEG or PNG file") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -102,8 +117,8 @@ def decode_raw(data: bytes, width: int, height: int, limits: ImageLimits) -> np.
         raise ImageError(f"raw image needs positive width and height, got {width}x{height}")
     if width * height > limits.max_pixels:
         raise ImageError(
-            f"raw image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}",
-            too_large=True)
+            f"raw image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels} "
+            "(max_image_pixels)", too_large=True)
     expected = width * height * 3
     if len(data) != expected:
         raise ImageError(

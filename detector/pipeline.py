@@ -55,6 +55,10 @@ class Result:
     batch_size: int
 
 
+class DecodeBusy(Exception):
+    """Too many request bytes are waiting for decoding: the worker is busy, another may serve."""
+
+
 class LatencyWindow:
     """Latencies of the requests of the last `window_s` seconds, for the p95 health rule."""
 
@@ -80,8 +84,11 @@ class Pipeline:
     """Turns Queries into Results through the shared batcher."""
 
     def __init__(self, meta: ModelMeta, batcher: Batcher, limits: ImageLimits, latency: LatencyWindow,
-                 telemetry: Telemetry | None = None, decode_threads: int = 2) -> None:
+                 telemetry: Telemetry | None = None, decode_threads: int = 2,
+                 max_decode_bytes: int = 128 * 1024 * 1024) -> None:
         self.meta = meta
+        self.max_decode_bytes = max_decode_bytes
+        self.decode_bytes = 0  # request bytes admitted to decoding (queued for the threads or decoding)
         self._telemetry = telemetry or disabled()
         self._batcher = batcher
         self.max_batch = batcher.max_batch
@@ -98,8 +105,18 @@ class Pipeline:
         return letterbox(pixels, self.meta.input_size)
 
     async def prepare(self, image: EncodedImage | RawImage) -> tuple[np.ndarray, Letterbox]:
-        """Decode and letterbox on the decode threads; raises ImageError for a bad image."""
-        return await asyncio.get_running_loop().run_in_executor(self._decoder, self._prepare, image)
+        """Decode and letterbox on the decode threads; raises ImageError for a bad image, DecodeBusy
+        (at once, before queueing) when admitting it would exceed max_decode_bytes."""
+        size = len(image.data)
+        if self.decode_bytes + size > self.max_decode_bytes:
+            raise DecodeBusy(f"worker busy: {self.decode_bytes} bytes of images are waiting for decoding and this "
+                             f"one is {size} (max_decode_bytes {self.max_decode_bytes}); retry later or use "
+                             "another worker")
+        self.decode_bytes += size
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._decoder, self._prepare, image)
+        finally:
+            self.decode_bytes -= size
 
     async def run(self, query: Query) -> Result:
         """Detect objects in one image."""

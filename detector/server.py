@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import grpc
 
+from common.errors import IncidentLog
 from common.grpcguard import MalformedRequest
 from common.grpcopts import RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL
 from common.logs import event
 from detector.batcher import InferenceFailed, InferenceUnavailable, QueueFull
 from detector.imaging import ImageError
 from detector.metrics import DetectorMetrics
-from detector.pipeline import EncodedImage, Pipeline, Query, RawImage, Result
+from detector.pipeline import DecodeBusy, EncodedImage, Pipeline, Query, RawImage, Result
 from detector.postprocess import Selection
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
@@ -44,29 +45,58 @@ class RequestError(Exception):
         self.retry_elsewhere = retry_elsewhere  # busy, not broken: another worker may take it
 
 
+_INCIDENTS = IncidentLog(log)
+
+
 def _status_of(err: Exception) -> RequestError:
-    """The gRPC status for an exception raised while serving a frame."""
+    """The gRPC status for an exception raised while serving a frame.
+
+    Request problems say what is wrong with the request; internal ones (torch or CUDA exception text)
+    reach the client as a short message with an error id, and the log line with that id has the text.
+    """
     if isinstance(err, RequestError):
         return err
     if isinstance(err, ImageError):
         code = grpc.StatusCode.RESOURCE_EXHAUSTED if err.too_large else grpc.StatusCode.INVALID_ARGUMENT
         return RequestError(code, str(err))
-    if isinstance(err, QueueFull):
+    if isinstance(err, (QueueFull, DecodeBusy)):
         return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), retry_elsewhere=True)
     if isinstance(err, InferenceUnavailable):
-        return RequestError(grpc.StatusCode.UNAVAILABLE, str(err))
+        if "CUDA" not in str(err):
+            return RequestError(grpc.StatusCode.UNAVAILABLE, str(err))  # e.g. shutting down: nothing internal
+        return RequestError(grpc.StatusCode.UNAVAILABLE, _INCIDENTS.report(
+            "GPU context unusable after a CUDA error; this worker needs a restart", str(err), logging.WARNING))
     if isinstance(err, InferenceFailed):
-        return RequestError(grpc.StatusCode.INTERNAL, str(err))
-    event(log, "unexpected error serving a frame", logging.ERROR, error=repr(err))
-    return RequestError(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}")
+        return RequestError(grpc.StatusCode.INTERNAL, _INCIDENTS.report("inference failed", str(err)))
+    return RequestError(grpc.StatusCode.INTERNAL, _INCIDENTS.report("internal error", repr(err)))
+
+
+class Slots:
+    """Calls of one kind in progress, up to a limit a setting names."""
+
+    def __init__(self, limit: int, what: str, setting: str) -> None:
+        self.limit = limit
+        self.used = 0
+        self._refusal = f"worker busy: {limit} {what} in progress ({setting}); retry later or use another worker"
+
+    def take(self) -> None:
+        """Count one more call, or raise the RESOURCE_EXHAUSTED refusal (busy: retry elsewhere)."""
+        if self.used >= self.limit:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal, retry_elsewhere=True)
+        self.used += 1
+
+    def give(self) -> None:
+        self.used -= 1
 
 
 class DetectorServicer(pb_grpc.DetectorServicer):
     """Detect, DetectStream and GetModelInfo over a Pipeline that appears once the model is warm."""
 
     def __init__(self, worker_id: str, defaults: Defaults, max_stream_inflight: int,
-                 metrics: DetectorMetrics | None = None) -> None:
+                 metrics: DetectorMetrics | None = None, *, max_rpcs: int = 256, max_streams: int = 1000) -> None:
         self.worker_id = worker_id
+        self.unary_calls = Slots(max_rpcs, "unary calls", "max_concurrent_rpcs")
+        self.streams = Slots(max_streams, "streams", "max_concurrent_streams")
         self._metrics = metrics
         self._defaults = defaults
         self._max_stream_inflight = max_stream_inflight
@@ -142,7 +172,11 @@ class DetectorServicer(pb_grpc.DetectorServicer):
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
         try:
-            return await self._serve(request, "Detect")
+            self.unary_calls.take()
+            try:
+                return await self._serve(request, "Detect")
+            finally:
+                self.unary_calls.give()
         except Exception as e:
             err = _status_of(e)
             self._count("Detect", err)
@@ -192,6 +226,11 @@ class DetectorServicer(pb_grpc.DetectorServicer):
 
     async def DetectStream(self, request_iterator: AsyncIterator[pb.DetectRequest],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DetectResponse]:
+        try:
+            self.streams.take()
+        except RequestError as err:
+            self._count("DetectStream", err)
+            await context.abort(err.code, err.message)
         # Bounded: a client faster than the model is slowed by flow control, not buffered here.
         pending: asyncio.Queue[asyncio.Task[pb.DetectResponse] | None] = asyncio.Queue(self._max_stream_inflight)
         reader = asyncio.create_task(self._read_frames(request_iterator, pending))
@@ -205,6 +244,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     "worker is draining (shutting down); reopen the stream on another worker")
         finally:
+            self.streams.give()
             reader.cancel()
             while not pending.empty():
                 left = pending.get_nowait()

@@ -11,13 +11,15 @@ import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 
 from common import grpcopts, telemetry
-from common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
+from common.cli import OneLineParser, parse_host_port, probe_bind, run_service
 from common.grpcguard import guarded
+from common.health import HealthServicer
 from common.logs import event
+from common.serving import add_listener, health_server
+from common.tls import ServerTls
 from eagleeye.router.v1 import router_pb2_grpc
 from router import config as config_mod
 from router.admin import AdminServicer
@@ -25,8 +27,9 @@ from router.config import RouterConfig
 from router.controller import Controller
 from router.fleet import Backend
 from router.latency import BackendTimers
+from router.links import Links
 from router.proxy import Proxy
-from router.watcher import BackendWatcher, backend_channel
+from router.watcher import BackendWatcher
 
 log = logging.getLogger("eagleeye.router")
 PROG = "eagleeye-router"
@@ -40,18 +43,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="HOST:PORT", help="address clients call (port 0: any free port)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0: any free port)")
+    p.add_argument("--health-listen", metavar="HOST:PORT",
+                   help="also serve grpc.health.v1 alone, in plaintext, here (for kubelet probes when --listen is TLS)")
+    p.add_argument("--admin-listen", metavar="HOST:PORT",
+                   help="serve the admin API (state, events, drain, switch) here, and only here; needs an admin "
+                        "token (default: no admin API)")
+    p.add_argument("--tls-cert", metavar="FILE", type=Path,
+                   help="serve TLS (on --listen and --admin-listen) with this PEM certificate (chain)")
+    p.add_argument("--tls-key", metavar="FILE", type=Path, help="... and this PEM private key")
+    p.add_argument("--tls-client-ca", metavar="FILE", type=Path,
+                   help="require client certificates signed by this PEM CA (mTLS)")
     p.add_argument("--primary", metavar="HOST:PORT", help="the primary detector worker")
     p.add_argument("--standby", metavar="HOST:PORT", help="the hot standby detector worker")
+    p.add_argument("--backend-tls-ca", metavar="FILE", type=Path,
+                   help="dial the workers over TLS, trusting this PEM CA")
+    p.add_argument("--backend-tls-cert", metavar="FILE", type=Path,
+                   help="client certificate (PEM) the router shows the workers (mTLS)")
+    p.add_argument("--backend-tls-key", metavar="FILE", type=Path, help="... and its PEM private key")
+    p.add_argument("--backend-tls-server-name", metavar="NAME",
+                   help="the name the workers' certificates must carry (default: the host in --primary/--standby)")
     p.add_argument("--weights", metavar="P,S", help="traffic split in NORMAL, percent (default 95,5)")
     p.add_argument("--hold-down", type=float, metavar="S", dest="hold_down_s",
                    help="how long a recovered primary must stay ready before traffic ramps back (default 10)")
     p.add_argument("--ramp", type=float, metavar="S", dest="ramp_s",
                    help="how long the ramp back to the primary takes (default 30)")
     p.add_argument("--admin-token", metavar="TOKEN",
-                   help=f"credential for maintenance actions (drain, switch); or set {ADMIN_TOKEN_ENV}")
+                   help=f"credential for maintenance actions (drain, switch); better: set {ADMIN_TOKEN_ENV}, "
+                        "which `ps` does not show")
     p.add_argument("--config", metavar="FILE", type=Path, help="a TOML file with any of the settings")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def client_connection_options(cfg: RouterConfig) -> list[tuple[str, int]]:
+    """Keepalive enforcement and a maximum connection age for the clients' connections."""
+    return [
+        # Pings more often than this (with or without calls) earn a strike; two strikes: GOAWAY.
+        ("grpc.http2.min_ping_interval_without_data_ms", int(cfg.keepalive_min_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # GOAWAY after this age (gRPC adds +-10 % jitter): new calls reconnect, possibly to another
+        # replica; calls in flight get the grace period to end.
+        ("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(cfg.max_connection_age_grace_s * 1000)),
+    ]
 
 
 async def serve(cfg: RouterConfig) -> int:
@@ -60,40 +95,53 @@ async def serve(cfg: RouterConfig) -> int:
     probe_bind("listen", host, wanted)
     tel = telemetry.setup("eagleeye-router", cfg.listen, cfg.metrics_listen or None)
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
-                                      *grpcopts.message_size_options(cfg.max_message_bytes)],
+                                      *grpcopts.message_size_options(cfg.max_message_bytes),
+                                      *client_connection_options(cfg)],
                              interceptors=tel.server_interceptors())
-    try:
-        port = server.add_insecure_port(cfg.listen)
-    except RuntimeError:
-        raise ConfigError(f"listen={cfg.listen!r}: cannot bind; is another server on this port?") from None
-
-    health = health_aio.HealthServicer()
+    tls = ServerTls.of(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+    port = add_listener(server, "listen", cfg.listen, tls)
+    health = HealthServicer(cfg.max_watch_streams)
     health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
-    watchers: dict[Backend, BackendWatcher] = {}
-    unary_channels: dict[Backend, grpc.aio.Channel] = {}
-    stream_channels: dict[Backend, grpc.aio.Channel] = {}
-    for backend, address in ((Backend.PRIMARY, cfg.primary), (Backend.STANDBY, cfg.standby)):
-        # A connection each for health, unary calls and streams (see backend_channel). Calls carry the
-        # trace; health probes (ten a second) stay out of it.
-        interceptors = tel.client_interceptors() if tel.tracing else None
-        unary_channels[backend] = backend_channel(address, cfg, interceptors)
-        stream_channels[backend] = backend_channel(address, cfg, interceptors)
-        watchers[backend] = BackendWatcher(backend.value, address, backend_channel(address, cfg), cfg)
+    probes: grpc.aio.Server | None = None
+    if cfg.health_listen:
+        probes, health_port = health_server(health, cfg.health_listen)
+    links = Links(cfg, tel.client_interceptors() if tel.tracing else None)
+    watchers = {backend: BackendWatcher(backend.value, address, links.health[backend], cfg)
+                for backend, address in ((Backend.PRIMARY, cfg.primary), (Backend.STANDBY, cfg.standby))}
     timers = {b: BackendTimers(cfg.hedge_quantile, (cfg.hedge_delay_min_s, cfg.hedge_delay_max_s),
                                cfg.stall_multiplier, (cfg.stall_min_s, cfg.stall_max_s)) for b in Backend}
     controller = Controller(cfg.policy(), watchers, health, timers, tel.meter)  # subscribes to the watchers
-    proxy = Proxy(cfg, controller, unary_channels, stream_channels, tracing=tel.tracing)
+    proxy = Proxy(cfg, controller, links.unary, links.stream, tracing=tel.tracing)
+
+    def renewed() -> None:
+        proxy.use_channels(links.unary, links.stream)
+        for backend, watcher in watchers.items():
+            watcher.use_channel(links.health[backend])
+    links.subscribe(renewed)
     server.add_generic_rpc_handlers((proxy.handler(),))
-    router_pb2_grpc.add_RouterAdminServicer_to_server(AdminServicer(controller, cfg.admin_token), guarded(server))
+    admin: grpc.aio.Server | None = None
+    if cfg.admin_listen:
+        # A server of its own: network policy can keep clients away from it, and the data path's
+        # limits and interceptors do not apply to operators.
+        admin = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length", 65536)])
+        servicer = AdminServicer(controller, cfg.admin_token, cfg.admin_auth_failure_delay_s)
+        router_pb2_grpc.add_RouterAdminServicer_to_server(servicer, guarded(admin))
+        admin_port = add_listener(admin, "admin_listen", cfg.admin_listen, tls)
 
     await server.start()
+    for extra in (probes, admin):
+        if extra is not None:
+            await extra.start()
     for w in watchers.values():
         w.start()
     controller_task = asyncio.create_task(controller.run())
+    links_task = asyncio.create_task(links.run())
     event(log, "listening", address=f"{host}:{port}", metrics=tel.metrics_address, primary=cfg.primary,
-          standby=cfg.standby,
-          weights=list(cfg.weights), hold_down_s=cfg.hold_down_s, ramp_s=cfg.ramp_s,
-          admin_actions="enabled" if cfg.admin_token else "disabled")
+          standby=cfg.standby, weights=list(cfg.weights), hold_down_s=cfg.hold_down_s, ramp_s=cfg.ramp_s,
+          tls="mTLS" if tls and tls.client_ca else "TLS" if tls else "off",
+          backend_tls="mTLS" if cfg.backend_tls_cert else "TLS" if cfg.backend_tls_ca else "off",
+          health=f"{parse_host_port('health_listen', cfg.health_listen)[0]}:{health_port}" if probes else None,
+          admin=f"{parse_host_port('admin_listen', cfg.admin_listen)[0]}:{admin_port}" if admin else None)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,12 +151,14 @@ async def serve(cfg: RouterConfig) -> int:
     event(log, "draining", grace_s=cfg.shutdown_grace_s, streams=controller.active_streams)
     await health.enter_graceful_shutdown()
     await server.stop(cfg.shutdown_grace_s)
+    for extra in (probes, admin):
+        if extra is not None:
+            await extra.stop(None)
     controller_task.cancel()
+    links_task.cancel()
     for w in watchers.values():
         await w.stop()
-        await w.channel.close()
-    for ch in (*unary_channels.values(), *stream_channels.values()):
-        await ch.close()
+    await links.close()
     event(log, "stopped", switches=dict(controller.switches), retries=controller.retries, hedges=controller.hedges,
           stream_migrations=controller.stream_migrations, replayed_frames=controller.replayed_frames)
     tel.shutdown()

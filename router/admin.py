@@ -1,16 +1,26 @@
-"""The admin service: the router's state and switch events, and authenticated maintenance actions."""
+"""The admin service: the router's state and switch events, and authenticated maintenance actions.
+
+Served on its own listener (--admin-listen), never on the client port. Every call is logged once with
+the peer, the action and the outcome (never the token); failed authentications are answered one at a
+time, each after `admin_auth_failure_delay_s`, so guessing the token costs hours whatever the concurrency.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
 
+from common.logs import event
 from eagleeye.router.v1 import router_pb2 as pb
 from eagleeye.router.v1 import router_pb2_grpc as pb_grpc
 from router.controller import Controller, SwitchEvent
 from router.fleet import Backend
+
+log = logging.getLogger("eagleeye.admin")
 
 _BACKENDS: dict[int, Backend] = {pb.PRIMARY: Backend.PRIMARY, pb.STANDBY: Backend.STANDBY}
 _TO_PB: dict[Backend, pb.Backend] = {Backend.PRIMARY: pb.PRIMARY, Backend.STANDBY: pb.STANDBY}
@@ -26,9 +36,11 @@ def event_pb(e: SwitchEvent) -> pb.SwitchEvent:
 class AdminServicer(pb_grpc.RouterAdminServicer):
     """Reads need nothing; actions need the token given to the router (--admin-token)."""
 
-    def __init__(self, controller: Controller, token: str) -> None:
+    def __init__(self, controller: Controller, token: str, failed_auth_delay_s: float) -> None:
         self._ctl = controller
         self._token = token
+        self._failed_auth_delay_s = failed_auth_delay_s
+        self._failed_auth = asyncio.Lock()  # failed attempts are answered one at a time
 
     def state(self) -> pb.RouterState:
         ctl, d = self._ctl, self._ctl.decision
@@ -45,12 +57,16 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
                               hold_down_remaining_s=d.hold_down_remaining_s, ramp_progress=d.ramp_progress,
                               next_hold_down_s=d.next_hold_down_s)
 
-    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+    async def _authorize(self, context: grpc.aio.ServicerContext, action: str) -> None:
         if not self._token:
+            _audit(context, action, "refused: no admin token configured")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "maintenance actions are disabled: start the router with --admin-token")
         given = dict(context.invocation_metadata() or ()).get("authorization", "")
         if not hmac.compare_digest(str(given).encode(), f"Bearer {self._token}".encode()):
+            _audit(context, action, "refused: missing or wrong token", logging.WARNING)
+            async with self._failed_auth:
+                await asyncio.sleep(self._failed_auth_delay_s)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "missing or wrong admin token (metadata 'authorization: Bearer TOKEN')")
 
@@ -62,10 +78,12 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
         return backend
 
     async def GetState(self, request: pb.GetStateRequest, context: grpc.aio.ServicerContext) -> pb.RouterState:
+        _audit(context, "GetState", "ok", logging.DEBUG)
         return self.state()
 
     async def WatchEvents(self, request: pb.WatchEventsRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SwitchEvent]:
+        _audit(context, "WatchEvents", "ok", logging.DEBUG)
         queue = self._ctl.subscribe()
         try:
             recent = list(self._ctl.events)[-request.replay_recent:] if request.replay_recent else []
@@ -77,11 +95,34 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
             self._ctl.unsubscribe(queue)
 
     async def SetDrain(self, request: pb.SetDrainRequest, context: grpc.aio.ServicerContext) -> pb.RouterState:
-        await self._authorize(context)
-        self._ctl.set_drain(await self._backend(request.backend, context), request.drained)
+        action = f"{'drain' if request.drained else 'undrain'} {pb.Backend.Name(request.backend).lower()}"
+        await self._authorize(context, action)
+        backend = await self._backend(request.backend, context)
+        self._ctl.set_drain(backend, request.drained)
+        _audit(context, action, "done", logging.WARNING)
         return self.state()
 
     async def Switch(self, request: pb.SwitchRequest, context: grpc.aio.ServicerContext) -> pb.RouterState:
-        await self._authorize(context)
-        self._ctl.switch_to(await self._backend(request.to, context))
+        action = f"switch {pb.Backend.Name(request.to).lower()}{' (forced)' if request.force else ''}"
+        await self._authorize(context, action)
+        backend = await self._backend(request.to, context)
+        if backend is Backend.STANDBY and not request.force:
+            view = self._ctl.watchers[Backend.STANDBY].view()
+            if not view.ready:
+                why = view.reason or "not ready"
+                _audit(context, action, f"refused: standby not ready ({why})")
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"standby is not ready ({why}): switching would leave no backend to serve; "
+                                    "fix the standby first, or set force to switch anyway")
+        self._ctl.switch_to(backend)
+        _audit(context, action, "done", logging.WARNING)
         return self.state()
+
+
+def _audit(context: grpc.aio.ServicerContext, action: str, outcome: str, level: int = logging.INFO) -> None:
+    """One log line per admin call: who, what, how it ended."""
+    auth = context.auth_context() or {}
+    names = auth.get("x509_common_name") or auth.get("x509_subject_alternative_name") or []
+    event(log, "admin call", level, peer=context.peer(), identity=", ".join(
+        n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names) or None,
+        action=action, outcome=outcome)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import settings
+from common import settings, tls
 from common.cli import ConfigError, parse_host_port
 from router.budget import BudgetConfig
 from router.policy import PolicyConfig
@@ -24,8 +24,17 @@ class RouterConfig:
 
     listen: str = "127.0.0.1:50050"
     metrics_listen: str = ""            # HOST:PORT for Prometheus /metrics; "": none
+    health_listen: str = ""             # HOST:PORT, plaintext, grpc.health.v1 only (kubelet probes); "": none
+    admin_listen: str = ""              # HOST:PORT of the admin service (needs admin_token); "": no admin service
+    tls_cert: Path | None = None        # with tls_key: TLS on `listen` and `admin_listen`
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None   # require client certificates signed by this CA (mTLS)
     primary: str = ""
     standby: str = ""
+    backend_tls_ca: Path | None = None  # dial the workers over TLS, trusting this CA
+    backend_tls_cert: Path | None = None  # with backend_tls_key: the router's client certificate (mTLS)
+    backend_tls_key: Path | None = None
+    backend_tls_server_name: str = ""   # name to check in the workers' certificates; "": their host
     weights: tuple[float, float] = (95.0, 5.0)
     degraded_weights: tuple[float, float] = (50.0, 50.0)
     hold_down_s: float = 10.0
@@ -59,15 +68,41 @@ class RouterConfig:
     stall_max_s: float = _S.stall_max_s
     reconnect_backoff_s: float = 0.1    # Watch reconnection starts here ...
     reconnect_backoff_max_s: float = 1.0  # ... and doubles up to this
-    admin_token: str = ""               # "": maintenance actions are refused
-    max_message_bytes: int = 64 * 1024 * 1024
+    admin_token: str = ""               # required with admin_listen
+    # A wrong token is answered after this, one failed attempt at a time: guessing costs hours.
+    admin_auth_failure_delay_s: float = 1.0
+    # The worker's limit (its max_image_bytes plus 64 KiB), so that nothing the router accepts is
+    # refused by a worker for its size; counted after decompression.
+    max_message_bytes: int = 32 * 1024 * 1024 + 64 * 1024
+    max_concurrent_rpcs: int = 1000     # unary calls at once, all clients together
+    max_concurrent_streams: int = 1000  # DetectStream calls at once, all clients together
+    max_watch_streams: int = 100        # health Watch streams at once
+    # Client connections: a peer pinging more often than this is sent GOAWAY (gRPC's keepalive
+    # enforcement); every connection is closed gracefully after an age (with +-10 % jitter) so that
+    # clients spread over new router replicas after a scale-out: new calls reconnect at once, while
+    # calls open then get the grace period. A day, so that a camera's stream is not cut by it.
+    keepalive_min_interval_s: float = 10.0
+    max_connection_age_s: float = 1800.0
+    max_connection_age_grace_s: float = 86400.0
+    stream_idle_timeout_s: float = 300.0  # a stream that sends no frame this long is ended
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
 
     def __post_init__(self) -> None:
         parse_host_port("listen", self.listen)
-        if self.metrics_listen:
-            parse_host_port("metrics_listen", self.metrics_listen)
+        for name in ("metrics_listen", "health_listen", "admin_listen"):
+            if getattr(self, name):
+                parse_host_port(name, getattr(self, name))
+        if self.admin_listen and not self.admin_token:
+            raise ConfigError("admin_token: required with admin_listen (--admin-token or EAGLEEYE_ADMIN_TOKEN); "
+                              "the admin service moves traffic and must not be open to anyone")
+        if self.admin_listen and self.admin_listen == self.listen and parse_host_port("listen", self.listen)[1]:
+            raise ConfigError(f"admin_listen={self.admin_listen!r}: must differ from listen, so that "
+                              "network policy can keep clients away from it")
+        tls.check_server_files(self.tls_cert, self.tls_key, self.tls_client_ca)
+        tls.check_client_files("backend_tls", self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key)
+        if self.backend_tls_server_name and self.backend_tls_ca is None:
+            raise ConfigError("backend_tls_server_name: needs backend_tls_ca (it names the worker certificate's host)")
         if not self.primary or not self.standby:
             raise ConfigError("primary and standby: both backends are required (--primary HOST:PORT "
                               "--standby HOST:PORT)")
@@ -82,7 +117,8 @@ class RouterConfig:
         for name in ("hold_down_s", "hold_down_max_s", "hold_down_reset_s", "check_interval_s",
                      "check_timeout_s", "per_try_timeout_s", "default_deadline_s", "hedge_delay_min_s",
                      "stall_min_s", "stall_multiplier", "retry_budget_window_s",
-                     "reconnect_backoff_s", "reconnect_backoff_max_s"):
+                     "reconnect_backoff_s", "reconnect_backoff_max_s", "keepalive_min_interval_s",
+                     "max_connection_age_s", "max_connection_age_grace_s", "stream_idle_timeout_s"):
             settings.positive(name, getattr(self, name))
         if self.hold_down_max_s < self.hold_down_s:
             raise ConfigError(f"hold_down_max_s={self.hold_down_max_s}: must be >= hold_down_s={self.hold_down_s}")
@@ -106,6 +142,9 @@ class RouterConfig:
             if getattr(self, high) < getattr(self, low):
                 raise ConfigError(f"{high}={getattr(self, high)}: must be >= {low}={getattr(self, low)}")
         settings.at_least("max_message_bytes", self.max_message_bytes, 1024 * 1024)
+        settings.at_least("admin_auth_failure_delay_s", self.admin_auth_failure_delay_s, 0)
+        for name in ("max_concurrent_rpcs", "max_concurrent_streams", "max_watch_streams"):
+            settings.at_least(name, getattr(self, name), 1)
         settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
         settings.one_of("log_level", self.log_level, LOG_LEVELS)
 

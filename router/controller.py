@@ -229,5 +229,5 @@ class Controller:
         if backend is Backend.STANDBY:
             self.set_drain(Backend.PRIMARY, True)
         else:
-            self._policy.skip_hold_down()
+            self._policy.skip_hold_down(self._clock())
             self.set_drain(Backend.PRIMARY, False)

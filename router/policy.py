@@ -47,6 +47,10 @@ TRANSITION_CAUSES: tuple[tuple[State, str], ...] = (
 )
 
 
+# An operator's Switch(PRIMARY) skips the hold-down of the recovery in progress, or of one that starts
+# within this long (the un-drained primary turns ready at the next evaluation), and of no later one.
+OPERATOR_SKIP_WINDOW_S = 5.0
+
 @dataclass(frozen=True)
 class PolicyConfig:
     """The policy's numbers; defaults from field practice."""
@@ -120,7 +124,7 @@ class Policy:
     _headroom_back_since: float | None = None
     _degraded_hold: float = -1.0
     _degraded_ended_at: float | None = None  # when the last DEGRADED episode ended
-    _skip_hold_down: bool = False
+    _skip_until: float | None = None        # Switch(PRIMARY): recoveries starting by then skip the hold-down
     # FAILOVER only because the primary has not been ready yet since the router started (it is
     # loading, or the router just started): that is not a failure, so when it first becomes ready,
     # traffic comes back without a hold-down. Once seen ready, every failure counts.
@@ -130,9 +134,10 @@ class Policy:
         self._hold_down = self.cfg.hold_down_s
         self._degraded_hold = self.cfg.degraded_recover_s
 
-    def skip_hold_down(self) -> None:
-        """An operator vouches for the primary: the next recovery goes straight to the ramp."""
-        self._skip_hold_down = True
+    def skip_hold_down(self, now: float) -> None:
+        """An operator vouches for the primary: the recovery in progress, or one starting within
+        OPERATOR_SKIP_WINDOW_S, goes straight to the ramp. Nothing lingers to shorten a later one."""
+        self._skip_until = now + OPERATOR_SKIP_WINDOW_S
 
     def _go(self, to: State, now: float, cause: str, reason: str, out: list[Transition],
             failing: BackendView | None = None) -> None:
@@ -179,8 +184,9 @@ class Policy:
         assert rec is not None
         if rec.ramp_started is None:
             held = now - rec.since
-            if self._skip_hold_down or (held >= self._hold_down and primary.healthy_checks >= self.cfg.healthy_checks):
-                self._skip_hold_down = False
+            vouched = self._skip_until is not None and rec.since <= self._skip_until
+            if vouched or (held >= self._hold_down and primary.healthy_checks >= self.cfg.healthy_checks):
+                self._skip_until = None
                 rec.ramp_started = now
                 reason = (f"primary ready for {held:.1f} s and {primary.healthy_checks} checks: "
                           f"ramping back over {self.cfg.ramp_s:g} s")

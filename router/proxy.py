@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from common.errors import IncidentLog
 from common.grpcopts import RETRY_ELSEWHERE_KEY
 from common.logs import event
 from router import stream as st
@@ -95,10 +96,17 @@ class Proxy:
         self.pool = st.BytePool(cfg.max_pending_bytes_total)
         self.pool.on_freed = self._pool_freed
         self._pool_waiters: set[asyncio.Event] = set()
+        self.use_channels(unary_channels, stream_channels)
+        self.clock = clock or asyncio.get_running_loop().time
+        self.active_unary = 0
+        self.incidents = IncidentLog(log)
+
+    def use_channels(self, unary_channels: dict[Backend, grpc.aio.Channel],
+                     stream_channels: dict[Backend, grpc.aio.Channel]) -> None:
+        """Make new calls on these channels (calls already open stay where they are)."""
         self.unary = {(b, m): ch.unary_unary(f"/{SERVICE}/{m}") for b, ch in unary_channels.items()
                       for m in UNARY_METHODS}
         self.streams = {b: ch.stream_stream(f"/{SERVICE}/{STREAM_METHOD}") for b, ch in stream_channels.items()}
-        self.clock = clock or asyncio.get_running_loop().time
 
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler for the Detector service; other services are UNIMPLEMENTED by the server."""
@@ -108,9 +116,19 @@ class Proxy:
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def unavailable_message(self) -> str:
+        """For the client: the router's state and an error id; the backends' reasons (with addresses and
+        transport errors) go to the log under that id."""
         views = {b.value: w.view() for b, w in self.controller.watchers.items()}
-        return (f"no backend can serve: router state {self.controller.decision.state.value} ("
-                + "; ".join(f"{name}: {v.reason or 'ready'}" for name, v in views.items()) + ")")
+        return self.incidents.report(
+            f"no detector worker can serve: router state {self.controller.decision.state.value}",
+            "; ".join(f"{name}: {v.reason or 'ready'}" for name, v in views.items()), logging.WARNING)
+
+    def client_details(self, code: grpc.StatusCode, details: str) -> str:
+        """A backend's error text as the client may see it: a transport failure's text (addresses, core
+        errors) is replaced by an error id; the worker's own messages pass (its internals carry ids)."""
+        if code not in _STREAM_FAILURES or "error id" in details:
+            return details
+        return self.incidents.report(f"detector worker call failed ({code.name})", details, logging.WARNING)
 
     def wait_for_pool(self, room: asyncio.Event) -> None:
         """Set `room` when the router-wide window has space again."""
@@ -126,8 +144,18 @@ class Proxy:
     def _make_unary(self, method: str) -> Any:
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             started = self.clock()
+            size = len(request)
             try:
-                response = await UnaryForward(self, method, request, context).run()
+                refusal = self._admit_unary(size)
+                if refusal:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+                self.active_unary += 1
+                self.pool.take(size)  # held for retries and hedges until the call ends
+                try:
+                    response = await UnaryForward(self, method, request, context).run()
+                finally:
+                    self.active_unary -= 1
+                    self.pool.give(size)
             except BaseException:
                 code = context.code() if hasattr(context, "code") else None
                 self.controller.metrics.request(method, _code_name(code))
@@ -136,10 +164,25 @@ class Proxy:
             return response
         return handle
 
+    def _admit_unary(self, size: int) -> str:
+        """Why a new unary call is refused ("" when it is not)."""
+        if self.active_unary >= self.cfg.max_concurrent_rpcs:
+            return (f"router busy: {self.cfg.max_concurrent_rpcs} unary calls in flight (max_concurrent_rpcs); "
+                    "retry with backoff")
+        if self.pool.used + size > self.pool.capacity:
+            return (f"router busy: {self.pool.used} bytes of unanswered requests held, and this one is {size} "
+                    f"(max_pending_bytes_total {self.pool.capacity}); retry with backoff")
+        return ""
+
     # -- streams -----------------------------------------------------------------------------------
 
     async def _detect_stream(self, requests: AsyncIterator[bytes],
                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        if self.controller.active_streams >= self.cfg.max_concurrent_streams:
+            self.controller.metrics.request(STREAM_METHOD, "RESOURCE_EXHAUSTED")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"router busy: {self.cfg.max_concurrent_streams} streams open "
+                                "(max_concurrent_streams); retry with backoff")
         self.controller.active_streams += 1
         try:
             async for answer in StreamSession(self, requests, context).run():
@@ -240,7 +283,7 @@ class UnaryForward:
             trailing = error.trailing_metadata()
             if trailing:
                 self._context.set_trailing_metadata(forwardable(trailing))
-            await self._context.abort(error.code(), error.details() or "")
+            await self._context.abort(error.code(), self._proxy.client_details(error.code(), error.details() or ""))
             raise AssertionError("unreachable")
         assert response is not None
         trailing = await call.trailing_metadata()
@@ -289,6 +332,8 @@ class StreamSession:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._side_tries: set[asyncio.Task[None]] = set()
+        self._idle: asyncio.TimerHandle | None = None
+        self._reading_since: float | None = None  # waiting for the client's next frame since
 
     async def run(self) -> AsyncIterator[bytes]:
         """The answers to send the client, in order (an async generator, as gRPC handlers may be)."""
@@ -315,8 +360,9 @@ class StreamSession:
                     await self._context.abort(code, item.message or self._proxy.unavailable_message())
         finally:
             reader.cancel()
-            if self._timer is not None:
-                self._timer.cancel()
+            for timer in (self._timer, self._idle):
+                if timer is not None:
+                    timer.cancel()
             for leg in self._legs.values():
                 leg.close()
             for task in self._side_tries:
@@ -398,9 +444,29 @@ class StreamSession:
 
     # -- tasks -------------------------------------------------------------------------------------
 
+    def _await_frame(self) -> None:
+        """The router now waits for the client's next frame: end the stream if none comes in time."""
+        self._reading_since = self._proxy.clock()
+        if self._idle is None:
+            self._idle = asyncio.get_running_loop().call_at(
+                self._reading_since + self._proxy.cfg.stream_idle_timeout_s, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._idle = None
+        if self._reading_since is None:
+            return  # not waiting for the client (its window is full, or it finished sending)
+        limit = self._proxy.cfg.stream_idle_timeout_s
+        if self._proxy.clock() - self._reading_since >= limit * 0.999:
+            self._out.put_nowait(st.Abort("DEADLINE_EXCEEDED", f"stream idle: no frame for {limit:g} s "
+                                          "(stream_idle_timeout_s); open a new stream when frames resume"))
+        else:
+            self._idle = asyncio.get_running_loop().call_at(self._reading_since + limit, self._on_idle)
+
     async def _read_client(self) -> None:
         core = self._core
+        self._await_frame()
         async for data in self._requests:
+            self._reading_since = None
             try:
                 fid = request_frame_id(data)
             except WireError as e:
@@ -409,6 +475,8 @@ class StreamSession:
             self._apply(core.on_frame(fid, data, self._proxy.clock()))
             while not core.has_room() and not core.finished:
                 await self._room.wait()  # the window is full: stop reading (flow control)
+            self._await_frame()
+        self._reading_since = None
         self._apply(core.on_client_end(self._proxy.clock()))
 
     async def _send(self, leg: _Leg) -> None:

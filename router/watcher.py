@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.logs import event
+from common.tls import channel_credentials
 from router.config import RouterConfig
 from router.policy import BackendView
 
@@ -34,7 +35,7 @@ def backend_channel(address: str, cfg: RouterConfig, interceptors: list[Any] | N
     connection whose flow-control window a stream has filled, a partitioned peer holds every other
     call on it too (FACTS.md), and health probes must not wait behind frames.
     """
-    return grpc.aio.insecure_channel(address, interceptors=interceptors or None, options=[
+    options: list[tuple[str, Any]] = [
         # gRPC shares one connection among channels with equal settings unless told otherwise.
         ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -48,7 +49,13 @@ def backend_channel(address: str, cfg: RouterConfig, interceptors: list[Any] | N
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.enable_retries", 0),  # the router decides about retries itself
-    ])
+    ]
+    if cfg.backend_tls_ca is None:
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors or None)
+    if cfg.backend_tls_server_name:
+        options.append(("grpc.ssl_target_name_override", cfg.backend_tls_server_name))
+    creds = channel_credentials(cfg.backend_tls_ca, cfg.backend_tls_cert, cfg.backend_tls_key)
+    return grpc.aio.secure_channel(address, creds, options=options, interceptors=interceptors or None)
 
 
 @dataclass
@@ -83,6 +90,11 @@ class BackendWatcher:
         self._stub = health_pb2_grpc.HealthStub(channel)
         self.status = BackendStatus()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def use_channel(self, channel: grpc.aio.Channel) -> None:
+        """Check on `channel` from now on, and open Watch streams there when they reconnect."""
+        self.channel = channel
+        self._stub = health_pb2_grpc.HealthStub(channel)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever the backend's status changes."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -131,3 +132,33 @@ def test_rules_with_promtool(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     out = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+ADMIN_ADDR_PLACEHOLDER = "ROUTER_ADMIN_ADDR"
+DRAIN_COMMAND = f"eagleeye admin drain primary --target {ADMIN_ADDR_PLACEHOLDER}"
+
+
+def test_descriptions_name_real_operator_commands() -> None:
+    """Advice to drain names the real command; every `eagleeye ...` command named parses with the client's parser."""
+    from client.__main__ import build_parser
+
+    rules = _rules()
+    drains = [name for name, rule in rules.items()
+              if re.search(r"\bdrain", str(rule["annotations"]["description"]), re.I)]  # type: ignore[index]
+    assert drains, "no rule tells operators to drain any more: update this test with the rules"
+    for name in drains:
+        description = str(rules[name]["annotations"]["description"])  # type: ignore[index]
+        assert f"`{DRAIN_COMMAND}`" in description and "EAGLEEYE_ADMIN_TOKEN" in description, name
+    for name, rule in rules.items():
+        text = " ".join(str(v) for v in rule["annotations"].values())  # type: ignore[attr-defined]
+        assert "SetDrain" not in text, name  # the RPC, not a command
+        commands = re.findall(r"`(eagleeye [^`]*)`", text)
+        # Every mention of the tool is a whole command in backticks, and each one calls a router's admin address.
+        assert len(re.findall(r"\beagleeye (?=[a-z])", text)) == len(commands), (name, text)
+        for command in commands:
+            argv = shlex.split(command)[1:]
+            assert argv[argv.index("--target") + 1] == ADMIN_ADDR_PLACEHOLDER, (name, command)
+            try:
+                build_parser().parse_args([a.replace(ADMIN_ADDR_PLACEHOLDER, "127.0.0.1:50059") for a in argv])
+            except SystemExit:
+                pytest.fail(f"{name}: `{command}` is not a valid eagleeye command")

@@ -103,3 +103,53 @@ def test_router_cli_rejects_bad_settings_with_one_line_and_exit_2(args: list[str
     proc = subprocess.run([BIN / "eagleeye-router", *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert message in proc.stderr
+
+
+def _router(**overrides: object) -> None:
+    from router import config as router_config
+
+    router_config.load(None, {"primary": "127.0.0.1:1", "standby": "127.0.0.1:2", **overrides})
+
+
+def test_tls_settings_are_checked_before_anything_listens(tmp_path: Path) -> None:
+    from tests.certs import TestCA
+
+    ca = TestCA(tmp_path)
+    pem, other = ca.issue("server"), ca.issue("other")
+    config.load(None, {"tls_cert": pem.cert, "tls_key": pem.key, "tls_client_ca": ca.cert})
+    _router(tls_cert=pem.cert, tls_key=pem.key, backend_tls_ca=ca.cert, backend_tls_cert=pem.cert,
+            backend_tls_key=pem.key, backend_tls_server_name="localhost")
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"tls_cert": pem.cert}, "tls_cert and tls_key: give both"),
+        ({"tls_client_ca": ca.cert}, "tls_client_ca: needs tls_cert"),
+        ({"tls_cert": pem.cert, "tls_key": other.key}, "not a PEM certificate and its matching private key"),
+        ({"tls_cert": tmp_path / "missing.pem", "tls_key": pem.key}, "tls_cert="),
+    ]
+    for flags, message in cases:
+        with pytest.raises(ConfigError) as err:
+            config.load(None, flags)
+        assert message in str(err.value), (flags, err.value)
+    with pytest.raises(ConfigError, match="backend_tls_cert: needs backend_tls_ca"):
+        _router(backend_tls_cert=pem.cert, backend_tls_key=pem.key)
+    with pytest.raises(ConfigError, match="backend_tls_server_name: needs backend_tls_ca"):
+        _router(backend_tls_server_name="worker")
+
+
+def test_admin_listener_needs_a_token_and_a_port_of_its_own() -> None:
+    with pytest.raises(ConfigError, match="admin_token: required with admin_listen"):
+        _router(admin_listen="127.0.0.1:9")
+    with pytest.raises(ConfigError, match=r"admin_listen='127\.0\.0\.1:50050': must differ from listen"):
+        _router(admin_listen="127.0.0.1:50050", admin_token="t")
+    _router(admin_listen="127.0.0.1:9", admin_token="t")
+
+
+def test_fault_injection_only_from_the_flag_and_only_on_loopback(tmp_path: Path) -> None:
+    f = tmp_path / "w.toml"
+    f.write_text("fault_injection = true\n")
+    with pytest.raises(ConfigError, match="only the --fault-injection flag"):
+        config.load(f, {})
+    for host in ("127.0.0.1", "[::1]", "localhost", "127.0.0.2"):
+        assert config.load(None, {"fault_injection": True, "listen": f"{host}:0"}).fault_injection
+    for host in ("0.0.0.0", "10.0.0.5", "[::]", "worker.internal"):
+        with pytest.raises(ConfigError, match="loopback"):
+            config.load(None, {"fault_injection": True, "listen": f"{host}:0"})

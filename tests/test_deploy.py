@@ -1,12 +1,19 @@
 """Deployment files, validated as strongly as a machine without Docker or Kubernetes allows.
 
-Kubernetes manifests: strict schema validation for a current Kubernetes. Compose files: the real
-docker-compose parser. Every health probe's service name: asked of a running worker and router with
-the standard health client.
+Kubernetes manifests: strict schema validation for a current Kubernetes, the base and the TLS
+component applied to it. Compose files: the real docker-compose parser, each file alone and with
+the TLS override, and the command lines it resolves. Every command line in them: parsed by the
+services' own argument parsers. Every health probe's service name: asked of a running worker and
+router with the standard health client. And the security properties of issue 12: published ports on
+127.0.0.1, no anonymous Grafana admin and no default password, an admin token that is required, the
+admin API on a port of its own that a NetworkPolicy opens only to labelled namespaces, probes on the
+plaintext health port, Secrets that are never optional.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import re
 import shutil
@@ -25,22 +32,117 @@ from client.processes import LocalCluster
 
 ROOT = Path(__file__).parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
-COMPOSE = [ROOT / "compose" / "docker-compose.yml", ROOT / "compose" / "docker-compose.cpu.yml"]
+K8S_TLS = K8S / "tls"
+COMPOSE_DIR = ROOT / "compose"
+COMPOSE = [COMPOSE_DIR / "docker-compose.yml", COMPOSE_DIR / "docker-compose.cpu.yml"]
+TLS_OVERRIDE = COMPOSE_DIR / "docker-compose.tls.yml"
+# Every way the compose files are meant to be run: each alone, and each with the TLS override.
+COMPOSE_SETUPS: list[tuple[Path, ...]] = [(f,) for f in COMPOSE] + [(f, TLS_OVERRIDE) for f in COMPOSE]
 KUBERNETES_VERSION = "1.33.0"
 DETECTOR_PORT, ROUTER_PORT = 50051, 50050
+HEALTH_PORTS = {DETECTOR_PORT: 50061, ROUTER_PORT: 50060}  # the plaintext --health-listen ports
+ADMIN_PORT = 50059
+ADMIN_ACCESS_LABEL = {"eagleeye.io/admin-access": "true"}
+# What compose refuses to start without; values used by the tests.
+REQUIRED_ENV = {"EAGLEEYE_ADMIN_TOKEN": "test-admin-token", "GRAFANA_ADMIN_PASSWORD": "test-grafana-password"}
 
 
-def manifests() -> list[tuple[Path, dict[str, Any]]]:
+def setup_id(files: tuple[Path, ...]) -> str:
+    return "+".join(f.name for f in files)
+
+
+def flag(argv: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` (or `--name=VALUE`) in a command line; the last one wins, as in argparse."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes
+
+def load_docs(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
     out = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(directory.glob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         out += [(path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
     return out
 
 
+def manifests() -> list[tuple[Path, dict[str, Any]]]:
+    return load_docs(K8S)
+
+
+# Strategic-merge keys of the lists the TLS patches touch (as in the Kubernetes API); other lists
+# are replaced, as a strategic merge patch does for them (args).
+_MERGE_KEYS = {"containers": "name", "volumes": "name", "volumeMounts": "mountPath", "ports": "containerPort",
+               "env": "name"}
+
+
+def _merge(base: Any, patch: Any, key: str = "") -> Any:
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = _merge(base[k], v, k) if k in base else copy.deepcopy(v)
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and key in _MERGE_KEYS:
+        mk = _MERGE_KEYS[key]
+        out_list = [copy.deepcopy(b) for b in base]
+        for item in patch:
+            match = [i for i, b in enumerate(out_list) if b.get(mk) == item.get(mk)]
+            if match:
+                out_list[match[0]] = _merge(out_list[match[0]], item)
+            else:
+                out_list.insert(0, copy.deepcopy(item))  # kustomize puts new items first
+        return out_list
+    return copy.deepcopy(patch)
+
+
+def tls_component() -> dict[str, Any]:
+    component: dict[str, Any] = yaml.safe_load((K8S_TLS / "kustomization.yaml").read_text())
+    return component
+
+
+def tls_manifests() -> list[tuple[Path, dict[str, Any]]]:
+    """The base with the TLS component's patches applied (kustomize's strategic merge, for these fields)."""
+    patches = [yaml.safe_load((K8S_TLS / p["path"]).read_text()) for p in tls_component()["patches"]]
+    out = []
+    for path, doc in manifests():
+        for patch in patches:
+            if (patch["kind"], patch["metadata"]["name"]) == (doc["kind"], doc["metadata"]["name"]):
+                doc = _merge(doc, patch)
+        out.append((path, doc))
+    return out
+
+
+VARIANTS = {"plain": manifests, "tls": tls_manifests}
+
+
+def deployments(variant: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in VARIANTS[variant]() if doc["kind"] == "Deployment"}
+
+
+def containers(variant: str = "plain") -> list[dict[str, Any]]:
+    return [c for d in deployments(variant).values() for c in d["spec"]["template"]["spec"]["containers"]]
+
+
 @pytest.mark.parametrize(("path", "doc"), manifests(), ids=lambda v: v.name if isinstance(v, Path) else "")
 def test_manifest_is_valid_for_kubernetes_in_strict_mode(path: Path, doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(("path", "doc"), tls_manifests(), ids=lambda v: v.name if isinstance(v, Path) else "")
+def test_tls_manifest_is_valid_for_kubernetes_in_strict_mode(path: Path, doc: dict[str, Any]) -> None:
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
@@ -49,15 +151,43 @@ def test_kustomization_lists_every_manifest() -> None:
     assert set(kustomization["resources"]) == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
 
 
-def containers() -> list[dict[str, Any]]:
-    return [c for _, doc in manifests() if doc["kind"] == "Deployment"
-            for c in doc["spec"]["template"]["spec"]["containers"]]
+def test_tls_component_lists_every_patch_and_patches_every_deployment() -> None:
+    component = tls_component()
+    assert component["kind"] == "Component" and component["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    listed = {p["path"] for p in component["patches"]}
+    assert listed == {p.name for p in K8S_TLS.glob("*.yaml")} - {"kustomization.yaml"}
+    patched = {yaml.safe_load((K8S_TLS / p).read_text())["metadata"]["name"] for p in listed}
+    assert patched == set(deployments("plain"))
+
+
+def test_tls_component_builds_with_kustomize_as_the_tests_apply_it(tmp_path: Path) -> None:
+    """The tests' own patching (tls_manifests) agrees with kustomize's, where kubectl is installed."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S, overlay)], "components": [os.path.relpath(K8S_TLS, overlay)]}))
+    out = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    built = {d["metadata"]["name"]: d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "Deployment"}
+    ours = deployments("tls")
+    assert set(built) == set(ours)
+    for name, doc in built.items():
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        spec, mine = doc["spec"]["template"]["spec"], ours[name]["spec"]["template"]["spec"]
+        assert spec["volumes"] == mine.get("volumes") and spec["securityContext"] == mine["securityContext"], name
+        for c, m in zip(spec["containers"], mine["containers"], strict=True):
+            for key in ("args", "env", "ports", "volumeMounts", "startupProbe", "livenessProbe", "readinessProbe"):
+                assert c.get(key) == m.get(key), (name, key)
 
 
 def test_detectors_have_a_gpu_each_never_share_a_node_and_probe_the_right_names() -> None:
-    deployments = {doc["metadata"]["name"]: doc for _, doc in manifests() if doc["kind"] == "Deployment"}
+    by_name = deployments("plain")
     for role in ("primary", "standby"):
-        spec = deployments[f"eagleeye-detector-{role}"]["spec"]["template"]["spec"]
+        spec = by_name[f"eagleeye-detector-{role}"]["spec"]["template"]["spec"]
         [c] = spec["containers"]
         assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
         term = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
@@ -66,26 +196,361 @@ def test_detectors_have_a_gpu_each_never_share_a_node_and_probe_the_right_names(
         assert c["livenessProbe"]["grpc"]["service"] == "liveness"
         assert c["readinessProbe"]["grpc"]["service"] == "readiness"
         assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 120
-    router = deployments["eagleeye-router"]
+    router = by_name["eagleeye-router"]
     assert router["spec"]["replicas"] >= 2
     assert any(doc["kind"] == "PodDisruptionBudget" for _, doc in manifests())
 
 
-def probe_names() -> dict[int, set[str]]:
-    """Service names every probe asks, by the port it asks (workers 50051, router 50050)."""
-    names: dict[int, set[str]] = {DETECTOR_PORT: set(), ROUTER_PORT: set()}
-    for c in containers():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_probes_ask_the_plaintext_health_port(variant: str) -> None:
+    """kubelet's gRPC probes cannot speak TLS: every probe asks the --health-listen port, never --listen."""
+    for c in containers(variant):
+        main_port = host_port(flag(c["args"], "--listen") or "")[1]
+        health = flag(c["args"], "--health-listen")
+        assert health, (c["name"], "no --health-listen")
+        health_host, health_port = host_port(health)
+        assert health_host == "0.0.0.0", "kubelet probes the pod's IP"
+        assert health_port == HEALTH_PORTS[main_port] and health_port != main_port
+        assert {"containerPort": health_port, "name": "health"} in c["ports"]
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            grpc_probe = c[probe]["grpc"]
-            names[grpc_probe["port"]].add(grpc_probe.get("service", ""))
-    for path in COMPOSE:
-        for service in yaml.safe_load(path.read_text())["services"].values():
+            assert set(c[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, (c["name"], probe)
+            assert c[probe]["grpc"]["port"] == health_port, (c["name"], probe)
+
+
+def test_tls_variant_serves_mtls_on_every_hop_with_certificates_from_required_secrets() -> None:
+    for name, doc in deployments("tls").items():
+        spec = doc["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        [c] = spec["containers"]
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        wanted = ["--tls-cert", "--tls-key", "--tls-client-ca"]
+        if name == "eagleeye-router":
+            wanted += ["--backend-tls-ca", "--backend-tls-cert", "--backend-tls-key"]
+        for f in wanted:
+            path = flag(c["args"], f)
+            assert path, (name, f)
+            mount = mounts[str(Path(path).parent)]
+            assert mount.get("readOnly") is True and "subPath" not in mount, (name, f)  # subPath: no rotation
+            secret = volumes[mount["name"]]["secret"]
+            assert secret["secretName"].endswith("-tls") and secret.get("optional") is not True, (name, f)
+            assert Path(path).name in ("tls.crt", "tls.key", "ca.crt")
+        # Secret files readable by the service user only through its group.
+        assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_secret_is_optional(variant: str) -> None:
+    refs = 0
+    for doc in deployments(variant).values():
+        spec = doc["spec"]["template"]["spec"]
+        for v in spec.get("volumes", []):
+            if "secret" in v:
+                refs += 1
+                assert v["secret"].get("optional") is not True, v
+        for c in spec["containers"]:
+            for e in c.get("env", []) + c.get("envFrom", []):
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef") or e.get("secretRef")
+                if ref:
+                    refs += 1
+                    assert ref.get("optional") is not True, e
+    assert refs >= (1 if variant == "plain" else 5)
+
+
+def test_router_admin_api_has_its_own_port_and_service_and_a_required_token() -> None:
+    router = deployments("plain")["eagleeye-router"]
+    [c] = router["spec"]["template"]["spec"]["containers"]
+    admin, listen = flag(c["args"], "--admin-listen"), flag(c["args"], "--listen")
+    assert admin and listen and host_port(admin)[1] == ADMIN_PORT != host_port(listen)[1]
+    assert {"name": "admin", "containerPort": ADMIN_PORT} in c["ports"]
+    [token] = [e for e in c["env"] if e["name"] == "EAGLEEYE_ADMIN_TOKEN"]
+    ref = token["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "eagleeye-admin" and ref["key"] == "token" and ref.get("optional") is not True
+    assert "--admin-token" not in c["args"]  # never on the command line
+    services = {doc["metadata"]["name"]: doc for _, doc in manifests() if doc["kind"] == "Service"}
+    admin_svc = services["eagleeye-router-admin"]["spec"]
+    assert admin_svc["selector"] == {"app.kubernetes.io/name": "eagleeye-router"}
+    assert [(p["port"], p["targetPort"]) for p in admin_svc["ports"]] == [(ADMIN_PORT, "admin")]
+    # The client Service (the one operators expose) never carries the admin port.
+    for p in services["eagleeye-router"]["spec"]["ports"]:
+        assert ADMIN_PORT not in (p["port"], p.get("targetPort")) and p.get("targetPort") != "admin"
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def test_network_policy_opens_the_admin_port_only_to_labelled_namespaces() -> None:
+    router_labels = deployments("plain")["eagleeye-router"]["spec"]["template"]["metadata"]["labels"]
+    policies = [doc for _, doc in manifests() if doc["kind"] == "NetworkPolicy" and _selects(doc, router_labels)]
+    assert policies, "no NetworkPolicy isolates the router pods"
+    admitting = []
+    for policy in policies:
+        assert "Ingress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            # A rule with no ports opens every port, the admin port included.
+            opens_admin = ports is None or any(p.get("port") in (ADMIN_PORT, "admin") for p in ports)
+            if not opens_admin:
+                continue
+            admitting.append(rule)
+            peers = rule.get("from")
+            assert peers, "the admin port open to every peer"
+            for peer in peers:
+                assert "ipBlock" not in peer, peer
+                assert peer.get("namespaceSelector", {}).get("matchLabels") == ADMIN_ACCESS_LABEL, peer
+                assert not peer["namespaceSelector"].get("matchExpressions"), peer
+    assert admitting, "no rule admits operators to the admin port"
+
+
+# ---------------------------------------------------------------------------------------------
+# Compose
+
+def compose_env(**overrides: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in REQUIRED_ENV and not k.startswith("EAGLEEYE_")}
+    env.update(REQUIRED_ENV)
+    env["DOCKER_HOST"] = "unix:///nonexistent.sock"  # no engine is needed to parse; point at none
+    for k, v in overrides.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
+def run_compose_config(files: tuple[Path, ...], env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.fail("docker-compose is missing: `make test` installs it (Debian package docker-compose)")
+    args = [tool, *(a for f in files for a in ("-f", str(f))), "config", *extra]
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+
+
+@functools.cache
+def resolved(files: tuple[Path, ...], bind: str | None = None) -> dict[str, Any]:
+    """The services as docker-compose resolves them (interpolated, merged, `$$` escapes undone)."""
+    out = run_compose_config(files, compose_env(EAGLEEYE_ROUTER_BIND=bind))
+    assert out.returncode == 0, out.stderr
+    services: dict[str, Any] = yaml.safe_load(out.stdout.replace("$$", "$"))["services"]
+    return services
+
+
+def argv(service: dict[str, Any]) -> list[str]:
+    """The command line a service's container runs: its command, through its entrypoint if it has one."""
+    command = list(service.get("command") or [])
+    entrypoint = service.get("entrypoint")
+    if not entrypoint:
+        return command
+    if entrypoint[:2] == ["/bin/sh", "-c"]:
+        # Run the entrypoint script for real, with a command that prints the arguments it is given.
+        out = subprocess.run([*entrypoint, "printf", r"%s\n", *command], capture_output=True, text=True,
+                             timeout=10, check=True)
+        return out.stdout.splitlines()
+    return [*entrypoint, *command]
+
+
+@pytest.mark.parametrize("files", COMPOSE_SETUPS, ids=setup_id)
+def test_compose_file_is_valid(files: tuple[Path, ...]) -> None:
+    out = run_compose_config(files, compose_env(), "-q")
+    assert out.returncode == 0, out.stderr
+    spec = resolved(files)
+    for worker in ("detector-primary", "detector-standby"):
+        assert spec["router"]["depends_on"][worker]["condition"] == "service_healthy"
+    if files[0].name == "docker-compose.yml":
+        gpus = [spec[w]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+                for w in ("detector-primary", "detector-standby")]
+        assert gpus == [["0"], ["1"]]
+
+
+@pytest.mark.parametrize("files", COMPOSE_SETUPS, ids=setup_id)
+@pytest.mark.parametrize("variable", sorted(REQUIRED_ENV))
+@pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
+def test_compose_refuses_to_start_without_the_admin_token_or_grafana_password(
+        files: tuple[Path, ...], variable: str, value: str | None) -> None:
+    out = run_compose_config(files, compose_env(**{variable: value}), "-q")
+    assert out.returncode != 0 and variable in out.stderr, out.stderr
+
+
+def _published(service: dict[str, Any]) -> list[tuple[str, int]]:
+    """(host IP, container port) of each published port; a port published on all interfaces has ''."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            out.append((str(port.get("host_ip", "")), int(port["target"])))
+            continue
+        parts = str(port).split("/")[0].split(":")
+        out.append((":".join(parts[:-2]) if len(parts) == 3 else "", int(parts[-1])))
+    return out
+
+
+@pytest.mark.parametrize("files", COMPOSE_SETUPS, ids=setup_id)
+def test_compose_publishes_ports_on_loopback_only(files: tuple[Path, ...]) -> None:
+    published = {name: _published(s) for name, s in resolved(files).items()}
+    assert published["router"] and published["grafana"] and published["prometheus"]
+    for name, ports in published.items():
+        for host_ip, port in ports:
+            assert host_ip == "127.0.0.1", (name, port, host_ip or "all interfaces")
+    assert not published["detector-primary"] and not published["detector-standby"]
+    # EAGLEEYE_ROUTER_BIND opens the client port only: admin, Grafana and Prometheus stay on loopback.
+    opened = {name: _published(s) for name, s in resolved(files, "0.0.0.0").items()}
+    assert ("0.0.0.0", ROUTER_PORT) in opened["router"] and ("127.0.0.1", ADMIN_PORT) in opened["router"]
+    assert {name: p for name, p in opened.items() if name != "router"} == \
+        {name: p for name, p in published.items() if name != "router"}
+
+
+@pytest.mark.parametrize("files", COMPOSE_SETUPS, ids=setup_id)
+def test_compose_grafana_has_no_anonymous_admin_and_no_default_password(files: tuple[Path, ...]) -> None:
+    env = resolved(files)["grafana"].get("environment", {})
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    if str(env.get("GF_AUTH_ANONYMOUS_ENABLED", "false")).lower() == "true":
+        assert env.get("GF_AUTH_ANONYMOUS_ORG_ROLE") == "Viewer"  # Grafana's default role is Viewer too
+    # The admin password comes from the operator (the value the test gave), never admin/admin.
+    assert env.get("GF_SECURITY_ADMIN_PASSWORD") == REQUIRED_ENV["GRAFANA_ADMIN_PASSWORD"] or \
+        env.get("GF_SECURITY_ADMIN_PASSWORD__FILE")
+    assert env.get("GF_SECURITY_ADMIN_PASSWORD") != "admin"
+    assert str(env.get("GF_USERS_ALLOW_SIGN_UP", "false")).lower() == "false"
+
+
+@pytest.mark.parametrize("files", COMPOSE_SETUPS, ids=setup_id)
+def test_compose_router_serves_admin_on_its_own_port_with_a_required_token(files: tuple[Path, ...]) -> None:
+    router = resolved(files)["router"]
+    command = argv(router)
+    admin, listen = flag(command, "--admin-listen"), flag(command, "--listen")
+    assert admin and listen and host_port(admin)[1] == ADMIN_PORT != host_port(listen)[1]
+    assert "--admin-token" not in command  # never on the command line
+    env = router["environment"]
+    assert env["EAGLEEYE_ADMIN_TOKEN"] == REQUIRED_ENV["EAGLEEYE_ADMIN_TOKEN"]
+    assert ("127.0.0.1", ADMIN_PORT) in _published(router)
+
+
+@pytest.mark.parametrize("files", COMPOSE_SETUPS, ids=setup_id)
+def test_compose_healthchecks_ask_the_plaintext_health_port(files: tuple[Path, ...]) -> None:
+    for name in ("detector-primary", "detector-standby", "router"):
+        service = resolved(files)[name]
+        command = argv(service)
+        test = " ".join(service["healthcheck"]["test"])
+        assert "grpc_health_probe" in test and "-tls" not in test, (name, test)
+        probed = re.search(r"-addr=(\S+)", test)
+        health = flag(command, "--health-listen")
+        assert probed and health, (name, test, command)
+        assert probed.group(1) == health and host_port(health)[0] == "127.0.0.1", (name, probed.group(1), health)
+        main_port = host_port(flag(command, "--listen") or "")[1]
+        assert host_port(health)[1] == HEALTH_PORTS[main_port] != main_port
+
+
+@pytest.mark.parametrize("base", COMPOSE, ids=lambda p: p.name)
+def test_compose_tls_variant_serves_mtls_with_mounted_certificates(base: Path) -> None:
+    services = resolved((base, TLS_OVERRIDE))
+    plain = resolved((base,))
+    for name in ("detector-primary", "detector-standby", "router"):
+        command = argv(services[name])
+        # The override adds TLS to the base command, which it keeps (GPU or CPU flags alike).
+        assert command[:len(argv(plain[name]))] == argv(plain[name]), name
+        mounts = {}
+        for volume in services[name].get("volumes", []):
+            source, target, *mode = volume.split(":") if isinstance(volume, str) else (
+                volume["source"], volume["target"], *(["ro"] if volume.get("read_only") else []))
+            mounts[target] = (Path(source), mode)
+        wanted = ["--tls-cert", "--tls-key", "--tls-client-ca"]
+        if name == "router":
+            wanted += ["--backend-tls-ca", "--backend-tls-cert", "--backend-tls-key"]
+        for f in wanted:
+            path = flag(command, f)
+            assert path, (name, f)
+            source, mode = mounts[str(Path(path).parent)]
+            assert mode == ["ro"] and source.parent == COMPOSE_DIR / "certs", (name, f, source, mode)
+        assert flag(command, "--tls-cert") != flag(command, "--backend-tls-cert")
+    # Certificates never enter git.
+    assert "certs/" in (COMPOSE_DIR / ".gitignore").read_text().split()
+
+
+def test_make_certs_issues_what_the_tls_variant_mounts(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    out = subprocess.run([str(COMPOSE_DIR / "make-certs.sh"), str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    sources = {Path(str(v).split(":")[0]).name for files in COMPOSE_SETUPS if TLS_OVERRIDE in files
+               for s in resolved(files).values() for v in s.get("volumes", []) if "/certs/" in str(v)}
+    assert sources == {"detector-primary", "detector-standby", "router", "router-backend"}
+    for name in [*sources, "client"]:
+        for file in ("tls.crt", "tls.key", "ca.crt"):
+            assert (tmp_path / name / file).stat().st_size > 0, (name, file)
+    names = subprocess.run(["openssl", "x509", "-in", str(tmp_path / "detector-primary" / "tls.crt"), "-noout",
+                            "-ext", "subjectAltName"], capture_output=True, text=True, check=True).stdout
+    for dns in ("detector-primary", "eagleeye-detector-primary", "eagleeye-detector-primary.eagleeye.svc"):
+        assert f"DNS:{dns}," in names or names.rstrip().endswith(f"DNS:{dns}")
+
+
+def test_dockerfile_is_multi_stage_non_root_with_a_grpc_healthcheck_on_the_health_port() -> None:
+    text = (ROOT / "compose" / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.M)) >= 2
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and not user[-1].startswith(("0", "root"))
+    healthcheck = re.search(r"^HEALTHCHECK (.+?)(?=^\S)", text, re.M | re.S)
+    assert healthcheck and "grpc_health_probe" in healthcheck.group(1) and "--start-period=" in healthcheck.group(1)
+    assert "-tls" not in healthcheck.group(1) and "${EAGLEEYE_HEALTH_ADDR}" in healthcheck.group(1)
+    # The default command serves the plaintext health port the HEALTHCHECK asks.
+    joined = text.replace("\\\n", " ")
+    default_addr = re.search(r"^ENV .*?EAGLEEYE_HEALTH_ADDR=(\S+)", joined, re.M).group(1)  # type: ignore[union-attr]
+    cmd = yaml.safe_load(re.search(r"^CMD (\[.+?\])$", joined, re.M).group(1))  # type: ignore[union-attr]
+    assert flag(cmd, "--health-listen") == default_addr
+    assert host_port(default_addr)[1] == HEALTH_PORTS[host_port(flag(cmd, "--listen") or "")[1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every command line, parsed by the service's own parser
+
+def command_lines() -> list[tuple[str, list[str]]]:
+    lines = []
+    for variant in VARIANTS:
+        for c in containers(variant):
+            lines.append((f"kubernetes-{variant}:{c['name']}", c["args"]))
+    for files in COMPOSE_SETUPS:
+        for name, service in resolved(files).items():
+            command = argv(service)
+            if command and command[0].startswith("eagleeye-"):
+                lines.append((f"{setup_id(files)}:{name}", command))
+    text = (ROOT / "compose" / "Dockerfile").read_text().replace("\\\n", " ")
+    lines.append(("Dockerfile", yaml.safe_load(re.search(r"^CMD (\[.+?\])$", text, re.M).group(1))))  # type: ignore[union-attr]
+    return lines
+
+
+def test_every_command_line_parses_with_the_services_flags() -> None:
+    from detector.__main__ import build_parser as detector_parser
+    from router.__main__ import build_parser as router_parser
+
+    parsers = {"eagleeye-detector": detector_parser, "eagleeye-router": router_parser}
+    lines = command_lines()
+    assert {line[0] for _, line in lines} == set(parsers)
+    for where, line in lines:
+        try:
+            parsers[line[0]]().parse_args(line[1:])
+        except SystemExit:
+            pytest.fail(f"{where}: {' '.join(line)} does not parse")
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe names, asked of running services
+
+def probe_names() -> dict[int, set[str]]:
+    """Service names every probe asks, by the main port of the service it asks (workers 50051, router 50050)."""
+    role = {DETECTOR_PORT: DETECTOR_PORT, ROUTER_PORT: ROUTER_PORT, **{h: m for m, h in HEALTH_PORTS.items()}}
+    names: dict[int, set[str]] = {DETECTOR_PORT: set(), ROUTER_PORT: set()}
+    for variant in VARIANTS:
+        for c in containers(variant):
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                grpc_probe = c[probe]["grpc"]
+                names[role[grpc_probe["port"]]].add(grpc_probe.get("service", ""))
+    for files in COMPOSE_SETUPS:
+        for service in resolved(files).values():
             test = " ".join((service.get("healthcheck") or {}).get("test", []))
             if "grpc_health_probe" in test:
                 port = int(re.search(r"-addr=[^:]+:(\d+)", test).group(1))  # type: ignore[union-attr]
-                names[port].add(re.search(r"-service=(\S*)", test).group(1))  # type: ignore[union-attr]
-    dockerfile = (ROOT / "compose" / "Dockerfile").read_text()
-    names[DETECTOR_PORT].add(re.search(r"EAGLEEYE_HEALTH_SERVICE=(\S+)", dockerfile).group(1))  # type: ignore[union-attr]
+                names[role[port]].add(re.search(r"-service=(\S*)", test).group(1))  # type: ignore[union-attr]
+    dockerfile = (ROOT / "compose" / "Dockerfile").read_text().replace("\\\n", " ")
+    names[DETECTOR_PORT].add(re.search(r"^ENV .*?EAGLEEYE_HEALTH_SERVICE=(\S+)", dockerfile, re.M).group(1))  # type: ignore[union-attr]
     return names
 
 
@@ -109,31 +574,3 @@ def test_every_probe_asks_a_name_the_services_serve(cluster: LocalCluster) -> No
             for name in sorted(names[port]):
                 resp = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
                 assert resp.status == health_pb2.HealthCheckResponse.SERVING, (address, name)
-
-
-@pytest.mark.parametrize("path", COMPOSE, ids=lambda p: p.name)
-def test_compose_file_is_valid(path: Path) -> None:
-    tool = shutil.which("docker-compose")
-    if tool is None:
-        pytest.fail("docker-compose is missing: `make test` installs it (Debian package docker-compose)")
-    # No engine is needed to parse and validate; point at none so nothing is contacted.
-    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"}
-    out = subprocess.run([tool, "-f", str(path), "config", "-q"], capture_output=True, text=True, env=env,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    spec = yaml.safe_load(path.read_text())["services"]
-    for worker in ("detector-primary", "detector-standby"):
-        assert spec["router"]["depends_on"][worker]["condition"] == "service_healthy"
-    if path.name == "docker-compose.yml":
-        gpus = [spec[w]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
-                for w in ("detector-primary", "detector-standby")]
-        assert gpus == [["0"], ["1"]]
-
-
-def test_dockerfile_is_multi_stage_non_root_with_a_grpc_healthcheck() -> None:
-    text = (ROOT / "compose" / "Dockerfile").read_text()
-    assert len(re.findall(r"^FROM ", text, re.M)) >= 2
-    user = re.findall(r"^USER (\S+)", text, re.M)
-    assert user and not user[-1].startswith(("0", "root"))
-    healthcheck = re.search(r"^HEALTHCHECK (.+?)(?=^\S)", text, re.M | re.S)
-    assert healthcheck and "grpc_health_probe" in healthcheck.group(1) and "--start-period=" in healthcheck.group(1)

@@ -33,7 +33,8 @@ def _bomb_png(w: int, h: int) -> bytes:
     (b"not an image at all", False, "not a JPEG or PNG"),
     (encode_jpeg(IMG)[:200], False, "truncated"),
     (encode_png(IMG)[:-30], False, "truncated"),
-    (_bomb_png(4000, 4000), True, "4000x4000"),
+    (_bomb_png(1200, 1000), True, "1200x1000 = 1200000 pixels; the limit is 1000000 (max_image_pixels)"),
+    (_bomb_png(4000, 4000), True, "16000000 pixels"),
     (b"\xff" * (LIMITS.max_bytes + 1), True, "bytes; the limit"),
 ])
 def test_bad_encoded_images_are_refused_with_a_reason(data: bytes, too_large: bool, message: str) -> None:
@@ -85,3 +86,13 @@ def test_letterbox_maps_boxes_back_to_the_image() -> None:
     box_in_model = np.array([[8.0, 32 + 8.0, 80.0, 32 + 40.0]])
     assert lb.to_image(box_in_model)[0] == pytest.approx([10, 10, 100, 50])
     assert lb.to_image(np.array([[-50.0, -50.0, 400.0, 400.0]]))[0] == pytest.approx([0, 0, 320, 240])
+
+
+def test_pils_own_bomb_guard_is_on_at_the_configured_limit() -> None:
+    """PIL refuses past twice its limit while opening; that refusal names the setting too."""
+    limits = ImageLimits(max_bytes=1024 * 1024, max_pixels=1000 * 1000)  # sets PIL's process-wide limit
+    assert Image.MAX_IMAGE_PIXELS == 1000 * 1000
+    with pytest.raises(ImageError) as err:
+        decode_encoded(_bomb_png(4000, 4000), limits)
+    assert err.value.too_large
+    assert str(err.value) == "image is 16000000 pixels by its header; the limit is 1000000 (max_image_pixels)"

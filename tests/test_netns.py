@@ -167,8 +167,8 @@ def test_worker_inside_namespace_is_dialable_from_the_root_namespace(ns: NetName
         worker.stop()
 
 
-def primary_health(router_address: str) -> router_pb.BackendHealth:
-    with grpc.insecure_channel(router_address) as channel:
+def primary_health(admin_address: str) -> router_pb.BackendHealth:
+    with grpc.insecure_channel(admin_address) as channel:
         stub = router_grpc.RouterAdminStub(channel)
         state: router_pb.RouterState = stub.GetState(router_pb.GetStateRequest(), timeout=5.0)
     primary: router_pb.BackendHealth = next(b for b in state.backends if b.backend == router_pb.PRIMARY)
@@ -178,7 +178,7 @@ def primary_health(router_address: str) -> router_pb.BackendHealth:
 def wait_router_watching_primary(cluster: LocalCluster, timeout: float = 10.0) -> router_pb.BackendHealth:
     """Until the router (root namespace) has its health Watch stream on the primary connected."""
     deadline = time.monotonic() + timeout
-    while not (health := primary_health(cluster.router_address)).watch_connected:
+    while not (health := primary_health(cluster.admin_address)).watch_connected:
         assert time.monotonic() < deadline, f"the router never reached the primary at {cluster.primary_address}"
         time.sleep(0.1)
     return health

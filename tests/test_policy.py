@@ -206,10 +206,31 @@ def test_operator_can_skip_the_hold_down_but_not_the_ramp() -> None:
     policy = Policy(CFG)
     policy.update(UP, UP, 0)
     policy.update(DOWN, UP, 1)
-    policy.skip_hold_down()
+    policy.skip_hold_down(1.5)
     d = policy.update(up(0), UP, 2)
     assert d.state is State.RECOVERING and d.hold_down_remaining_s == 0
     assert policy.update(up(0), UP, 17).primary_weight == pytest.approx(47.5)
+
+
+def test_operator_skip_during_a_hold_down_ends_it() -> None:
+    policy = Policy(CFG)
+    policy.update(UP, UP, 0)
+    policy.update(DOWN, UP, 1)
+    assert policy.update(up(0), UP, 2).hold_down_remaining_s == pytest.approx(10)
+    policy.skip_hold_down(4)
+    d = policy.update(up(3), UP, 4)
+    assert d.state is State.RECOVERING and d.hold_down_remaining_s == 0 and d.ramp_progress == 0
+
+
+def test_operator_switch_outside_a_recovery_leaves_nothing_behind() -> None:
+    """Switch(PRIMARY) while NORMAL must not shorten the hold-down of a failure an hour later."""
+    policy = Policy(CFG)
+    policy.update(UP, UP, 0)
+    policy.skip_hold_down(10)
+    policy.update(UP, UP, 20)
+    policy.update(DOWN, UP, 3600)
+    d = policy.update(up(50), UP, 3601)
+    assert d.state is State.RECOVERING and d.hold_down_remaining_s == pytest.approx(10)
 
 
 @pytest.mark.parametrize("period", [2.0, 7.0, 15.0, 40.0])

@@ -67,7 +67,7 @@ def scraped(tmp_path: Path) -> Iterator[tuple[str, LocalCluster]]:
     if prometheus is None:
         pytest.fail("prometheus is missing: `make test` installs it (Debian package prometheus)")
     cluster = LocalCluster(worker_args=["--metrics-listen", "127.0.0.1:0"],
-                           router_args=["--metrics-listen", "127.0.0.1:0", "--admin-token", "t", "--hold-down", "1",
+                           router_args=["--metrics-listen", "127.0.0.1:0", "--hold-down", "1",
                                         "--ramp", "1"])
     proc = None
     try:
@@ -115,9 +115,9 @@ def test_every_dashboard_and_rule_expression_works_against_real_data(scraped: tu
     # Traffic of both kinds, and a switch (an operator drain) so the switch annotations have data.
     loads = (LoadRun(cluster.router_address, "unary", 8), LoadRun(cluster.router_address, "stream", 8))
     loads[0].wait_progress(2.0)
-    with grpc.insecure_channel(cluster.router_address) as ch:
+    with grpc.insecure_channel(cluster.admin_address) as ch:
         admin = rpb_grpc.RouterAdminStub(ch)
-        auth = [("authorization", "Bearer t")]
+        auth = cluster.admin_metadata
         admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5, metadata=auth)
         cluster.router.wait_for_event("switch", to_state="FAILOVER")
         loads[0].wait_progress(5.0)

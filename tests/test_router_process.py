@@ -231,7 +231,7 @@ def test_router_restart_rebuilds_its_view_within_a_second(cluster: LocalCluster)
 
 
 def test_status_cli_and_admin_actions(cluster: LocalCluster) -> None:
-    out = subprocess.run([str(BIN / "eagleeye"), "status", "--target", cluster.router_address, "--json"],
+    out = subprocess.run([str(BIN / "eagleeye"), "status", "--target", cluster.admin_address, "--json"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     state = json.loads(out.stdout)
@@ -242,7 +242,11 @@ def test_status_cli_and_admin_actions(cluster: LocalCluster) -> None:
     from eagleeye.router.v1 import router_pb2 as rpb
     from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 
-    with grpc.insecure_channel(cluster.router_address) as ch:
+    with grpc.insecure_channel(cluster.router_address) as ch:  # not on the client port
+        with pytest.raises(grpc.RpcError) as err:
+            rpb_grpc.RouterAdminStub(ch).GetState(rpb.GetStateRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with grpc.insecure_channel(cluster.admin_address) as ch:
         admin = rpb_grpc.RouterAdminStub(ch)
         with pytest.raises(grpc.RpcError) as err:
             admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5)
@@ -256,6 +260,42 @@ def test_status_cli_and_admin_actions(cluster: LocalCluster) -> None:
         assert "drained by operator" in switches(cluster)[-1]["reason"]
         admin.Switch(rpb.SwitchRequest(to=rpb.PRIMARY), timeout=5, metadata=auth)
         cluster.router.wait_for_event("switch", from_state="RECOVERING", to_state="NORMAL", timeout=30)
-    text = subprocess.run([str(BIN / "eagleeye"), "status", "--target", cluster.router_address],
+    text = subprocess.run([str(BIN / "eagleeye"), "status", "--target", cluster.admin_address],
                           capture_output=True, text=True, timeout=30).stdout
     assert "NORMAL" in text and "primary" in text and "FAILOVER" in text
+
+
+def admin_cli(cluster: LocalCluster, *args: str, token: str = "s3cret") -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([str(BIN / "eagleeye"), "admin", *args, "--target", cluster.admin_address],
+                          capture_output=True, text=True, timeout=30, env={**os.environ, "EAGLEEYE_ADMIN_TOKEN": token})
+
+
+def test_admin_cli_refuses_a_switch_to_an_unready_standby_unless_forced_and_logs_each_call(
+        cluster: LocalCluster) -> None:
+    wrong = admin_cli(cluster, "drain", "primary", token="guess")
+    assert wrong.returncode == 1 and "UNAUTHENTICATED" in wrong.stderr, wrong.stderr
+    with grpc.insecure_channel(cluster.standby_address) as ch:
+        # A canary slower than its deadline: the standby not ready until ClearFaults.
+        fi_grpc.FaultInjectionStub(ch).DelayInference(fi.Delay(seconds=3), timeout=5)
+    try:
+        cluster.router.wait_for_event("switch", to_state="STANDBY_DOWN")
+        refused = admin_cli(cluster, "switch", "standby")
+        assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr, refused.stderr
+        assert "standby is not ready" in refused.stderr
+        assert all(e["to_state"] != "FAILOVER" for e in switches(cluster)), "a refused switch moved traffic"
+        forced = admin_cli(cluster, "switch", "standby", "--force")
+        assert forced.returncode == 0, forced.stderr
+        cluster.router.wait_for_event("switch", to_state="BOTH_DOWN")
+        back = admin_cli(cluster, "switch", "primary")
+        assert back.returncode == 0, back.stderr
+    finally:
+        with grpc.insecure_channel(cluster.standby_address) as ch:
+            fi_grpc.FaultInjectionStub(ch).ClearFaults(fi.ClearRequest(), timeout=5)
+    cluster.router.wait_for_event("switch", to_state="NORMAL", timeout=60)
+    audit = [(e["action"], e["outcome"]) for e in cluster.router.events if e.get("event") == "admin call"]
+    assert ("drain primary", "refused: missing or wrong token") in audit
+    assert any(a == "switch standby" and o.startswith("refused: standby not ready") for a, o in audit), audit
+    assert ("switch standby (forced)", "done") in audit and ("switch primary", "done") in audit
+    assert not any("s3cret" in line or "guess" in line for line in cluster.router.lines), "a token was logged"

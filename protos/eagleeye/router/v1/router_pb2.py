@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x61gleeye/router/v1/router.proto\x12\x12\x65\x61gleeye.router.v1\"\x11\n\x0fGetStateRequest\"+\n\x12WatchEventsRequest\x12\x15\n\rreplay_recent\x18\x01 \x01(\r\"P\n\x0fSetDrainRequest\x12,\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\x12\x0f\n\x07\x64rained\x18\x02 \x01(\x08\"8\n\rSwitchRequest\x12\'\n\x02to\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\"\x92\x02\n\rBackendHealth\x12,\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x10\n\x08headroom\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x17\n\x0fwatch_connected\x18\x06 \x01(\x08\x12\"\n\x1a\x63onsecutive_check_failures\x18\x07 \x01(\r\x12\"\n\x1a\x63onsecutive_healthy_checks\x18\x08 \x01(\r\x12\x0f\n\x07\x65jected\x18\t \x01(\x08\x12\x0f\n\x07\x64rained\x18\n \x01(\x08\x12\x0e\n\x06weight\x18\x0b \x01(\x01\"\xd1\x01\n\x0bSwitchEvent\x12\x11\n\ttime_unix\x18\x01 \x01(\x01\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65tection_ms\x18\x05 \x01(\x01\x12\x16\n\x0eprimary_weight\x18\x06 \x01(\x01\x12\x16\n\x0estandby_weight\x18\x07 \x01(\x01\x12\x19\n\x11latency_before_ms\x18\x08 \x01(\x01\x12\x18\n\x10latency_after_ms\x18\t \x01(\x01\"\xd9\x01\n\x0bRouterState\x12\r\n\x05state\x18\x01 \x01(\t\x12\x33\n\x08\x62\x61\x63kends\x18\x02 \x03(\x0b\x32!.eagleeye.router.v1.BackendHealth\x12\x36\n\rrecent_events\x18\x03 \x03(\x0b\x32\x1f.eagleeye.router.v1.SwitchEvent\x12\x1d\n\x15hold_down_remaining_s\x18\x04 \x01(\x01\x12\x15\n\rramp_progress\x18\x05 \x01(\x01\x12\x18\n\x10next_hold_down_s\x18\x06 \x01(\x01*<\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRIMARY\x10\x01\x12\x0b\n\x07STANDBY\x10\x02\x32\xd9\x02\n\x0bRouterAdmin\x12P\n\x08GetState\x12#.eagleeye.router.v1.GetStateRequest\x1a\x1f.eagleeye.router.v1.RouterState\x12X\n\x0bWatchEvents\x12&.eagleeye.router.v1.WatchEventsRequest\x1a\x1f.eagleeye.router.v1.SwitchEvent0\x01\x12P\n\x08SetDrain\x12#.eagleeye.router.v1.SetDrainRequest\x1a\x1f.eagleeye.router.v1.RouterState\x12L\n\x06Switch\x12!.eagleeye.router.v1.SwitchRequest\x1a\x1f.eagleeye.router.v1.RouterStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x61gleeye/router/v1/router.proto\x12\x12\x65\x61gleeye.router.v1\"\x11\n\x0fGetStateRequest\"+\n\x12WatchEventsRequest\x12\x15\n\rreplay_recent\x18\x01 \x01(\r\"P\n\x0fSetDrainRequest\x12,\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\x12\x0f\n\x07\x64rained\x18\x02 \x01(\x08\"G\n\rSwitchRequest\x12\'\n\x02to\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x92\x02\n\rBackendHealth\x12,\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x10\n\x08headroom\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x17\n\x0fwatch_connected\x18\x06 \x01(\x08\x12\"\n\x1a\x63onsecutive_check_failures\x18\x07 \x01(\r\x12\"\n\x1a\x63onsecutive_healthy_checks\x18\x08 \x01(\r\x12\x0f\n\x07\x65jected\x18\t \x01(\x08\x12\x0f\n\x07\x64rained\x18\n \x01(\x08\x12\x0e\n\x06weight\x18\x0b \x01(\x01\"\xd1\x01\n\x0bSwitchEvent\x12\x11\n\ttime_unix\x18\x01 \x01(\x01\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65tection_ms\x18\x05 \x01(\x01\x12\x16\n\x0eprimary_weight\x18\x06 \x01(\x01\x12\x16\n\x0estandby_weight\x18\x07 \x01(\x01\x12\x19\n\x11latency_before_ms\x18\x08 \x01(\x01\x12\x18\n\x10latency_after_ms\x18\t \x01(\x01\"\xd9\x01\n\x0bRouterState\x12\r\n\x05state\x18\x01 \x01(\t\x12\x33\n\x08\x62\x61\x63kends\x18\x02 \x03(\x0b\x32!.eagleeye.router.v1.BackendHealth\x12\x36\n\rrecent_events\x18\x03 \x03(\x0b\x32\x1f.eagleeye.router.v1.SwitchEvent\x12\x1d\n\x15hold_down_remaining_s\x18\x04 \x01(\x01\x12\x15\n\rramp_progress\x18\x05 \x01(\x01\x12\x18\n\x10next_hold_down_s\x18\x06 \x01(\x01*<\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRIMARY\x10\x01\x12\x0b\n\x07STANDBY\x10\x02\x32\xd9\x02\n\x0bRouterAdmin\x12P\n\x08GetState\x12#.eagleeye.router.v1.GetStateRequest\x1a\x1f.eagleeye.router.v1.RouterState\x12X\n\x0bWatchEvents\x12&.eagleeye.router.v1.WatchEventsRequest\x1a\x1f.eagleeye.router.v1.SwitchEvent0\x01\x12P\n\x08SetDrain\x12#.eagleeye.router.v1.SetDrainRequest\x1a\x1f.eagleeye.router.v1.RouterState\x12L\n\x06Switch\x12!.eagleeye.router.v1.SwitchRequest\x1a\x1f.eagleeye.router.v1.RouterStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eagleeye.router.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKEND']._serialized_start=968
-  _globals['_BACKEND']._serialized_end=1028
+  _globals['_BACKEND']._serialized_start=983
+  _globals['_BACKEND']._serialized_end=1043
   _globals['_GETSTATEREQUEST']._serialized_start=55
   _globals['_GETSTATEREQUEST']._serialized_end=72
   _globals['_WATCHEVENTSREQUEST']._serialized_start=74
@@ -40,13 +40,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETDRAINREQUEST']._serialized_start=119
   _globals['_SETDRAINREQUEST']._serialized_end=199
   _globals['_SWITCHREQUEST']._serialized_start=201
-  _globals['_SWITCHREQUEST']._serialized_end=257
-  _globals['_BACKENDHEALTH']._serialized_start=260
-  _globals['_BACKENDHEALTH']._serialized_end=534
-  _globals['_SWITCHEVENT']._serialized_start=537
-  _globals['_SWITCHEVENT']._serialized_end=746
-  _globals['_ROUTERSTATE']._serialized_start=749
-  _globals['_ROUTERSTATE']._serialized_end=966
-  _globals['_ROUTERADMIN']._serialized_start=1031
-  _globals['_ROUTERADMIN']._serialized_end=1376
+  _globals['_SWITCHREQUEST']._serialized_end=272
+  _globals['_BACKENDHEALTH']._serialized_start=275
+  _globals['_BACKENDHEALTH']._serialized_end=549
+  _globals['_SWITCHEVENT']._serialized_start=552
+  _globals['_SWITCHEVENT']._serialized_end=761
+  _globals['_ROUTERSTATE']._serialized_start=764
+  _globals['_ROUTERSTATE']._serialized_end=981
+  _globals['_ROUTERADMIN']._serialized_start=1046
+  _globals['_ROUTERADMIN']._serialized_end=1391
 # @@protoc_insertion_point(module_scope)

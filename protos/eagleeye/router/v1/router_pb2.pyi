@@ -35,10 +35,12 @@ class SetDrainRequest(_message.Message):
     def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., drained: _Optional[bool] = ...) -> None: ...
 
 class SwitchRequest(_message.Message):
-    __slots__ = ("to",)
+    __slots__ = ("to", "force")
     TO_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     to: Backend
-    def __init__(self, to: _Optional[_Union[Backend, str]] = ...) -> None: ...
+    force: bool
+    def __init__(self, to: _Optional[_Union[Backend, str]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class BackendHealth(_message.Message):
     __slots__ = ("backend", "address", "ready", "headroom", "reason", "watch_connected", "consecutive_check_failures", "consecutive_healthy_checks", "ejected", "drained", "weight")

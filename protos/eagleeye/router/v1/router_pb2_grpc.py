@@ -82,8 +82,9 @@ class RouterAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Switch(self, request, context):
-        """Maintenance: move traffic to a backend now. To STANDBY drains the primary; to PRIMARY
-        un-drains it and skips the hold-down (the ramp still applies). Needs the admin token.
+        """Maintenance: move traffic to a backend now. To STANDBY drains the primary (refused with
+        FAILED_PRECONDITION while the standby is not ready, unless `force`); to PRIMARY un-drains it
+        and skips the current hold-down (the ramp still applies). Needs the admin token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,8 +40,9 @@ class RouterAdminStub:
     (metadata "authorization: Bearer TOKEN").
     """
     Switch: _grpc.UnaryUnaryMultiCallable[_router_pb2.SwitchRequest, _router_pb2.RouterState]
-    """Maintenance: move traffic to a backend now. To STANDBY drains the primary; to PRIMARY
-    un-drains it and skips the hold-down (the ramp still applies). Needs the admin token.
+    """Maintenance: move traffic to a backend now. To STANDBY drains the primary (refused with
+    FAILED_PRECONDITION while the standby is not ready, unless `force`); to PRIMARY un-drains it
+    and skips the current hold-down (the ramp still applies). Needs the admin token.
     """
 
 @_typing.type_check_only
@@ -56,8 +57,9 @@ class RouterAdminAsyncStub(RouterAdminStub):
     (metadata "authorization: Bearer TOKEN").
     """
     Switch: _aio.UnaryUnaryMultiCallable[_router_pb2.SwitchRequest, _router_pb2.RouterState]  # type: ignore[assignment]
-    """Maintenance: move traffic to a backend now. To STANDBY drains the primary; to PRIMARY
-    un-drains it and skips the hold-down (the ramp still applies). Needs the admin token.
+    """Maintenance: move traffic to a backend now. To STANDBY drains the primary (refused with
+    FAILED_PRECONDITION while the standby is not ready, unless `force`); to PRIMARY un-drains it
+    and skips the current hold-down (the ramp still applies). Needs the admin token.
     """
 
 class RouterAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -93,8 +95,9 @@ class RouterAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.SwitchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.RouterState, _abc.Awaitable[_router_pb2.RouterState]]:
-        """Maintenance: move traffic to a backend now. To STANDBY drains the primary; to PRIMARY
-        un-drains it and skips the hold-down (the ramp still applies). Needs the admin token.
+        """Maintenance: move traffic to a backend now. To STANDBY drains the primary (refused with
+        FAILED_PRECONDITION while the standby is not ready, unless `force`); to PRIMARY un-drains it
+        and skips the current hold-down (the ramp still applies). Needs the admin token.
         """
 
 def add_RouterAdminServicer_to_server(servicer: RouterAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,39 @@
+"""Listeners: a port with or without TLS, and the plaintext health-only server kubelet probes use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from common import grpcopts
+from common.cli import ConfigError, parse_host_port, probe_bind
+from common.grpcguard import guarded
+from common.health import HealthServicer
+from common.tls import ServerTls
+
+
+def add_listener(server: grpc.aio.Server, field: str, address: str, tls: ServerTls | None) -> int:
+    """Bind `address` on `server` (TLS when given); the bound port, or a ConfigError naming `field`."""
+    host, wanted = parse_host_port(field, address)
+    probe_bind(field, host, wanted)
+    try:
+        if tls is None:
+            return int(server.add_insecure_port(address))
+        return int(server.add_secure_port(address, tls.credentials()))
+    except RuntimeError:
+        raise ConfigError(f"{field}={address!r}: cannot bind; is another server on this port?") from None
+
+
+def health_server(health: HealthServicer, address: str,
+                  options: Sequence[tuple[str, Any]] = ()) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server answering grpc.health.v1 only (the same statuses as the main port), not started.
+
+    For kubelet's gRPC probes, which cannot speak TLS: it reveals statuses and nothing else.
+    """
+    server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length", 4096),
+                                      *options])
+    health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
+    return server, add_listener(server, "health_listen", address, None)

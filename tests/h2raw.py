@@ -1,0 +1,106 @@
+"""A hostile gRPC peer written on a raw socket: it opens streams and never reads a byte of their answers.
+
+It announces an HTTP/2 flow-control window of 0, so the server cannot send a single DATA frame on its
+streams: every write the server makes to them waits forever. (A grpcio client that merely does not
+call read() still lets its transport take up to 64 KiB per stream.) It answers SETTINGS and PING, as a
+live peer does, so the server keeps the connection.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x4, 0x6, 0x7
+NO_ERROR, ENHANCE_YOUR_CALM = 0x0, 0xB  # GOAWAY codes: a graceful close; "too many pings"
+END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
+SETTINGS_INITIAL_WINDOW_SIZE = 0x4
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def _literal(name: str, value: str) -> bytes:
+    """An HPACK literal header field without indexing, new name, no Huffman coding (lengths < 127)."""
+    n, v = name.encode(), value.encode()
+    assert len(n) < 127 and len(v) < 127
+    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+
+
+def grpc_message(body: bytes) -> bytes:
+    """A gRPC length-prefixed message (uncompressed)."""
+    return b"\x00" + struct.pack(">I", len(body)) + body
+
+
+class StalledPeer:
+    """One connection carrying `streams` calls of `path` with request `body`, whose answers it never takes.
+
+    With `body` None the calls send nothing at all and stay open (an idle client stream).
+    """
+
+    def __init__(self, address: str, path: str, body: bytes | None, streams: int) -> None:
+        host, _, port = address.rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.opened_at = time.monotonic()
+        self.goaway_at: float | None = None
+        headers = b"".join(_literal(k, v) for k, v in (
+            (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", address),
+            ("content-type", "application/grpc"), ("te", "trailers")))
+        out = [PREFACE, _frame(SETTINGS, 0, 0, struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, 0))]
+        for i in range(streams):
+            sid = 1 + 2 * i
+            out.append(_frame(HEADERS, END_HEADERS, sid, headers))
+            if body is not None:
+                out.append(_frame(DATA, END_STREAM, sid, grpc_message(body)))
+        self.sock.sendall(b"".join(out))
+        self.goaway: int | None = None  # the error code of a GOAWAY the server sent
+        self.goaway_seen = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _read(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
+
+    def _serve(self) -> None:
+        """Answer SETTINGS and PING (a live peer does); read frames only to find those."""
+        self.sock.settimeout(None)
+        try:
+            while not self._closed:
+                head = self._read(9)
+                length = int.from_bytes(head[:3], "big")
+                kind, flags = head[3], head[4]
+                payload = self._read(length) if length else b""
+                if kind == SETTINGS and not flags & ACK:
+                    self.sock.sendall(_frame(SETTINGS, ACK, 0, b""))
+                elif kind == PING and not flags & ACK:
+                    self.sock.sendall(_frame(PING, ACK, 0, payload))
+                elif kind == GOAWAY:
+                    self.goaway = int.from_bytes(payload[4:8], "big")
+                    self.goaway_at = time.monotonic()
+                    self.goaway_seen.set()
+        except OSError:
+            pass
+
+    def ping(self) -> None:
+        """Send a PING (an abusive client sends many)."""
+        self.sock.sendall(_frame(PING, 0, 0, b"\0" * 8))
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._thread.join(5)

@@ -1,0 +1,202 @@
+"""Hostile and broken peers against real processes: each gets its bounded refusal, other clients nothing.
+
+Memory figures: each test prints the process's resident memory (run with -s to see them); the bounds
+asserted are generous on purpose (docs/configuration.md gives the measured figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from client.processes import BIN, LocalCluster, Proc
+from detector.defaultmodel.scenes import make_scene
+from detector.imaging import encode_png
+from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.detector.v1 import fault_injection_pb2 as fi
+from eagleeye.detector.v1 import fault_injection_pb2_grpc as fi_grpc
+from tests.conftest import fast_config
+from tests.h2raw import ENHANCE_YOUR_CALM, NO_ERROR, StalledPeer
+from tests.procs import NOT_SERVING, SERVING, HealthWatch, start_detector
+
+pytestmark = pytest.mark.integration
+IMAGE = encode_png(make_scene(4, size=(128, 96)).image)
+OWN = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", 64 << 20)]
+WATCH = "/grpc.health.v1.Health/Watch"
+STREAM = "/eagleeye.detector.v1.Detector/DetectStream"
+
+
+def rss_mib(proc: Proc) -> float:
+    """Resident memory of a child process, MiB."""
+    for line in Path(f"/proc/{proc.popen.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def detect(address: str, request: pb.DetectRequest, compression: grpc.Compression | None = None,
+                 ) -> tuple[grpc.StatusCode, str]:
+    async with grpc.aio.insecure_channel(address, options=OWN, compression=compression) as ch:
+        try:
+            await pb_grpc.DetectorStub(ch).Detect(request, timeout=30)
+        except grpc.aio.AioRpcError as e:
+            return e.code(), e.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.fixture(scope="module")
+def hostile_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """A worker with room for 1001 Watch streams: 1000 for the stalled peers, one for the good client."""
+    proc = start_detector("--fault-injection", "--config",
+                          fast_config(tmp_path_factory.mktemp("abuse"), {"max_watch_streams": 1001}))
+    proc.wait_for_event("model ready")
+    yield proc
+    proc.stop()
+
+
+async def test_watch_streams_that_never_read_cannot_hold_up_a_health_change(hostile_worker: Proc) -> None:
+    address = hostile_worker.address
+    body = health_pb2.HealthCheckRequest(service="readiness").SerializeToString()
+    before = rss_mib(hostile_worker)
+    peers = [await asyncio.to_thread(StalledPeer, address, WATCH, body, 100) for _ in range(10)]
+    try:
+        async with grpc.aio.insecure_channel(address, options=OWN) as ch:
+            good = HealthWatch(ch, "readiness")
+            await good.wait_for(SERVING, 30)
+            # The 1002nd Watch stream is refused, with the setting named.
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service="")):
+                    pass
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_watch_streams" in (refused.value.details() or "")
+
+            seen = len(good.statuses)
+            hostile_worker.forget_events()
+            # A slow canary (3 s against a 1.5 s deadline) turns readiness NOT_SERVING; ClearFaults undoes it.
+            await fi_grpc.FaultInjectionStub(ch).DelayInference(fi.Delay(seconds=3), timeout=10)
+            await good.wait_for(NOT_SERVING, 30, after=seen)
+            received = time.time()
+            published = hostile_worker.wait_for_event("health transition", ready=False)
+            took = received - datetime.fromisoformat(published["ts"].replace("Z", "+00:00")).timestamp()
+            print(f"\n1000 stalled Watch streams: NOT_SERVING reached a good watcher {took * 1000:.0f} ms after "
+                  f"it was published; worker RSS {before:.0f} -> {rss_mib(hostile_worker):.0f} MiB")
+            assert took < 1.0, f"a well-behaved watcher waited {took:.2f} s behind stalled ones"
+            good.cancel()
+            await fi_grpc.FaultInjectionStub(ch).ClearFaults(fi.ClearRequest(), timeout=10)
+    finally:
+        for p in peers:
+            p.close()
+
+
+async def test_oversized_images_and_compressed_requests_are_refused_and_others_served(
+        hostile_worker: Proc) -> None:
+    address = hostile_worker.address
+    buf = io.BytesIO()
+    Image.new("RGB", (5000, 5000), (40, 90, 160)).save(buf, format="PNG")  # ~70 KB, 75 MB decoded
+    assert len(buf.getvalue()) < 200_000
+    code, details = await detect(address, pb.DetectRequest(encoded=buf.getvalue()))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_image_pixels" in details, details
+
+    # 48 MB of pixels, a few hundred KB on the wire with gzip: refused by its decompressed size.
+    huge = pb.DetectRequest(raw=pb.RawImage(data=bytes(48_000_000), width=4000, height=4000))
+    code, details = await detect(address, huge, grpc.Compression.Gzip)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+    assert await detect(address, pb.DetectRequest(encoded=IMAGE)) == (grpc.StatusCode.OK, "")
+    print(f"\nafter a 5000x5000 PNG and a 48 MB gzip request: worker RSS {rss_mib(hostile_worker):.0f} MiB")
+    assert rss_mib(hostile_worker) < 2048
+
+
+async def test_two_thousand_idle_streams_get_the_stream_bound_and_unary_clients_are_served(
+        tmp_path: Path) -> None:
+    cluster = LocalCluster(worker_args=["--config", fast_config(tmp_path)])
+    peers: list[StalledPeer] = []
+    try:
+        cluster.wait_normal()
+        before = rss_mib(cluster.router)
+        for _ in range(20):
+            peers.append(await asyncio.to_thread(StalledPeer, cluster.router_address, STREAM, None, 100))
+        async with grpc.aio.insecure_channel(cluster.router_address, options=OWN) as ch:
+            deadline = time.monotonic() + 60
+            while True:  # the router takes the 2000 streams as fast as it can; until the bound is reached
+                call = pb_grpc.DetectorStub(ch).DetectStream(timeout=10)
+                try:
+                    await call.read()
+                    raise AssertionError("an idle stream answered")
+                except grpc.aio.AioRpcError as e:
+                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        assert "max_concurrent_streams" in (e.details() or ""), e.details()
+                        break
+                    assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+                assert time.monotonic() < deadline, "the stream bound was never reached"
+        for _ in range(5):
+            assert await detect(cluster.router_address, pb.DetectRequest(encoded=IMAGE)) == (grpc.StatusCode.OK, "")
+        after = rss_mib(cluster.router)
+        print(f"\n2000 idle streams (1000 admitted): router RSS {before:.0f} -> {after:.0f} MiB, "
+              f"primary {rss_mib(cluster.primary):.0f} MiB")
+        assert after - before < 1024
+    finally:
+        for p in peers:
+            p.close()
+        cluster.stop()
+
+
+async def test_router_client_connections_keepalive_enforcement_maximum_age_and_idle_streams(
+        tmp_path: Path) -> None:
+    router_toml = tmp_path / "router.toml"
+    router_toml.write_text("stream_idle_timeout_s = 1.0\nmax_connection_age_s = 4.0\n"
+                           "max_connection_age_grace_s = 1.0\n")
+    cluster = LocalCluster(worker_args=["--config", fast_config(tmp_path)], router_args=["--config", str(router_toml)])
+    try:
+        cluster.wait_normal()
+        pinger = await asyncio.to_thread(StalledPeer, cluster.router_address, STREAM, None, 0)
+        aged = await asyncio.to_thread(StalledPeer, cluster.router_address, STREAM, None, 0)
+        try:
+            for _ in range(5):  # a ping every 50 ms; the router allows one per 10 s
+                pinger.ping()
+                await asyncio.sleep(0.05)  # pacing the abuse, not waiting for an outcome
+            assert await asyncio.to_thread(pinger.goaway_seen.wait, 5), "a ping flood was tolerated"
+            assert pinger.goaway == ENHANCE_YOUR_CALM
+            assert await asyncio.to_thread(aged.goaway_seen.wait, 10), "no GOAWAY at max_connection_age_s"
+            assert aged.goaway == NO_ERROR and aged.goaway_at is not None
+            assert 3.0 < aged.goaway_at - aged.opened_at < 8.0  # 4 s +-10 %, on a busy machine
+        finally:
+            pinger.close()
+            aged.close()
+        async with grpc.aio.insecure_channel(cluster.router_address, options=OWN) as ch:
+            call = pb_grpc.DetectorStub(ch).DetectStream(timeout=30)
+            await call.write(pb.DetectRequest(frame_id=1, encoded=IMAGE))
+            assert (await call.read()).frame_id == 1
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as idle:
+                await call.read()
+            assert idle.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "stream_idle_timeout_s" in (idle.value.details() or "")
+            assert 0.8 < time.monotonic() - started < 3.5
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.parametrize(("args", "toml", "says"), [
+    (["--listen", "0.0.0.0:0", "--fault-injection"], "", "loopback"),
+    (["--listen", "127.0.0.1:0"], "fault_injection = true\n", "--fault-injection flag"),
+])
+def test_fault_injection_cannot_reach_production_by_accident(tmp_path: Path, args: list[str], toml: str,
+                                                              says: str) -> None:
+    config = tmp_path / "worker.toml"
+    config.write_text(toml)
+    out = subprocess.run([str(BIN / "eagleeye-detector"), *args, "--config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fault_injection" in lines[0] and says in lines[0], out.stderr

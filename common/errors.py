@@ -22,8 +22,9 @@ class IncidentLog:
     """Error ids for internal failures, logged once per distinct failure per window."""
 
     def __init__(self, logger: logging.Logger, window_s: float = 1.0, max_kept: int = 256,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, where: str = "server") -> None:
         self._log = logger
+        self._where = where  # whose log the client is sent to: "worker", "router"
         self._window_s = window_s
         self._max_kept = max_kept
         self._clock = clock
@@ -36,7 +37,7 @@ class IncidentLog:
         seen = self._recent.get(key)
         if seen is not None and now - seen[1] < self._window_s:
             self._recent[key] = (seen[0], seen[1], seen[2] + 1)
-            return _client_text(message, seen[0])
+            return _client_text(message, seen[0], self._where)
         if seen is not None and seen[2]:
             event(self._log, "internal error repeated", level, error_id=seen[0], repeats=seen[2])
         if len(self._recent) >= self._max_kept:
@@ -46,8 +47,8 @@ class IncidentLog:
         error_id = secrets.token_hex(6)
         self._recent[key] = (error_id, now, 0)
         event(self._log, "internal error", level, error_id=error_id, message=message, detail=detail, **fields)
-        return _client_text(message, error_id)
+        return _client_text(message, error_id, self._where)
 
 
-def _client_text(message: str, error_id: str) -> str:
-    return f"{message} (error id {error_id}; the server's log has the detail)"
+def _client_text(message: str, error_id: str, where: str) -> str:
+    return f"{message} (error id {error_id}; the {where}'s log has the detail)"

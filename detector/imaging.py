@@ -37,11 +37,14 @@ class ImageLimits:
     max_bytes: int
     max_pixels: int
 
-    def __post_init__(self) -> None:
-        # decode_encoded checks the header's size before any pixel is decoded; PIL's own bomb guard
-        # (process-wide) stands behind it at the same limit, for any path that reaches PIL without
-        # that check: past twice the limit PIL raises, which becomes RESOURCE_EXHAUSTED too.
-        Image.MAX_IMAGE_PIXELS = self.max_pixels
+
+def use_pil_guard(max_pixels: int) -> None:
+    """Set PIL's own decompression-bomb guard to `max_pixels` (process-wide: PIL has one limit).
+
+    decode_encoded checks the header's size against ImageLimits before any pixel is decoded; PIL's
+    guard stands behind that check at the same limit and refuses, while opening, past twice it.
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,12 @@ def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
         img.load()
     except ImageError:
         raise
-    except Image.DecompressionBombError as e:
-        # PIL refuses past twice its limit while opening, before the header check above can speak.
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # PIL's guard speaks while opening, before the header check above: past twice its limit, or
+        # past it where a warnings filter (python -W error) makes its warning an exception.
         found = re.search(r"\((\d+) pixels\)", str(e))
-        size = f"{found.group(1)} pixels" if found else f"more than twice {limits.max_pixels} pixels"
-        raise ImageError(f"image is {size} by its header; the limit is {limits.max_pixels} (max_image_pixels)",
+        size = f"image is {found.group(1)} pixels" if found else "image has too many pixels"
+        raise ImageError(f"{size} by its header; the limit is {limits.max_pixels} (max_image_pixels)",
                          too_large=True) from None
     except UnidentifiedImageError:
         raise ImageError("image bytes are not a JPEG or PNG file") from None

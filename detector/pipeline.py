@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import numpy as np
 from common.telemetry import Telemetry, disabled
 from detector.batcher import Batcher
 from detector.contract import ModelMeta
-from detector.imaging import ImageLimits, Letterbox, decode_encoded, decode_raw, letterbox
+from detector.imaging import ImageLimits, Letterbox, decode_encoded, decode_raw, letterbox, use_pil_guard
 from detector.postprocess import Detection, Selection, select
 
 
@@ -59,6 +60,38 @@ class DecodeBusy(Exception):
     """Too many request bytes are waiting for decoding: the worker is busy, another may serve."""
 
 
+class DecodeAdmission:
+    """Request bytes admitted to decoding (queued for the decode threads or decoding), up to a limit.
+
+    A request that does not fit is refused at once rather than queued; one that arrives while nothing
+    is admitted is taken whatever its size, so no request is refused for ever as "busy".
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()  # admitted on the event loop, released on the decode threads
+        self._admitted = 0
+
+    @property
+    def admitted(self) -> int:
+        """Bytes admitted and not yet released."""
+        return self._admitted
+
+    def admit(self, size: int) -> None:
+        """Count `size` more bytes, or raise DecodeBusy (naming max_decode_bytes) without counting them."""
+        with self._lock:
+            if self._admitted and self._admitted + size > self.limit:
+                raise DecodeBusy(f"worker busy: {self._admitted} bytes of images are waiting for decoding and "
+                                 f"this one is {size} (max_decode_bytes {self.limit}); retry later or use "
+                                 "another worker")
+            self._admitted += size
+
+    def release(self, size: int) -> None:
+        """Give back bytes admitted before."""
+        with self._lock:
+            self._admitted -= size
+
+
 class LatencyWindow:
     """Latencies of the requests of the last `window_s` seconds, for the p95 health rule."""
 
@@ -87,8 +120,8 @@ class Pipeline:
                  telemetry: Telemetry | None = None, decode_threads: int = 2,
                  max_decode_bytes: int = 128 * 1024 * 1024) -> None:
         self.meta = meta
-        self.max_decode_bytes = max_decode_bytes
-        self.decode_bytes = 0  # request bytes admitted to decoding (queued for the threads or decoding)
+        use_pil_guard(limits.max_pixels)  # process-wide, like PIL's limit: a worker has one pipeline
+        self._admission = DecodeAdmission(max_decode_bytes)
         self._telemetry = telemetry or disabled()
         self._batcher = batcher
         self.max_batch = batcher.max_batch
@@ -104,19 +137,25 @@ class Pipeline:
             pixels = decode_raw(image.data, image.width, image.height, self._limits)
         return letterbox(pixels, self.meta.input_size)
 
+    @property
+    def decode_bytes(self) -> int:
+        """Request bytes admitted to decoding now (queued for the decode threads or decoding)."""
+        return self._admission.admitted
+
     async def prepare(self, image: EncodedImage | RawImage) -> tuple[np.ndarray, Letterbox]:
         """Decode and letterbox on the decode threads; raises ImageError for a bad image, DecodeBusy
         (at once, before queueing) when admitting it would exceed max_decode_bytes."""
         size = len(image.data)
-        if self.decode_bytes + size > self.max_decode_bytes:
-            raise DecodeBusy(f"worker busy: {self.decode_bytes} bytes of images are waiting for decoding and this "
-                             f"one is {size} (max_decode_bytes {self.max_decode_bytes}); retry later or use "
-                             "another worker")
-        self.decode_bytes += size
+        self._admission.admit(size)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._decoder, self._prepare, image)
-        finally:
-            self.decode_bytes -= size
+            job = self._decoder.submit(self._prepare, image)
+        except BaseException:
+            self._admission.release(size)
+            raise
+        # Released when the decode thread is done with the image (or drops it unstarted), not when the
+        # caller stops waiting: a cancelled call's image stays in memory until its decoding ends.
+        job.add_done_callback(lambda _: self._admission.release(size))
+        return await asyncio.wrap_future(job)
 
     async def run(self, query: Query) -> Result:
         """Detect objects in one image."""

@@ -45,7 +45,7 @@ class RequestError(Exception):
         self.retry_elsewhere = retry_elsewhere  # busy, not broken: another worker may take it
 
 
-_INCIDENTS = IncidentLog(log)
+_INCIDENTS = IncidentLog(log, where="worker")
 
 
 def _status_of(err: Exception) -> RequestError:
@@ -86,6 +86,7 @@ class Slots:
         self.used += 1
 
     def give(self) -> None:
+        """Count one call fewer (the call that took a slot has ended)."""
         self.used -= 1
 
 
@@ -170,6 +171,13 @@ class DetectorServicer(pb_grpc.DetectorServicer):
             self._metrics.request(method, err.code.name)
         event(log, "request refused", logging.DEBUG, method=method, code=err.code.name, message=err.message)
 
+    async def _refuse(self, method: str, err: RequestError, context: grpc.aio.ServicerContext) -> None:
+        """Count the refusal and end the call with its status (abort raises)."""
+        self._count(method, err)
+        if err.retry_elsewhere:
+            context.set_trailing_metadata(((RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL),))
+        await context.abort(err.code, err.message)
+
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
         try:
             self.unary_calls.take()
@@ -178,11 +186,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
             finally:
                 self.unary_calls.give()
         except Exception as e:
-            err = _status_of(e)
-            self._count("Detect", err)
-            if err.retry_elsewhere:
-                context.set_trailing_metadata(((RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL),))
-            await context.abort(err.code, err.message)
+            await self._refuse("Detect", _status_of(e), context)
             raise  # unreachable: abort raises
 
     async def _stream_frame(self, request: pb.DetectRequest | MalformedRequest) -> pb.DetectResponse:
@@ -229,8 +233,8 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         try:
             self.streams.take()
         except RequestError as err:
-            self._count("DetectStream", err)
-            await context.abort(err.code, err.message)
+            await self._refuse("DetectStream", err, context)
+            return  # unreachable: abort raises
         # Bounded: a client faster than the model is slowed by flow control, not buffered here.
         pending: asyncio.Queue[asyncio.Task[pb.DetectResponse] | None] = asyncio.Queue(self._max_stream_inflight)
         reader = asyncio.create_task(self._read_frames(request_iterator, pending))
@@ -254,10 +258,17 @@ class DetectorServicer(pb_grpc.DetectorServicer):
     async def GetModelInfo(self, request: pb.GetModelInfoRequest,
                            context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         try:
+            self.unary_calls.take()
+        except RequestError as err:
+            await self._refuse("GetModelInfo", err, context)
+            raise  # unreachable: abort raises
+        try:
             pipeline = self._pipeline()
         except RequestError as err:
             await context.abort(err.code, err.message)
             raise
+        finally:
+            self.unary_calls.give()
         meta = pipeline.meta
         return pb.ModelInfo(name=meta.name, version=meta.version, classes=list(meta.classes),
                             input_height=meta.input_size[0], input_width=meta.input_size[1],

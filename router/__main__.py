@@ -34,6 +34,8 @@ from router.watcher import BackendWatcher
 log = logging.getLogger("eagleeye.router")
 PROG = "eagleeye-router"
 ADMIN_TOKEN_ENV = "EAGLEEYE_ADMIN_TOKEN"
+# Operators, not clients: a few dozen calls at once (event followers included) is plenty.
+ADMIN_MAX_CALLS = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +125,8 @@ async def serve(cfg: RouterConfig) -> int:
     if cfg.admin_listen:
         # A server of its own: network policy can keep clients away from it, and the data path's
         # limits and interceptors do not apply to operators.
-        admin = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length", 65536)])
+        admin = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length", 65536)],
+                                maximum_concurrent_rpcs=ADMIN_MAX_CALLS)
         servicer = AdminServicer(controller, cfg.admin_token, cfg.admin_auth_failure_delay_s)
         router_pb2_grpc.add_RouterAdminServicer_to_server(servicer, guarded(admin))
         admin_port = add_listener(admin, "admin_listen", cfg.admin_listen, tls)

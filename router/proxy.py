@@ -99,7 +99,7 @@ class Proxy:
         self.use_channels(unary_channels, stream_channels)
         self.clock = clock or asyncio.get_running_loop().time
         self.active_unary = 0
-        self.incidents = IncidentLog(log)
+        self.incidents = IncidentLog(log, where="router")
 
     def use_channels(self, unary_channels: dict[Backend, grpc.aio.Channel],
                      stream_channels: dict[Backend, grpc.aio.Channel]) -> None:

@@ -137,10 +137,13 @@ async def test_two_thousand_idle_streams_get_the_stream_bound_and_unary_clients_
                     if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                         assert "max_concurrent_streams" in (e.details() or ""), e.details()
                         break
-                    assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+                    assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (e, cluster.router.lines[-20:])
                 assert time.monotonic() < deadline, "the stream bound was never reached"
         for _ in range(5):
             assert await detect(cluster.router_address, pb.DetectRequest(encoded=IMAGE)) == (grpc.StatusCode.OK, "")
+        huge = pb.DetectRequest(raw=pb.RawImage(data=bytes(48_000_000), width=4000, height=4000))
+        code, details = await detect(cluster.router_address, huge, grpc.Compression.Gzip)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details  # the router counts decompressed bytes too
         after = rss_mib(cluster.router)
         print(f"\n2000 idle streams (1000 admitted): router RSS {before:.0f} -> {after:.0f} MiB, "
               f"primary {rss_mib(cluster.primary):.0f} MiB")

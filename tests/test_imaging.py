@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from detector.imaging import (
     encode_jpeg,
     encode_png,
     letterbox,
+    use_pil_guard,
 )
 
 LIMITS = ImageLimits(max_bytes=1024 * 1024, max_pixels=1000 * 1000)
@@ -88,11 +90,26 @@ def test_letterbox_maps_boxes_back_to_the_image() -> None:
     assert lb.to_image(np.array([[-50.0, -50.0, 400.0, 400.0]]))[0] == pytest.approx([0, 0, 320, 240])
 
 
-def test_pils_own_bomb_guard_is_on_at_the_configured_limit() -> None:
-    """PIL refuses past twice its limit while opening; that refusal names the setting too."""
-    limits = ImageLimits(max_bytes=1024 * 1024, max_pixels=1000 * 1000)  # sets PIL's process-wide limit
+# PIL's guard at 1000000 pixels: past twice it PIL refuses while opening; between once and twice it
+# warns (ignored) and the header check refuses, unless a filter makes the warning an exception.
+PIL_GUARD = {
+    "past twice the limit: PIL refuses": (
+        (4000, 4000), False, "image is 16000000 pixels by its header; the limit is 1000000 (max_image_pixels)"),
+    "past the limit: the header check refuses": (
+        (1200, 1000), False, "image is 1200x1000 = 1200000 pixels; the limit is 1000000 (max_image_pixels)"),
+    "past the limit, PIL's warning an error (python -W error)": (
+        (1200, 1000), True, "image is 1200000 pixels by its header; the limit is 1000000 (max_image_pixels)"),
+}
+
+
+@pytest.mark.parametrize(("size", "warning_is_error", "message"), PIL_GUARD.values(), ids=PIL_GUARD.keys())
+def test_pils_own_bomb_guard_is_on_at_the_configured_limit(
+        size: tuple[int, int], warning_is_error: bool, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # given back after the test
+    use_pil_guard(LIMITS.max_pixels)
     assert Image.MAX_IMAGE_PIXELS == 1000 * 1000
-    with pytest.raises(ImageError) as err:
-        decode_encoded(_bomb_png(4000, 4000), limits)
+    with warnings.catch_warnings(), pytest.raises(ImageError) as err:
+        warnings.simplefilter("error" if warning_is_error else "ignore", Image.DecompressionBombWarning)
+        decode_encoded(_bomb_png(*size), LIMITS)
     assert err.value.too_large
-    assert str(err.value) == "image is 16000000 pixels by its header; the limit is 1000000 (max_image_pixels)"
+    assert str(err.value) == message

@@ -129,10 +129,8 @@ class _Rotation:
 
     def __init__(self, tls: ServerTls) -> None:
         self._tls = tls
-        self._paths = tuple(p for p in (tls.cert, tls.key, tls.client_ca) if p is not None)
+        self._files = FileWatch([p for p in (tls.cert, tls.key, tls.client_ca) if p is not None])
         self._lock = threading.Lock()  # gRPC may call the fetcher from its own threads
-        self._stamp = _stamp(self._paths)
-        self._failed_stamp: tuple[tuple[int, int, int], ...] | None = None
         self._initial = self._configuration()
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
@@ -148,21 +146,15 @@ class _Rotation:
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """The new configuration when the files changed and hold a usable pair; None: keep the current one."""
         with self._lock:
-            try:
-                stamp = _stamp(self._paths)
-            except OSError:
-                return None  # a file is being replaced: try at the next handshake
-            if stamp == self._stamp or stamp == self._failed_stamp:
-                return None
+            if not self._files.changed():
+                return None  # unchanged, or a file is being replaced: look again at the next handshake
             try:
                 _load_pair(self._tls.cert, self._tls.key, self._tls.client_ca)
                 config = self._configuration()
-            except (ssl.SSLError, OSError) as e:
-                self._failed_stamp = stamp
+            except (ssl.SSLError, OSError) as e:  # tried again when the files change again
                 event(log, "certificate reload refused; serving the previous one", logging.WARNING,
                       cert=str(self._tls.cert), error=str(e))
                 return None
-            self._stamp, self._failed_stamp = stamp, None
             event(log, "certificate reloaded", cert=str(self._tls.cert))
             return config
 

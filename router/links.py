@@ -42,7 +42,6 @@ class Links:
         self._closing: set[asyncio.Task[None]] = set()
         files = [p for p in (cfg.backend_tls_ca, cfg.backend_tls_cert, cfg.backend_tls_key) if p is not None]
         self._files = FileWatch(files) if files else None
-        self.renewals = 0
         self.unary, self.stream, self.health = self._open()
 
     def _open(self) -> tuple[dict[Backend, grpc.aio.Channel], ...]:
@@ -60,7 +59,6 @@ class Links:
         """Open new channels (the certificate files as they are now); retire the old ones."""
         old_unary, old_stream, old_health = self.unary, self.stream, self.health
         self.unary, self.stream, self.health = self._open()
-        self.renewals += 1
         for listener in self._listeners:
             listener()
         for ch in old_unary.values():

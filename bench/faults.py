@@ -278,7 +278,8 @@ async def _slow_reader(address: str, pool: FramePool, clock: Clock, stop: asynci
             await call.write(pool.frame(i))       # blocks while the router's window is full
             slowest_write = max(slowest_write, clock.now() - t0)
         await call.done_writing()
-        await asyncio.wait_for(reader, CLIENT_STALL_S)
+        async with asyncio.timeout(CLIENT_STALL_S):
+            await reader
     notes["slowest_write_s"] = round(slowest_write, 2)
     return list(records.values())
 

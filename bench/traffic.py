@@ -15,6 +15,7 @@ import grpc
 from bench.analysis import Record
 from client.frames import FramePool
 from client.load import code_name
+from common.aio import wait_event
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 
@@ -34,12 +35,8 @@ async def _paced(clock: Clock, rate: float, stop: asyncio.Event, offset: float =
     while not stop.is_set():
         due = offset + i / rate
         delay = due - clock.now()
-        if delay > 0:
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-                return
-            except TimeoutError:
-                pass
+        if delay > 0 and await wait_event(stop, delay):
+            return
         yield i
         i += 1
 

@@ -17,6 +17,7 @@ import numpy as np
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 
+from common.aio import wait_event
 from common.logs import event
 from detector.batcher import Batcher, QueueFull
 from detector.config import HealthConfig
@@ -218,10 +219,7 @@ class Monitor:
                 self._canary_task = asyncio.create_task(self._run_canary())
                 next_canary = now + self._cfg.canary_interval_s
             await self.evaluate_once()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._cfg.evaluate_interval_s)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self._cfg.evaluate_interval_s)
             self._wake.clear()
 
     def stop(self) -> None:

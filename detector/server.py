@@ -8,6 +8,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -46,6 +47,12 @@ class RequestError(Exception):
 
 
 _INCIDENTS = IncidentLog(log, where="worker")
+
+
+def _retrieve(read: asyncio.Future[Any]) -> None:
+    """Mark an abandoned read's outcome as seen."""
+    if not read.cancelled():
+        read.exception()
 
 
 def _status_of(err: Exception) -> RequestError:
@@ -209,13 +216,13 @@ class DetectorServicer(pb_grpc.DetectorServicer):
                            pending: asyncio.Queue[asyncio.Task[pb.DetectResponse] | None]) -> None:
         """Start each frame as it arrives (so a stream's frames can share batches); stop on drain."""
         draining = asyncio.ensure_future(self.draining.wait())
+        nxt: asyncio.Future[Any] | None = None
         try:
             it = aiter(requests)
             while True:
                 nxt = asyncio.ensure_future(anext(it))
                 done, _ = await asyncio.wait({nxt, draining}, return_when=asyncio.FIRST_COMPLETED)
                 if nxt not in done:
-                    nxt.cancel()
                     break
                 try:
                     request = nxt.result()
@@ -226,6 +233,11 @@ class DetectorServicer(pb_grpc.DetectorServicer):
                     break  # no frame_id to answer it with: the stream ends with INVALID_ARGUMENT
         finally:
             draining.cancel()
+            if nxt is not None:
+                # Cancelled mid-read (the stream ended): the read may still finish, with the end of the
+                # requests; take its outcome so asyncio does not log it as an error nobody retrieved.
+                nxt.cancel()
+                nxt.add_done_callback(_retrieve)
             await pending.put(None)
 
     async def DetectStream(self, request_iterator: AsyncIterator[pb.DetectRequest],

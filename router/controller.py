@@ -18,6 +18,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 from opentelemetry import metrics
 
+from common.aio import wait_event
 from common.logs import event
 from router.fleet import Backend
 from router.latency import BackendTimers
@@ -141,10 +142,7 @@ class Controller:
             self.reevaluate()
             await self._publish_health()
             self._dirty.clear()
-            try:
-                await asyncio.wait_for(self._dirty.wait(), TICK_S)
-            except TimeoutError:
-                pass
+            await wait_event(self._dirty, TICK_S)
 
     async def _publish_health(self) -> None:
         can_serve = self.decision.state is not State.BOTH_DOWN

@@ -325,7 +325,7 @@ class StreamSession:
         remaining = context.time_remaining()
         self._deadline = None if remaining is None else proxy.clock() + remaining
         self._core = st.StreamCore(proxy.stream_cfg, proxy.controller, proxy.budget, proxy.pool,
-                                   affinity=random.random() * 100)
+                                   affinity=random.random() * 100, deadline=self._deadline)
         self._legs: dict[int, _Leg] = {}
         self._out: asyncio.Queue[st.Deliver | st.Abort | st.Finish] = asyncio.Queue()
         self._room = asyncio.Event()
@@ -511,7 +511,8 @@ class StreamSession:
         answer: bytes | None = None
         try:
             call = proxy.unary[(a.backend, "Detect")](a.data, timeout=timeout, metadata=self._metadata)
-            answer = await asyncio.wait_for(call, timeout)
+            async with asyncio.timeout(timeout):
+                answer = await call
             self._ctl.unary_answered(a.backend, proxy.clock() - started)
         except (grpc.aio.AioRpcError, TimeoutError):
             pass  # the first worker's refusal stands

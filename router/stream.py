@@ -50,6 +50,12 @@ class StreamConfig:
     placement_check_s: float = 0.1         # how often health and weights are looked at
 
 
+# A leg carries the client's deadline, so it ends by itself at about that instant (gRPC's timer and the
+# router's clock may disagree by a millisecond or so): a leg ending this close to the deadline ended
+# because of it, not because of its backend.
+DEADLINE_SLACK_S = 0.01
+
+
 class BytePool:
     """The bytes all streams of the router may hold at once; `on_freed` is called when it has room again."""
 
@@ -195,8 +201,9 @@ class StreamCore:
     """One client stream's frames and legs."""
 
     def __init__(self, cfg: StreamConfig, fleet: Fleet, budget: RetryBudget, pool: BytePool,
-                 affinity: float) -> None:
+                 affinity: float, deadline: float | None = None) -> None:
         self._cfg = cfg
+        self._deadline = deadline     # the client's, if it set one
         self._fleet = fleet
         self._budget = budget
         self._pool = pool
@@ -277,6 +284,9 @@ class StreamCore:
         """Leg `gen` ended: cleanly (code OK), with a failure of the backend, or with its verdict on the stream."""
         if gen != self._gen or self.finished:
             return []
+        if code != "OK" and self._deadline is not None and now >= self._deadline - DEADLINE_SLACK_S:
+            # The client's own deadline: not the backend's failure, and no time left for another leg.
+            return self._end(Abort("DEADLINE_EXCEEDED", "deadline exceeded"))
         if code != "OK" and not failure:
             return self._end(Abort(code, message))  # the backend's answer about the stream itself
         if code == "OK" and not self._inflight and not self._queued:
@@ -303,11 +313,15 @@ class StreamCore:
         at = self._next_check
         if self._inflight:
             at = min(at, self._progress_at + self._fleet.stall_s(self.backend))
+        if self._deadline is not None:
+            at = min(at, self._deadline)
         return at
 
     def on_timer(self, now: float) -> list[Action]:
         if self.finished or self.backend is None:
             return []
+        if self._deadline is not None and now >= self._deadline:
+            return self._end(Abort("DEADLINE_EXCEEDED", "deadline exceeded"))
         if now >= self._next_check:
             self._next_check = now + self._cfg.placement_check_s
         b = self.backend

@@ -177,8 +177,8 @@ class BackendWatcher:
         try:
             # The router's own timer as well as gRPC's deadline: behind a dead connection the
             # deadline may not fire until keepalive gives up, seconds later (FACTS.md).
-            resp = await asyncio.wait_for(
-                self._stub.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=timeout), timeout)
+            async with asyncio.timeout(timeout):
+                resp = await self._stub.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=timeout)
             ok = resp.status == SERVING
             error = "" if ok else "NOT_SERVING"
         except grpc.aio.AioRpcError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import subprocess
 import time
 from collections.abc import Iterator
@@ -43,6 +44,26 @@ def rss_mib(proc: Proc) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+def probe_until_refused(address: str, limit_s: float) -> tuple[grpc.StatusCode, str]:
+    """Open streams that send one frame each, read its answer and finish, until one is refused."""
+    deadline = time.monotonic() + limit_s
+    with grpc.insecure_channel(address, options=OWN) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+        for fid in itertools.count(1):
+            try:
+                answers = list(stub.DetectStream(iter([pb.DetectRequest(frame_id=fid, encoded=IMAGE)]), timeout=30))
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.CANCELLED:
+                    # Seen about once in five runs, in the millisecond the router refuses its first
+                    # hundreds of streams: gRPC's server sends CANCELLED for one of them (not traced to
+                    # its cause; the router's handler sees no exception). A client retries it.
+                    continue
+                return e.code(), e.details() or ""
+            assert [a.frame_id for a in answers] == [fid]
+            assert time.monotonic() < deadline, "the stream bound was never reached"
+    raise AssertionError("unreachable")
 
 
 async def detect(address: str, request: pb.DetectRequest, compression: grpc.Compression | None = None,
@@ -126,19 +147,12 @@ async def test_two_thousand_idle_streams_get_the_stream_bound_and_unary_clients_
         before = rss_mib(cluster.router)
         for _ in range(20):
             peers.append(await asyncio.to_thread(StalledPeer, cluster.router_address, STREAM, None, 100))
-        async with grpc.aio.insecure_channel(cluster.router_address, options=OWN) as ch:
-            deadline = time.monotonic() + 60
-            while True:  # the router takes the 2000 streams as fast as it can; until the bound is reached
-                call = pb_grpc.DetectorStub(ch).DetectStream(timeout=10)
-                try:
-                    await call.read()
-                    raise AssertionError("an idle stream answered")
-                except grpc.aio.AioRpcError as e:
-                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        assert "max_concurrent_streams" in (e.details() or ""), e.details()
-                        break
-                    assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (e, cluster.router.lines[-20:])
-                assert time.monotonic() < deadline, "the stream bound was never reached"
+        # The router takes the 2000 streams as fast as it can; until the bound is reached, a well-behaved
+        # stream is served beside the idle ones. (The synchronous client: grpc.aio's may report a write
+        # that races the router's refusal as INTERNAL or CANCELLED instead of the status the router sent.)
+        code, details = await asyncio.to_thread(probe_until_refused, cluster.router_address, 120)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details, cluster.router.lines[-20:])
+        assert "router busy" in details and "max_concurrent_streams" in details, details
         for _ in range(5):
             assert await detect(cluster.router_address, pb.DetectRequest(encoded=IMAGE)) == (grpc.StatusCode.OK, "")
         huge = pb.DetectRequest(raw=pb.RawImage(data=bytes(48_000_000), width=4000, height=4000))
@@ -151,7 +165,11 @@ async def test_two_thousand_idle_streams_get_the_stream_bound_and_unary_clients_
     finally:
         for p in peers:
             p.close()
+        stopped = cluster.router.stop()  # SIGTERM while the streams of the peers just gone are torn down
         cluster.stop()
+    assert stopped == 0, ("the router did not exit on SIGTERM", cluster.router.lines[-5:])
+    for proc in (cluster.router, cluster.primary, cluster.standby):  # 1000 streams ended by their peers
+        assert not [line for line in proc.lines if '"level": "error"' in line], proc.lines[-5:]
 
 
 async def test_router_client_connections_keepalive_enforcement_maximum_age_and_idle_streams(

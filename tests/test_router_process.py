@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -304,3 +305,27 @@ def test_admin_cli_refuses_a_switch_to_an_unready_standby_unless_forced_and_logs
     assert any(a == "switch standby" and o.startswith("refused: standby not ready") for a, o in audit), audit
     assert ("switch standby (forced)", "done") in audit and ("switch primary", "done") in audit
     assert not any("s3cret" in line or "guess" in line for line in cluster.router.lines), "a token was logged"
+
+
+async def test_a_client_streams_own_deadline_is_not_a_worker_failure(cluster: LocalCluster) -> None:
+    """Video clients often give a stream a deadline; when it passes, the stream ends DEADLINE_EXCEEDED and
+    nothing else: no failover leg, no failure charged to the worker, no switch."""
+    image = encode_png(make_scene(2, size=(128, 96)).image)
+
+    async def one(ch: grpc.aio.Channel, i: int) -> grpc.StatusCode:
+        call = pb_grpc.DetectorStub(ch).DetectStream(timeout=2.0)
+        await call.write(pb.DetectRequest(frame_id=i, encoded=image))
+        assert (await call.read()).frame_id == i
+        try:
+            await call.read()  # the client sends nothing more; its deadline ends the stream
+        except grpc.aio.AioRpcError as e:
+            return e.code()
+        return grpc.StatusCode.OK
+
+    async with grpc.aio.insecure_channel(cluster.router_address) as ch:
+        codes = await asyncio.gather(*(one(ch, i) for i in range(20)))
+    assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+    moved = [e for e in cluster.router.events if e["event"] in ("stream moved", "switch", "ejected")]
+    assert not moved, moved
+    with grpc.insecure_channel(cluster.router_address) as ch:
+        assert pb_grpc.DetectorStub(ch).Detect(pb.DetectRequest(encoded=image), timeout=10).worker.endswith("primary")

@@ -61,11 +61,12 @@ class Harness:
     """A StreamCore and what it asked for, with the client taking answers at once unless told not to."""
 
     def __init__(self, fleet: FakeFleet | None = None, cfg: StreamConfig | None = None,
-                 pool: BytePool | None = None, budget: RetryBudget | None = None) -> None:
+                 pool: BytePool | None = None, budget: RetryBudget | None = None,
+                 deadline: float | None = None) -> None:
         self.fleet = fleet or FakeFleet()
         self.pool = pool or BytePool(10**9)
         self.core = StreamCore(cfg or StreamConfig(backend_window=4, max_frames=8, max_bytes=1000), self.fleet,
-                               budget or RetryBudget(BudgetConfig()), self.pool, affinity=50.0)
+                               budget or RetryBudget(BudgetConfig()), self.pool, affinity=50.0, deadline=deadline)
         self.delivered: list[bytes] = []
         self.take = True
         self.untaken: list[int] = []
@@ -178,6 +179,35 @@ def test_a_frame_that_breaks_every_backend_is_given_up() -> None:
     h.core.on_leg_end(2, True, "UNKNOWN", "", 0.2)
     out = h.core.on_leg_end(3, True, "UNKNOWN", "", 0.3)
     assert out[-1] == Abort("UNAVAILABLE", "frame 7 failed on 3 backend streams in a row; not replaying it again")
+
+
+@pytest.mark.parametrize(("code", "at"), [
+    ("DEADLINE_EXCEEDED", 5.0),      # the leg carried the client's deadline and it passed
+    ("DEADLINE_EXCEEDED", 4.995),    # gRPC's timer a few milliseconds ahead of the router's clock
+    ("CANCELLED", 5.2),              # anything else that ends a leg after the deadline
+])
+def test_the_clients_own_deadline_ends_the_stream_without_blaming_the_backend(code: str, at: float) -> None:
+    h = started(Harness(deadline=5.0))
+    h.send(1)
+    out = h.core.on_leg_end(1, True, code, "Deadline Exceeded", at)
+    assert out == [Close(1), Abort("DEADLINE_EXCEEDED", "deadline exceeded")]
+
+
+def test_a_leg_failing_well_before_the_deadline_still_fails_over() -> None:
+    h = started(Harness(deadline=5.0))
+    h.send(1)
+    out = h.core.on_leg_end(1, True, "DEADLINE_EXCEEDED", "", 4.9)
+    assert out[:3] == [Close(1), Failed(P, 1), Open(2, S)]
+
+
+def test_the_deadline_is_a_timer_and_ends_a_stalled_stream_without_a_failover() -> None:
+    h = started(Harness(FakeFleet(stall=10.0), deadline=1.0))
+    h.send(1)
+    assert h.core.next_timer() == pytest.approx(0.1)  # the placement check comes first
+    h.core.on_timer(0.1)
+    h.core.on_timer(0.9)
+    assert h.core.next_timer() == 1.0
+    assert h.core.on_timer(1.0) == [Close(1), Abort("DEADLINE_EXCEEDED", "deadline exceeded")]
 
 
 def test_the_backends_verdict_on_the_stream_reaches_the_client() -> None:

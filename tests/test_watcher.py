@@ -106,3 +106,39 @@ async def test_headroom_not_serving_is_reported_and_unknown_is_not(backend: Back
     await backend.health.set("headroom", health_pb2.HealthCheckResponse.NOT_SERVING)
     await until(backend, lambda: not w.view().headroom)
     assert w.view().ready and "headroom NOT_SERVING" in w.view().reason
+
+
+class HeldStub:
+    """Health calls that answer when the test says so; Watch streams that never answer."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[health_pb2.HealthCheckResponse] | None = None
+        self.asked = asyncio.Event()
+
+    def Check(self, request: health_pb2.HealthCheckRequest, timeout: float | None = None,
+              ) -> asyncio.Future[health_pb2.HealthCheckResponse]:
+        self.answer = asyncio.get_running_loop().create_future()
+        self.asked.set()
+        return self.answer
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        await asyncio.get_running_loop().create_future()  # never
+        yield health_pb2.HealthCheckResponse()
+
+
+@pytest.mark.parametrize("steps", range(8))
+async def test_stop_returns_even_when_it_lands_as_a_check_is_answered(steps: int) -> None:
+    """A cancellation arriving in the same loop turn as a Check's answer must not be lost (Python 3.11's
+    asyncio.wait_for drops it): a router on SIGTERM would wait for its watchers forever."""
+    w = BackendWatcher("primary", "127.0.0.1:1", backend_channel("127.0.0.1:1", CFG), CFG, lambda: None)
+    stub = HeldStub()
+    w._stub = stub
+    w.start()
+    await stub.asked.wait()
+    assert stub.answer is not None
+    stub.answer.set_result(health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING))
+    for _ in range(steps):
+        await asyncio.sleep(0)  # let the answer travel that many loop turns before the stop lands
+    async with asyncio.timeout(5):
+        await w.stop()
+    await w.channel.close()

@@ -16,8 +16,8 @@ import client.quiet  # noqa: F401  (before grpc loads)
 import grpc
 
 from client import admin, dial
-from client.admin import positive_arg, target_arg
-from client.dial import UsageError, add_tls_arguments, channel
+from client.admin import address_arg, positive_arg, target_arg
+from client.dial import UsageError, add_tls_arguments, add_xds_argument, channel
 from common.cli import OneLineParser
 from common.telemetry import Telemetry, tracing_configured
 from common.telemetry import setup as telemetry_setup
@@ -35,6 +35,8 @@ that dials takes --target HOST:PORT and, for TLS, --tls-ca FILE (plus --tls-cert
 mTLS). `eagleeye COMMAND --help` explains each one."""
 
 _TELEMETRY: list[Telemetry] = []
+TARGET_HELP = ("a worker, the router's client port, or xds:///eagleeye-detector with --xds-server "
+               "(the workers called directly, as the router decides)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -50,19 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("detect", help="detect objects in image files", description="Detect objects in image files.")
     d.add_argument("--target", required=True, type=target_arg, metavar="HOST:PORT",
-                   help="a worker, or the router's client port")
+                   help=TARGET_HELP)
     d.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files")
     d.add_argument("--score-threshold", type=float, metavar="S", help="keep detections scoring at least S")
     d.add_argument("--classes", metavar="A,B", help="only these class labels")
     d.add_argument("--timeout", type=positive_arg, default=10.0, metavar="S", help="deadline per image (default 10)")
     d.add_argument("--json", action="store_true", help="print one JSON object per image")
     add_tls_arguments(d)
+    add_xds_argument(d)
 
     lo = sub.add_parser("load", help="send synthetic video frames at a fixed rate",
                         description="Send synthetic video frames at a fixed rate, as an ingestion worker "
                                     "would, and report what came back. The last line is JSON with --json.")
     lo.add_argument("--target", required=True, type=target_arg, metavar="HOST:PORT",
-                    help="a worker, or the router's client port")
+                    help=TARGET_HELP)
     lo.add_argument("--mode", choices=["unary", "stream"], default="stream",
                     help="one Detect per frame, or every frame over one DetectStream (default stream)")
     lo.add_argument("--rate", type=positive_arg, default=20.0, metavar="N", help="frames per second (default 20)")
@@ -72,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--deadline", type=positive_arg, default=5.0, metavar="S", help="per unary call (default 5)")
     lo.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     add_tls_arguments(lo)
+    add_xds_argument(lo)
 
     st = sub.add_parser("status", help="a router's state, weights, backend health and recent switches",
                         description="Show a router's state, the weight and health of each backend, and its "
@@ -87,10 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
                         description="mAP@0.5 of the served model on N held-out synthetic scenes (seeded, so "
                                     "every run sees the same scenes).")
     ev.add_argument("--target", required=True, type=target_arg, metavar="HOST:PORT",
-                    help="a worker, or the router's client port")
+                    help=TARGET_HELP)
     ev.add_argument("--images", type=int, default=300, metavar="N", help="scenes to evaluate (default 300)")
     ev.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_tls_arguments(ev)
+    add_xds_argument(ev)
+
+    bo = sub.add_parser("bootstrap", help="print a gRPC xDS bootstrap for zero-hop clients",
+                        description="Print the JSON bootstrap a gRPC client needs to take the router's decisions "
+                                    "over xDS and call the workers directly (zero-hop mode): put it in a file "
+                                    "named by GRPC_XDS_BOOTSTRAP, or in GRPC_XDS_BOOTSTRAP_CONFIG, and dial "
+                                    "xds:///eagleeye-detector. See docs/zero-hop.md.")
+    bo.add_argument("--xds-server", required=True, type=address_arg, metavar="HOST:PORT",
+                    help="the router's control plane (its --xds-listen address), as the clients reach it")
+    bo.add_argument("--node-id", metavar="ID",
+                    help="how the router lists this client in `eagleeye status` (default: host name and pid)")
 
     admin.add_admin_parser(sub)
     return p
@@ -156,6 +171,8 @@ async def cmd_load(args: argparse.Namespace) -> int:
                f"latency p50 {summary['p50_ms']} ms  p95 {summary['p95_ms']} ms  p99 {summary['p99_ms']} ms"))
     if summary["error_codes"]:
         text += f"\nerrors by code: {summary['error_codes']}"
+    if len(summary["by_worker"]) > 1:
+        text += "\nanswered by: " + ", ".join(f"{w} {n}" for w, n in sorted(summary["by_worker"].items()))
     _print(summary, args.json, text)
     return 0 if summary["errors"] == 0 and summary["lost"] == 0 else 1
 
@@ -204,7 +221,13 @@ async def cmd_admin(args: argparse.Namespace) -> int:
     return await admin.run(args, _prog(args))
 
 
-COMMANDS = {"detect": cmd_detect, "load": cmd_load, "eval": cmd_eval, "status": cmd_status, "admin": cmd_admin}
+async def cmd_bootstrap(args: argparse.Namespace) -> int:
+    print(json.dumps(dial.xds_bootstrap(args.xds_server, args.node_id or dial.default_node_id()), indent=2))
+    return 0
+
+
+COMMANDS = {"detect": cmd_detect, "load": cmd_load, "eval": cmd_eval, "status": cmd_status, "admin": cmd_admin,
+            "bootstrap": cmd_bootstrap}
 
 
 def _prog(args: argparse.Namespace) -> str:
@@ -217,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     prog = _prog(args)
     try:
         # Everything an action needs from files is read and checked before dialing.
-        args.tls = dial.tls_from_args(args)
+        args.tls = dial.tls_from_args(args) if args.command != "bootstrap" else None
+        if args.command in ("detect", "load", "eval"):
+            dial.use_xds(args.target, args.xds_server)
         needs_token = args.command == "admin" and args.action in admin.ACTIONS
         args.token = admin.read_token(args, required=needs_token) if args.command in ("admin", "status") else None
     except UsageError as e:

@@ -58,8 +58,22 @@ examples:
 """ + EXIT_CODES
 
 
+def address_arg(text: str) -> str:
+    """argparse type for a HOST:PORT that is not a client target (--xds-server)."""
+    try:
+        parse_host_port("address", text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("address=", "")) from None
+    return text
+
+
 def target_arg(text: str) -> str:
-    """argparse type for --target: HOST:PORT."""
+    """argparse type for --target: HOST:PORT, or xds:///NAME (zero-hop mode)."""
+    if text.startswith("xds:///"):
+        name = text[len("xds:///"):]
+        if not name or any(c in name for c in "/?# "):
+            raise argparse.ArgumentTypeError(f"{text!r} is not xds:///NAME, e.g. xds:///eagleeye-detector")
+        return text
     try:
         parse_host_port("--target", text)
     except ConfigError as e:
@@ -210,6 +224,14 @@ def print_state(target: str, state: rpb.RouterState, events: int, as_json: bool)
                                  ("ejected", b.ejected)) if on]
         print(f"  {name:<8} {b.address:<22} weight {b.weight:5.1f}%  {health}"
               + (f" ({', '.join(extra)})" if extra else "") + (f"  - {b.reason}" if b.reason else ""))
+    if state.xds_endpoints_version:
+        current = sum(c.endpoints_version == state.xds_endpoints_version for c in state.xds_clients)
+        print(f"xDS clients: {len(state.xds_clients)} connected, {current} on assignment "
+              f"{state.xds_endpoints_version}")
+        for c in state.xds_clients:
+            mark = "current" if c.endpoints_version == state.xds_endpoints_version else \
+                f"on {c.endpoints_version or 'nothing yet'}"
+            print(f"  {c.node_id or '(no node id)'} {c.peer} {mark}" + (f"  - NACK {c.nack}" if c.nack else ""))
     if recent:
         print("recent switches:")
     for e in recent:

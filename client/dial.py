@@ -8,6 +8,9 @@ exit code 2, not a handshake failure later.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +100,12 @@ def tls_from_args(args: argparse.Namespace) -> Tls | None:
 
 
 def channel(target: str, tls: Tls | None = None) -> grpc.aio.Channel:
-    """A channel to HOST:PORT, plaintext or TLS, that carries large frames (and the trace, when tracing)."""
+    """A channel to HOST:PORT or xds:///NAME, plaintext or TLS, that carries large frames (and the trace,
+    when tracing)."""
     options: list[tuple[str, Any]] = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    if target.startswith(XDS_SCHEME):
+        options += XDS_CHANNEL_OPTIONS
     interceptors = list(INTERCEPTORS) or None
     if tls is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
@@ -108,3 +114,49 @@ def channel(target: str, tls: Tls | None = None) -> grpc.aio.Channel:
     credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
                                                certificate_chain=tls.cert)
     return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+
+
+# -- zero-hop mode: the router's decisions over xDS, the workers called directly ----------------------
+
+XDS_SCHEME = "xds:///"
+BOOTSTRAP_ENV = ("GRPC_XDS_BOOTSTRAP", "GRPC_XDS_BOOTSTRAP_CONFIG")
+# gRPC waits ~1 s before reconnecting to an address it lost; a worker back from a restart would sit
+# out that second after the router already offers it again.
+XDS_CHANNEL_OPTIONS: list[tuple[str, Any]] = [("grpc.initial_reconnect_backoff_ms", 100),
+                                              ("grpc.min_reconnect_backoff_ms", 100)]
+
+
+def xds_bootstrap(server: str, node_id: str) -> dict[str, Any]:
+    """gRPC's xDS bootstrap for the router's control plane at HOST:PORT (plaintext).
+
+    `ignore_resource_deletion`: should a control plane ever answer without a resource, clients keep
+    the one they have instead of failing every call.
+    """
+    return {"xds_servers": [{"server_uri": server, "channel_creds": [{"type": "insecure"}],
+                             "server_features": ["xds_v3", "ignore_resource_deletion"]}],
+            "node": {"id": node_id, "cluster": "eagleeye-clients"}}
+
+
+def default_node_id() -> str:
+    """A node id that tells operators which client it is (`eagleeye status` lists them)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def add_xds_argument(parser: argparse.ArgumentParser) -> None:
+    from client.admin import address_arg  # here: client.admin imports this module
+
+    parser.add_argument("--xds-server", metavar="HOST:PORT", type=address_arg,
+                        help="with --target xds:///NAME: the router's control plane (its --xds-listen address); "
+                             "the workers are then called directly, as the router decides (zero-hop mode)")
+
+
+def use_xds(target: str, xds_server: str | None) -> None:
+    """Check --target and --xds-server together; put the bootstrap in the environment before any channel."""
+    if target.startswith(XDS_SCHEME):
+        if xds_server:
+            os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = json.dumps(xds_bootstrap(xds_server, default_node_id()))
+        elif not any(os.environ.get(k) for k in BOOTSTRAP_ENV):
+            raise UsageError(f"--target {target} needs --xds-server HOST:PORT (the router's --xds-listen address), "
+                             "or a bootstrap in GRPC_XDS_BOOTSTRAP")
+    elif xds_server:
+        raise UsageError("--xds-server needs --target xds:///NAME (e.g. xds:///eagleeye-detector)")

@@ -64,7 +64,7 @@ async def run_unary(stub: pb_grpc.DetectorStub, pool: FramePool, plan: LoadPlan,
         except grpc.aio.AioRpcError as e:
             tally.on_error(e.code().name)
             return
-        tally.on_answer(resp.frame_id, (time.monotonic() - t0) * 1000)
+        tally.on_answer(resp.frame_id, (time.monotonic() - t0) * 1000, resp.worker)
 
     tasks = []
     async for frame_id in _ticks(plan, progress, tally):
@@ -85,7 +85,7 @@ async def _receive(call: grpc.aio.StreamStreamCall, tally: Tally, sent_at: dict[
         if resp.HasField("error"):
             tally.on_error(code_name(resp.error.code))
         else:
-            tally.on_answer(resp.frame_id, None if t0 is None else (time.monotonic() - t0) * 1000)
+            tally.on_answer(resp.frame_id, None if t0 is None else (time.monotonic() - t0) * 1000, resp.worker)
 
 
 async def run_stream(stub: pb_grpc.DetectorStub, pool: FramePool, plan: LoadPlan,

@@ -104,12 +104,13 @@ class LocalCluster:
 
     def __init__(self, worker_args: list[str] | None = None, router_args: list[str] | None = None, *,
                  primary_wrapper: list[str] | None = None, primary_listen: str = "127.0.0.1:0",
-                 admin_token: str = "") -> None:
+                 admin_token: str = "", xds: bool = False) -> None:
         self.worker_args = worker_args or []
         self.router_args = router_args or []
         self.primary_wrapper = primary_wrapper
         self.admin_token = admin_token or secrets.token_hex(16)
         self.admin_address = "127.0.0.1:0"
+        self.xds_address = "127.0.0.1:0" if xds else ""
         started: list[Proc] = []
         try:  # a process that fails to start does not leave the others running
             self.primary = self._worker("primary", primary_listen, primary_wrapper)
@@ -121,7 +122,9 @@ class LocalCluster:
             self.router = self._router("127.0.0.1:0")
             started.append(self.router)
             self.router_address = self.router.wait_listening()
-            self.admin_address = self.router.wait_for_event("listening")["admin"]
+            listening = self.router.wait_for_event("listening")
+            self.admin_address = listening["admin"]
+            self.xds_address = listening["xds"] or ""
         except BaseException:
             for proc in started:
                 if proc.popen.poll() is None:
@@ -134,7 +137,8 @@ class LocalCluster:
                     wrapper=wrapper)
 
     def _router(self, listen: str) -> Proc:
-        return Proc("eagleeye-router", ["--listen", listen, "--admin-listen", self.admin_address,
+        xds = ["--xds-listen", self.xds_address] if self.xds_address else []
+        return Proc("eagleeye-router", ["--listen", listen, "--admin-listen", self.admin_address, *xds,
                                         "--primary", self.primary_address, "--standby", self.standby_address,
                                         *self.router_args], env={"EAGLEEYE_ADMIN_TOKEN": self.admin_token})
 

@@ -27,14 +27,17 @@ class Tally:
     answers: dict[int, int] = field(default_factory=dict)   # frame_id -> times answered
     sent_ids: set[int] = field(default_factory=set)
     error_codes: dict[str, int] = field(default_factory=dict)
+    by_worker: dict[str, int] = field(default_factory=dict)  # answers per worker id
     _highest: int = -1
 
     def on_sent(self, frame_id: int) -> None:
         self.sent += 1
         self.sent_ids.add(frame_id)
 
-    def on_answer(self, frame_id: int, latency_ms: float | None) -> None:
+    def on_answer(self, frame_id: int, latency_ms: float | None, worker: str = "") -> None:
         self.answers[frame_id] = self.answers.get(frame_id, 0) + 1
+        if worker:
+            self.by_worker[worker] = self.by_worker.get(worker, 0) + 1
         if self.ordered and frame_id < self._highest:
             self.reordered += 1
         self._highest = max(self._highest, frame_id)
@@ -65,5 +68,6 @@ class Tally:
             "sent": self.sent, "answered": self.answered, "errors": self.errors, "lost": self.lost,
             "duplicated": self.duplicated, "reordered": self.reordered if self.ordered else None,
             "p50_ms": ms(percentile(self.latencies_ms, 50)), "p95_ms": ms(percentile(self.latencies_ms, 95)),
-            "p99_ms": ms(percentile(self.latencies_ms, 99)), "error_codes": self.error_codes, **extra,
+            "p99_ms": ms(percentile(self.latencies_ms, 99)), "error_codes": self.error_codes,
+            "by_worker": self.by_worker, **extra,
         }

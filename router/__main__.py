@@ -30,6 +30,7 @@ from router.latency import BackendTimers
 from router.links import Links
 from router.proxy import Proxy
 from router.watcher import BackendWatcher
+from router.xdsserver import XdsPublisher
 
 log = logging.getLogger("eagleeye.router")
 PROG = "eagleeye-router"
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__,
                       epilog="Settings not given as flags come from --config (TOML), then defaults; "
                              "see docs/router.md.")
-    p.add_argument("--listen", metavar="HOST:PORT", help="address clients call (port 0: any free port)")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="address clients call (port 0: any free port; \"\": no proxy, a control plane only)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0: any free port)")
     p.add_argument("--health-listen", metavar="HOST:PORT",
@@ -50,8 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-listen", metavar="HOST:PORT",
                    help="serve the admin API (state, events, drain, switch) here, and only here; needs an admin "
                         "token (default: no admin API)")
+    p.add_argument("--xds-listen", metavar="HOST:PORT",
+                   help="serve the routing decisions over xDS (ADS) here, for gRPC clients that dial "
+                        "xds:///NAME and call the workers directly (zero-hop mode; docs/zero-hop.md)")
+    p.add_argument("--xds-name", metavar="NAME",
+                   help="the name xDS clients dial, xds:///NAME (default eagleeye-detector)")
     p.add_argument("--tls-cert", metavar="FILE", type=Path,
-                   help="serve TLS (on --listen and --admin-listen) with this PEM certificate (chain)")
+                   help="serve TLS (on --listen, --admin-listen and --xds-listen) with this PEM certificate (chain)")
     p.add_argument("--tls-key", metavar="FILE", type=Path, help="... and this PEM private key")
     p.add_argument("--tls-client-ca", metavar="FILE", type=Path,
                    help="require client certificates signed by this PEM CA (mTLS)")
@@ -91,60 +98,82 @@ def client_connection_options(cfg: RouterConfig) -> list[tuple[str, int]]:
     ]
 
 
+def _bound(field: str, address: str, port: int) -> str:
+    return f"{parse_host_port(field, address)[0]}:{port}"
+
+
 async def serve(cfg: RouterConfig) -> int:
     loop = asyncio.get_running_loop()
-    host, wanted = parse_host_port("listen", cfg.listen)
-    probe_bind("listen", host, wanted)
-    tel = telemetry.setup("eagleeye-router", cfg.listen, cfg.metrics_listen or None)
-    server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
-                                      *grpcopts.message_size_options(cfg.max_message_bytes),
-                                      *client_connection_options(cfg)],
-                             interceptors=tel.server_interceptors())
+    if cfg.listen:
+        host, wanted = parse_host_port("listen", cfg.listen)
+        probe_bind("listen", host, wanted)
+    tel = telemetry.setup("eagleeye-router", cfg.listen or cfg.xds_listen, cfg.metrics_listen or None)
     tls = ServerTls.of(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-    port = add_listener(server, "listen", cfg.listen, tls)
     health = HealthServicer(cfg.max_watch_streams)
-    health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
-    probes: grpc.aio.Server | None = None
-    if cfg.health_listen:
-        probes, health_port = health_server(health, cfg.health_listen)
     links = Links(cfg, tel.client_interceptors() if tel.tracing else None)
     watchers = {backend: BackendWatcher(backend.value, address, links.health[backend], cfg)
                 for backend, address in ((Backend.PRIMARY, cfg.primary), (Backend.STANDBY, cfg.standby))}
     timers = {b: BackendTimers(cfg.hedge_quantile, (cfg.hedge_delay_min_s, cfg.hedge_delay_max_s),
                                cfg.stall_multiplier, (cfg.stall_min_s, cfg.stall_max_s)) for b in Backend}
     controller = Controller(cfg.policy(), watchers, health, timers, tel.meter)  # subscribes to the watchers
-    proxy = Proxy(cfg, controller, links.unary, links.stream, tracing=tel.tracing)
+
+    servers: dict[str, tuple[grpc.aio.Server, str]] = {}  # what listens where, by setting
+    if cfg.listen:
+        server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
+                                          *grpcopts.message_size_options(cfg.max_message_bytes),
+                                          *client_connection_options(cfg)],
+                                 interceptors=tel.server_interceptors())
+        servers["listen"] = server, _bound("listen", cfg.listen, add_listener(server, "listen", cfg.listen, tls))
+        health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
+        proxy = Proxy(cfg, controller, links.unary, links.stream, tracing=tel.tracing)
+        server.add_generic_rpc_handlers((proxy.handler(),))
+        links.subscribe(lambda: proxy.use_channels(links.unary, links.stream))
 
     def renewed() -> None:
-        proxy.use_channels(links.unary, links.stream)
         for backend, watcher in watchers.items():
             watcher.use_channel(links.health[backend])
     links.subscribe(renewed)
-    server.add_generic_rpc_handlers((proxy.handler(),))
-    admin: grpc.aio.Server | None = None
+    if cfg.health_listen:
+        probes, health_port = health_server(health, cfg.health_listen)
+        servers["health_listen"] = probes, _bound("health_listen", cfg.health_listen, health_port)
+    xds_tasks: list[asyncio.Task[None]] = []
+    publisher: XdsPublisher | None = None
+    if cfg.xds_listen:
+        # Its own server: ADS streams are long-lived and few, and a client port's limits do not fit them.
+        xds_server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length",
+                                                                              1024 * 1024)])
+        publisher = XdsPublisher(controller, cfg.xds_name, {Backend.PRIMARY: cfg.primary,
+                                                            Backend.STANDBY: cfg.standby},
+                                 cfg.xds_num_retries, cfg.xds_max_clients, tel.meter)
+        xds_server.add_generic_rpc_handlers((publisher.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(health, guarded(xds_server))
+        servers["xds_listen"] = xds_server, _bound("xds_listen", cfg.xds_listen,
+                                                   add_listener(xds_server, "xds_listen", cfg.xds_listen, tls))
     if cfg.admin_listen:
         # A server of its own: network policy can keep clients away from it, and the data path's
         # limits and interceptors do not apply to operators.
         admin = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length", 65536)],
                                 maximum_concurrent_rpcs=ADMIN_MAX_CALLS)
-        servicer = AdminServicer(controller, cfg.admin_token, cfg.admin_auth_failure_delay_s)
+        servicer = AdminServicer(controller, cfg.admin_token, cfg.admin_auth_failure_delay_s, publisher)
         router_pb2_grpc.add_RouterAdminServicer_to_server(servicer, guarded(admin))
-        admin_port = add_listener(admin, "admin_listen", cfg.admin_listen, tls)
+        servers["admin_listen"] = admin, _bound("admin_listen", cfg.admin_listen,
+                                                add_listener(admin, "admin_listen", cfg.admin_listen, tls))
 
-    await server.start()
-    for extra in (probes, admin):
-        if extra is not None:
-            await extra.start()
+    for server, _ in servers.values():
+        await server.start()
     for w in watchers.values():
         w.start()
     controller_task = asyncio.create_task(controller.run())
     links_task = asyncio.create_task(links.run())
-    event(log, "listening", address=f"{host}:{port}", metrics=tel.metrics_address, primary=cfg.primary,
+    if publisher is not None:
+        xds_tasks.append(asyncio.create_task(publisher.run()))
+    bound = {name: address for name, (_, address) in servers.items()}
+    event(log, "listening", address=bound.get("listen"), metrics=tel.metrics_address, primary=cfg.primary,
           standby=cfg.standby, weights=list(cfg.weights), hold_down_s=cfg.hold_down_s, ramp_s=cfg.ramp_s,
           tls="mTLS" if tls and tls.client_ca else "TLS" if tls else "off",
           backend_tls="mTLS" if cfg.backend_tls_cert else "TLS" if cfg.backend_tls_ca else "off",
-          health=f"{parse_host_port('health_listen', cfg.health_listen)[0]}:{health_port}" if probes else None,
-          admin=f"{parse_host_port('admin_listen', cfg.admin_listen)[0]}:{admin_port}" if admin else None)
+          health=bound.get("health_listen"), admin=bound.get("admin_listen"), xds=bound.get("xds_listen"),
+          xds_name=cfg.xds_name if publisher else None)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -153,10 +182,16 @@ async def serve(cfg: RouterConfig) -> int:
 
     event(log, "draining", grace_s=cfg.shutdown_grace_s, streams=controller.active_streams)
     await health.enter_graceful_shutdown()
-    await server.stop(cfg.shutdown_grace_s)
-    for extra in (probes, admin):
-        if extra is not None:
-            await extra.stop(None)
+    for task in xds_tasks:
+        task.cancel()
+    if "xds_listen" in servers:
+        # xDS clients keep the configuration they have and reconnect (to another replica, or to this one
+        # restarted): their calls do not wait for the proxy's grace period.
+        await servers.pop("xds_listen")[0].stop(None)
+    if "listen" in servers:
+        await servers.pop("listen")[0].stop(cfg.shutdown_grace_s)
+    for server, _ in servers.values():
+        await server.stop(None)
     controller_task.cancel()
     links_task.cancel()
     for w in watchers.values():

@@ -17,8 +17,10 @@ import grpc
 from common.logs import event
 from eagleeye.router.v1 import router_pb2 as pb
 from eagleeye.router.v1 import router_pb2_grpc as pb_grpc
+from router import xds
 from router.controller import Controller, SwitchEvent
 from router.fleet import Backend
+from router.xdsserver import XdsPublisher
 
 log = logging.getLogger("eagleeye.admin")
 
@@ -36,8 +38,10 @@ def event_pb(e: SwitchEvent) -> pb.SwitchEvent:
 class AdminServicer(pb_grpc.RouterAdminServicer):
     """Reads need nothing; actions need the token given to the router (--admin-token)."""
 
-    def __init__(self, controller: Controller, token: str, failed_auth_delay_s: float) -> None:
+    def __init__(self, controller: Controller, token: str, failed_auth_delay_s: float,
+                 xds: XdsPublisher | None = None) -> None:
         self._ctl = controller
+        self._xds = xds
         self._token = token
         self._failed_auth_delay_s = failed_auth_delay_s
         self._failed_auth = asyncio.Lock()  # failed attempts are answered one at a time
@@ -52,10 +56,20 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
                 reason=view.reason, watch_connected=s.watch_connected, consecutive_check_failures=s.check_failures,
                 consecutive_healthy_checks=s.healthy_checks, ejected=s.ejected_at is not None, drained=s.drained,
                 weight=ctl.weight(backend)))
-        return pb.RouterState(state=d.state.value, backends=backends,
-                              recent_events=[event_pb(e) for e in ctl.events],
-                              hold_down_remaining_s=d.hold_down_remaining_s, ramp_progress=d.ramp_progress,
-                              next_hold_down_s=d.next_hold_down_s)
+        state = pb.RouterState(state=d.state.value, backends=backends,
+                               recent_events=[event_pb(e) for e in ctl.events],
+                               hold_down_remaining_s=d.hold_down_remaining_s, ramp_progress=d.ramp_progress,
+                               next_hold_down_s=d.next_hold_down_s)
+        if self._xds is not None:
+            snap = self._xds.snapshot
+            state.xds_endpoints_version = snap.versions[xds.ENDPOINTS] if snap else ""
+            for c in self._xds.clients.values():
+                eds = c.session.types.get(xds.ENDPOINTS)
+                state.xds_clients.append(pb.XdsClient(
+                    node_id=c.session.node_id, peer=c.peer, user_agent=c.session.user_agent,
+                    connected_unix=c.connected_unix, endpoints_version=eds.acked_version if eds else "",
+                    nack="; ".join(f"{xds.SHORT[t]}: {s.nack}" for t, s in c.session.types.items() if s.nack)))
+        return state
 
     async def _authorize(self, context: grpc.aio.ServicerContext, action: str) -> None:
         if not self._token:

@@ -22,10 +22,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class RouterConfig:
     """Everything a router needs; see `eagleeye-router --help` and docs/router.md."""
 
-    listen: str = "127.0.0.1:50050"
+    listen: str = "127.0.0.1:50050"     # "": no proxy (a control plane only, with xds_listen)
     metrics_listen: str = ""            # HOST:PORT for Prometheus /metrics; "": none
     health_listen: str = ""             # HOST:PORT, plaintext, grpc.health.v1 only (kubelet probes); "": none
     admin_listen: str = ""              # HOST:PORT of the admin service (needs admin_token); "": no admin service
+    xds_listen: str = ""                # HOST:PORT of the xDS control plane (ADS, zero-hop mode); "": none
+    xds_name: str = "eagleeye-detector"  # the resource name clients dial: xds:///NAME
+    xds_num_retries: int = 2            # the route's retries of UNAVAILABLE calls on xDS clients
+    xds_max_clients: int = 1000         # ADS streams at once
     tls_cert: Path | None = None        # with tls_key: TLS on `listen` and `admin_listen`
     tls_key: Path | None = None
     tls_client_ca: Path | None = None   # require client certificates signed by this CA (mTLS)
@@ -89,8 +93,10 @@ class RouterConfig:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        parse_host_port("listen", self.listen)
-        for name in ("metrics_listen", "health_listen", "admin_listen"):
+        if not self.listen and not self.xds_listen:
+            raise ConfigError("listen: required unless xds_listen is given (a router is a proxy, a control plane, "
+                              "or both)")
+        for name in ("listen", "metrics_listen", "health_listen", "admin_listen", "xds_listen"):
             if getattr(self, name):
                 parse_host_port(name, getattr(self, name))
         if self.admin_listen and not self.admin_token:
@@ -99,6 +105,13 @@ class RouterConfig:
         if self.admin_listen and self.admin_listen == self.listen and parse_host_port("listen", self.listen)[1]:
             raise ConfigError(f"admin_listen={self.admin_listen!r}: must differ from listen, so that "
                               "network policy can keep clients away from it")
+        if self.xds_listen and self.xds_listen in (self.listen, self.admin_listen) and \
+                parse_host_port("xds_listen", self.xds_listen)[1]:
+            raise ConfigError(f"xds_listen={self.xds_listen!r}: must differ from listen and admin_listen")
+        if not self.xds_name or any(c in self.xds_name for c in "/?#: "):
+            raise ConfigError(f"xds_name={self.xds_name!r}: must be a plain name (clients dial xds:///NAME)")
+        settings.at_least("xds_num_retries", self.xds_num_retries, 0)
+        settings.at_least("xds_max_clients", self.xds_max_clients, 1)
         tls.check_server_files(self.tls_cert, self.tls_key, self.tls_client_ca)
         tls.check_client_files("backend_tls", self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key)
         if self.backend_tls_server_name and self.backend_tls_ca is None:

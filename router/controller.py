@@ -90,6 +90,7 @@ class Controller:
         self.replayed_frames = 0
         self.active_streams = 0       # client DetectStreams open now (the proxy counts them)
         self._dirty = asyncio.Event()
+        self._decision_listeners: list[Callable[[], None]] = []
         self.metrics = RouterMetrics(
             meter or metrics.NoOpMeter("eagleeye"),
             weights=lambda: {b.value: self.weight(b) for b in Backend},
@@ -111,7 +112,13 @@ class Controller:
         self.decision = self._policy.update(p, s, now)
         for t in self.decision.transitions:
             self._emit(t, now)
+        for listener in self._decision_listeners:
+            listener()
         self._dirty.set()
+
+    def on_decision(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every evaluation of the policy (signals changed, or time passed)."""
+        self._decision_listeners.append(listener)
 
     def _emit(self, t: Transition, now: float) -> None:
         d = self.decision

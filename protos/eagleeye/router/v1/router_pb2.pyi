@@ -91,17 +91,37 @@ class SwitchEvent(_message.Message):
     def __init__(self, time_unix: _Optional[float] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., reason: _Optional[str] = ..., detection_ms: _Optional[float] = ..., primary_weight: _Optional[float] = ..., standby_weight: _Optional[float] = ..., latency_before_ms: _Optional[float] = ..., latency_after_ms: _Optional[float] = ...) -> None: ...
 
 class RouterState(_message.Message):
-    __slots__ = ("state", "backends", "recent_events", "hold_down_remaining_s", "ramp_progress", "next_hold_down_s")
+    __slots__ = ("state", "backends", "recent_events", "hold_down_remaining_s", "ramp_progress", "next_hold_down_s", "xds_endpoints_version", "xds_clients")
     STATE_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     RECENT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     HOLD_DOWN_REMAINING_S_FIELD_NUMBER: _ClassVar[int]
     RAMP_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     NEXT_HOLD_DOWN_S_FIELD_NUMBER: _ClassVar[int]
+    XDS_ENDPOINTS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    XDS_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     state: str
     backends: _containers.RepeatedCompositeFieldContainer[BackendHealth]
     recent_events: _containers.RepeatedCompositeFieldContainer[SwitchEvent]
     hold_down_remaining_s: float
     ramp_progress: float
     next_hold_down_s: float
-    def __init__(self, state: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendHealth, _Mapping]]] = ..., recent_events: _Optional[_Iterable[_Union[SwitchEvent, _Mapping]]] = ..., hold_down_remaining_s: _Optional[float] = ..., ramp_progress: _Optional[float] = ..., next_hold_down_s: _Optional[float] = ...) -> None: ...
+    xds_endpoints_version: str
+    xds_clients: _containers.RepeatedCompositeFieldContainer[XdsClient]
+    def __init__(self, state: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendHealth, _Mapping]]] = ..., recent_events: _Optional[_Iterable[_Union[SwitchEvent, _Mapping]]] = ..., hold_down_remaining_s: _Optional[float] = ..., ramp_progress: _Optional[float] = ..., next_hold_down_s: _Optional[float] = ..., xds_endpoints_version: _Optional[str] = ..., xds_clients: _Optional[_Iterable[_Union[XdsClient, _Mapping]]] = ...) -> None: ...
+
+class XdsClient(_message.Message):
+    __slots__ = ("node_id", "peer", "user_agent", "connected_unix", "endpoints_version", "nack")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NACK_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    peer: str
+    user_agent: str
+    connected_unix: float
+    endpoints_version: str
+    nack: str
+    def __init__(self, node_id: _Optional[str] = ..., peer: _Optional[str] = ..., user_agent: _Optional[str] = ..., connected_unix: _Optional[float] = ..., endpoints_version: _Optional[str] = ..., nack: _Optional[str] = ...) -> None: ...

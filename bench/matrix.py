@@ -1,13 +1,17 @@
-"""The fault matrix and the proxy-overhead table: eagleeye-router side by side with nginx and with
-calling a worker directly, same clients, same faults, all in one run.
+"""The fault matrix and the proxy-overhead table: eagleeye-router side by side with nginx, with
+zero-hop clients (the router's decisions over xDS, the workers called directly) and with calling a
+worker directly, same clients, same faults, all in one run.
 
     python -m bench.matrix [--out bench/out] [--only router,nginx] [--faults sigkill,...] [--loads unary,stream]
 
 Starts real processes on 127.0.0.1: a primary and a standby eagleeye-detector (embedded model,
-fault injection on), eagleeye-router and nginx (grpc_pass, primary plus `backup` standby) in front
-of the same two workers. For each system, load and fault it runs the load, injects the fault,
-records every frame, and restores the primary. Prints a table, writes results.json and one PNG
-timeline per fault under --out.
+fault injection on), eagleeye-router (also serving xDS) and nginx (grpc_pass, primary plus `backup`
+standby) in front of the same two workers. For each system, load and fault it runs the load, injects
+the fault, records every frame, and restores the primary. Prints a table, writes results.json and
+one PNG timeline per fault under --out.
+
+This process is the zero-hop client: its xDS bootstrap names one control-plane address, which every
+router started here listens on in turn (a restarted control plane, as clients see it).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -32,6 +37,7 @@ from bench.analysis import PRIMARY, Figures, Record, Run, first_answer_from
 from bench.cpu import cpu_seconds
 from bench.nginx import Nginx
 from bench.traffic import Clock, stream_load, unary_load
+from client.dial import xds_bootstrap
 from client.frames import make_pool
 from client.processes import LocalCluster, Proc
 from client.stats import percentile
@@ -57,6 +63,19 @@ SWITCH_BACK_WAIT_S = 12.0   # ...and on until it answers again (1 s more), at mo
 # forgotten after 1 s in NORMAL, so that every run starts from the same router state.
 ROUTER_ARGS = ["--weights", "100,0", "--hold-down", "2", "--ramp", "1"]
 ROUTER_TOML = "hold_down_max_s = 8.0\nhold_down_reset_s = 1.0\n"
+
+
+XDS_TARGET = "xds:///eagleeye-detector"
+# Zero-hop clients: the failures a client must live with when it calls workers itself.
+ZERO_HOP_FAULTS = ("sigkill", "sigstop", "sigterm")
+SYSTEMS = ("router", "nginx", "zero-hop", "direct")
+
+
+def free_address() -> str:
+    """A loopback address with a port free now (for the control plane every router here serves)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def router_args(workdir: Path) -> list[str]:
@@ -96,6 +115,7 @@ class Result:
     p99_after_ms: float | None = None
     traffic_moves: int | None = None
     error_codes: dict[str, int] = field(default_factory=dict)
+    client_cpu_ms_per_rpc: float | None = None
 
 
 def _row(system: str, scenario: str, load: str, f: Figures, cpu_ms: float | None, *, back: bool) -> Result:
@@ -141,6 +161,7 @@ class Bench:
         self.fronts = {
             "router": Front("router", lambda: cluster.router_address, lambda: cpu_seconds(cluster.router.popen.pid)),
             "nginx": Front("nginx", lambda: nginx.address, nginx.cpu_seconds),
+            "zero-hop": Front("zero-hop", lambda: XDS_TARGET, None),
             "direct": Front("direct", lambda: cluster.primary_address, None),
         }
         self.pool = make_pool(320, 240, "jpeg", count=8)
@@ -156,7 +177,7 @@ class Bench:
         async with grpc.aio.insecure_channel(c.primary_address) as ch:
             await until_ready(ch, 90)
         deadline = time.monotonic() + 90
-        if system == "router":
+        if system in ("router", "zero-hop"):  # the same router decides for both
             async with grpc.aio.insecure_channel(c.admin_address) as ch:
                 admin = router_pb2_grpc.RouterAdminStub(ch)
                 while (await admin.GetState(router_pb2.GetStateRequest(), timeout=5)).state != "NORMAL":
@@ -334,13 +355,14 @@ async def stream_loop(address: str, request: pb.DetectRequest, seconds: float) -
     return out
 
 
-async def overhead(seconds: float, runs: int) -> list[Result]:
-    """Direct, router and nginx in front of two echo backends: requests/s, latency, proxy CPU per RPC."""
+async def overhead(seconds: float, runs: int, xds_address: str) -> list[Result]:
+    """Direct, zero-hop, router and nginx in front of two echo backends: requests/s, latency, proxy CPU
+    per RPC and the client's own CPU per RPC (this process)."""
     primary = Proc("python", ["-m", "bench.echo_backend", "--worker-id", "primary"])
     standby = Proc("python", ["-m", "bench.echo_backend", "--worker-id", "standby"])
     p_addr, s_addr = primary.wait_listening(), standby.wait_listening()
-    router = Proc("eagleeye-router", ["--listen", "127.0.0.1:0", "--primary", p_addr, "--standby", s_addr,
-                                      *ROUTER_ARGS])
+    router = Proc("eagleeye-router", ["--listen", "127.0.0.1:0", "--xds-listen", xds_address, "--primary", p_addr,
+                                      "--standby", s_addr, *ROUTER_ARGS])
     router.wait_listening()
     nginx = Nginx(p_addr, s_addr)
     rows: list[Result] = []
@@ -348,15 +370,17 @@ async def overhead(seconds: float, runs: int) -> list[Result]:
         router.wait_for_event("switch", 60, to_state="NORMAL")
         fronts: dict[str, tuple[str, Callable[[], float] | None]] = {
             "direct": (p_addr, None),
+            "zero-hop": (XDS_TARGET, None),
             "router": (router.address, lambda: cpu_seconds(router.popen.pid)),
             "nginx": (nginx.address, nginx.cpu_seconds),
         }
         for load, label, size in OVERHEAD_PAYLOADS:
             request = pb.DetectRequest(encoded=os.urandom(size))
-            samples: dict[str, list[tuple[float, float | None, float | None, float | None]]] = {k: [] for k in fronts}
+            samples: dict[str, list[tuple[float | None, ...]]] = {k: [] for k in fronts}
             for _ in range(runs):      # interleaved, so drifts of a shared machine hit every system alike
                 for system, (address, cpu) in fronts.items():
                     cpu0 = cpu() if cpu else None
+                    own0 = cpu_seconds(os.getpid())
                     t0 = time.monotonic()
                     if load == "unary":
                         lat = await closed_loop(address, request, seconds, OVERHEAD_CONCURRENCY)
@@ -366,13 +390,15 @@ async def overhead(seconds: float, runs: int) -> list[Result]:
                         calls = len(lat)
                     wall = time.monotonic() - t0
                     cpu_ms = None if cpu is None or cpu0 is None else (cpu() - cpu0) * 1000 / calls
-                    samples[system].append((len(lat) / wall, percentile(lat, 50), percentile(lat, 99), cpu_ms))
+                    own_ms = (cpu_seconds(os.getpid()) - own0) * 1000 / calls
+                    samples[system].append((len(lat) / wall, percentile(lat, 50), percentile(lat, 99), cpu_ms,
+                                            own_ms))
             for system, s in samples.items():
-                def med(i: int, s: list[tuple[float, float | None, float | None, float | None]] = s) -> float | None:
+                def med(i: int, s: list[tuple[float | None, ...]] = s) -> float | None:
                     vals = [x[i] for x in s if x[i] is not None]
                     return statistics.median(vals) if vals else None   # type: ignore[type-var]
                 rows.append(Result(system, f"overhead {label}", load, 0, 0, None, None, None, None,
-                                   med(1), med(2), med(3), requests_per_s=med(0)))
+                                   med(1), med(2), med(3), requests_per_s=med(0), client_cpu_ms_per_rpc=med(4)))
     finally:
         nginx.stop()
         for p in (router, primary, standby):
@@ -401,12 +427,22 @@ def fault_table(rows: list[Result]) -> str:
 
 
 def overhead_table(rows: list[Result]) -> str:
-    head = f"{'load':<8}{'payload':<22}{'system':<8}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'proxy CPU ms/RPC':>18}"
+    head = (f"{'load':<8}{'payload':<22}{'system':<10}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'proxy CPU ms/RPC':>18}"
+            f"{'client CPU ms/RPC':>19}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.scenario.startswith("overhead"):
-            lines.append(f"{r.load:<8}{r.scenario.removeprefix('overhead '):<22}{r.system:<8}{_ms(r.requests_per_s):>8}"
-                         f"{_ms(r.p50_ms, 2):>9}{_ms(r.p99_ms, 2):>9}{_ms(r.cpu_ms_per_rpc, 3):>18}")
+            lines.append(f"{r.load:<8}{r.scenario.removeprefix('overhead '):<22}{r.system:<10}"
+                         f"{_ms(r.requests_per_s):>8}{_ms(r.p50_ms, 2):>9}{_ms(r.p99_ms, 2):>9}"
+                         f"{_ms(r.cpu_ms_per_rpc, 3):>18}{_ms(r.client_cpu_ms_per_rpc, 3):>19}")
+    by = {(r.load, r.scenario, r.system): r for r in rows if r.scenario.startswith("overhead")}
+    for (load, scenario, system), r in by.items():
+        direct = by.get((load, scenario, "direct"))
+        if system == "zero-hop" and direct and direct.requests_per_s and r.requests_per_s and \
+                direct.client_cpu_ms_per_rpc and r.client_cpu_ms_per_rpc:
+            lines.append(f"zero-hop / direct, {load} {scenario.removeprefix('overhead ')}: throughput "
+                         f"{r.requests_per_s / direct.requests_per_s:.2f}x, client CPU per RPC "
+                         f"{r.client_cpu_ms_per_rpc / direct.client_cpu_ms_per_rpc:.2f}x")
     return "\n".join(lines)
 
 
@@ -419,21 +455,24 @@ async def main_async(args: argparse.Namespace) -> int:
     def progress(what: str) -> None:
         print(f"[{time.monotonic() - started:6.1f} s] {what}", file=sys.stderr, flush=True)
 
+    xds_address = free_address()
+    os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = json.dumps(xds_bootstrap(xds_address, "bench"))
     if args.overhead_seconds > 0:
-        progress(f"proxy overhead: direct, router, nginx; {len(OVERHEAD_PAYLOADS)} loads and payloads, "
+        progress(f"proxy overhead: direct, zero-hop, router, nginx; {len(OVERHEAD_PAYLOADS)} loads and payloads, "
                  f"{args.overhead_runs} interleaved runs of {args.overhead_seconds:g} s")
-        results += await overhead(args.overhead_seconds, args.overhead_runs)
+        results += await overhead(args.overhead_seconds, args.overhead_runs, xds_address)
         print(overhead_table(results), flush=True)
 
     if args.faults:
-        cluster = LocalCluster(worker_args=["--fault-injection"], router_args=router_args(out))
+        cluster = LocalCluster(worker_args=["--fault-injection"], router_args=router_args(out),
+                               xds_listen=xds_address)
         nginx = Nginx(cluster.primary_address, cluster.standby_address)
         bench = Bench(cluster, nginx)
         try:
             cluster.wait_normal()
             for system in args.only:
                 for load in loads_for(system, args.loads):
-                    for fault in args.faults:
+                    for fault in [f for f in args.faults if system != "zero-hop" or f in ZERO_HOP_FAULTS]:
                         progress(f"{system} / {load} / {fault}")
                         rows = await bench.one(system, load, fault)
                         results += rows
@@ -472,9 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.matrix", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench/out"), help="where results.json and the PNGs go")
-    ap.add_argument("--only", metavar="SYSTEMS", type=_names(("router", "nginx", "direct")),
-                    default=["router", "nginx", "direct"],
-                    help="systems in the fault matrix (default router,nginx,direct)")
+    ap.add_argument("--only", metavar="SYSTEMS", type=_names(SYSTEMS), default=list(SYSTEMS),
+                    help=f"systems in the fault matrix (default {','.join(SYSTEMS)}; zero-hop: "
+                         f"{', '.join(ZERO_HOP_FAULTS)} only)")
     ap.add_argument("--loads", metavar="LOADS", type=_names(("unary", "stream")), default=["unary", "stream"],
                     help="default unary,stream (direct calls: unary only)")
     ap.add_argument("--faults", metavar="FAULTS", type=_names(FAULTS), default=list(FAULTS),

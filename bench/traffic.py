@@ -13,6 +13,7 @@ import time
 import grpc
 
 from bench.analysis import Record
+from client.dial import XDS_CHANNEL_OPTIONS, XDS_SCHEME
 from client.frames import FramePool
 from client.load import code_name
 from common.aio import wait_event
@@ -27,6 +28,11 @@ class Clock:
 
     def now(self) -> float:
         return time.monotonic() - self.origin
+
+
+def channel_options(address: str) -> list[tuple[str, int]]:
+    """Zero-hop clients reconnect as docs/zero-hop.md recommends; others as gRPC does by default."""
+    return list(XDS_CHANNEL_OPTIONS) if address.startswith(XDS_SCHEME) else []
 
 
 async def _paced(clock: Clock, rate: float, stop: asyncio.Event, offset: float = 0.0):  # type: ignore[no-untyped-def]
@@ -45,7 +51,7 @@ async def unary_load(address: str, pool: FramePool, clock: Clock, stop: asyncio.
                      rate: float, deadline_s: float, live: list[Record] | None = None) -> list[Record]:
     """Detect calls at `rate` per second, each with its own deadline; `live` sees each record as it is made."""
     records: list[Record] = [] if live is None else live
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with grpc.aio.insecure_channel(address, options=channel_options(address)) as ch:
         stub = pb_grpc.DetectorStub(ch)
 
         async def one(rec: Record, frame_id: int) -> None:
@@ -151,7 +157,7 @@ async def stream_load(address: str, pool: FramePool, clock: Clock, stop: asyncio
                       cameras: int, fps: float, stall_s: float, live: list[Record] | None = None,
                       ) -> tuple[list[Record], list[tuple[float, str]]]:
     """`cameras` streams at `fps` each; returns every frame's record and every stream break."""
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with grpc.aio.insecure_channel(address, options=channel_options(address)) as ch:
         stub = pb_grpc.DetectorStub(ch)
         cams = [_Camera(stub, pool, clock, n, stall_s, live) for n in range(cameras)]
 

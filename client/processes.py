@@ -99,18 +99,19 @@ class LocalCluster:
     `primary_wrapper` and `primary_listen` start the primary otherwise, e.g. inside a network namespace
     (tests/netns.py): `primary_wrapper=ns.command([]), primary_listen=f"{ns.ns_ip}:0"`; restarts keep both.
     The router serves its admin API on a port of its own, `admin_address`, with `admin_token` (given to
-    it in the environment, as EAGLEEYE_ADMIN_TOKEN).
+    it in the environment, as EAGLEEYE_ADMIN_TOKEN). With `xds_listen` it also serves xDS (zero-hop
+    mode) there, `xds_address` once bound; a restarted router listens on the same address.
     """
 
     def __init__(self, worker_args: list[str] | None = None, router_args: list[str] | None = None, *,
                  primary_wrapper: list[str] | None = None, primary_listen: str = "127.0.0.1:0",
-                 admin_token: str = "", xds: bool = False) -> None:
+                 admin_token: str = "", xds_listen: str = "") -> None:
         self.worker_args = worker_args or []
         self.router_args = router_args or []
         self.primary_wrapper = primary_wrapper
         self.admin_token = admin_token or secrets.token_hex(16)
         self.admin_address = "127.0.0.1:0"
-        self.xds_address = "127.0.0.1:0" if xds else ""
+        self.xds_address = xds_listen
         started: list[Proc] = []
         try:  # a process that fails to start does not leave the others running
             self.primary = self._worker("primary", primary_listen, primary_wrapper)

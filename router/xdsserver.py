@@ -103,8 +103,8 @@ class XdsPublisher:
 
     def refresh(self) -> None:
         """Rebuild the snapshot from the controller's decision; wake the streams when it changed."""
-        if not self._resolved or not self.settled():
-            return
+        if len(self._resolved) < len(Backend) or not self.settled():
+            return  # every backend's name looked up once, and the view settled: never a partial state
         ctl, d = self._ctl, self._ctl.decision
         facts = {}
         for b, w in ctl.watchers.items():
@@ -130,7 +130,10 @@ class XdsPublisher:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as e:
-            event(log, "xds resolve failed", logging.WARNING, backend=backend.value, host=host, error=str(e))
+            if self._resolved.get(backend) != ():  # once per outage, not every RESOLVE_INTERVAL_S
+                event(log, "xds resolve failed", logging.WARNING, backend=backend.value, host=host, error=str(e))
+            self._resolved[backend] = ()
+            self.refresh()  # offered to nobody until its name resolves
             return
         addresses = tuple(sorted({(str(info[4][0]), int(info[4][1])) for info in infos}))
         if addresses != self._resolved.get(backend):

@@ -280,6 +280,11 @@ DEAD = "127.0.0.1:1"  # nothing listens: a command that dialed would exit 1, not
     (["admin", "state", "--target", "nowhere"], "HOST:PORT"),
     (["admin", "events", "--target", DEAD, "--replay", "-1"], "--replay"),
     (["admin"], "ACTION"),
+    (["load", "--target", "xds:///eagleeye-detector"], "needs --xds-server HOST:PORT"),
+    (["detect", "--target", DEAD, "--xds-server", DEAD, "x.png"], "--xds-server needs --target xds:///NAME"),
+    (["eval", "--target", "xds:///a/b"], "is not xds:///NAME"),
+    (["bootstrap", "--xds-server", "nowhere"], "HOST:PORT"),
+    (["bootstrap"], "--xds-server"),
 ])
 def test_wrong_options_exit_2_with_one_line(argv: list[str], expect: str, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [a.replace("{pyproject}", str(ROOT / "pyproject.toml")) for a in argv]
@@ -287,6 +292,19 @@ def test_wrong_options_exit_2_with_one_line(argv: list[str], expect: str, capsys
     assert r.rc == 2, r
     assert expect in one_line(r.err)
     assert r.out == ""
+
+
+def test_bootstrap_prints_what_grpc_clients_need(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GRPC_XDS_BOOTSTRAP", raising=False)
+    r = run_main(["bootstrap", "--xds-server", "10.0.0.5:50070", "--node-id", "ingest-7"], capsys)
+    assert r.rc == 0
+    boot = json.loads(r.out)
+    (server,) = boot["xds_servers"]
+    assert server["server_uri"] == "10.0.0.5:50070" and server["channel_creds"] == [{"type": "insecure"}]
+    # Without it, a control plane that ever answers without a resource makes every call fail.
+    assert "ignore_resource_deletion" in server["server_features"] and "xds_v3" in server["server_features"]
+    assert boot["node"]["id"] == "ingest-7"
 
 
 def test_unreadable_tls_files_name_the_flag_and_the_file(tmp_path: Path, certs: Path,

@@ -98,6 +98,11 @@ def test_every_router_setting_is_documented() -> None:
      "PRIMARY,STANDBY"),
     (["--listen", "127.0.0.1:0", "--primary", "127.0.0.1:1", "--standby", "127.0.0.1:2", "--hold-down", "0"],
      "hold_down_s=0.0: must be > 0"),
+    (["--listen", "", "--primary", "127.0.0.1:1", "--standby", "127.0.0.1:2"], "listen: required unless xds_listen"),
+    (["--listen", "127.0.0.1:7000", "--xds-listen", "127.0.0.1:7000", "--primary", "127.0.0.1:1", "--standby",
+      "127.0.0.1:2"], "xds_listen='127.0.0.1:7000': must differ from listen"),
+    (["--xds-listen", "127.0.0.1:0", "--xds-name", "a/b", "--primary", "127.0.0.1:1", "--standby", "127.0.0.1:2"],
+     "xds_name='a/b': must be a plain name"),
 ])
 def test_router_cli_rejects_bad_settings_with_one_line_and_exit_2(args: list[str], message: str) -> None:
     proc = subprocess.run([BIN / "eagleeye-router", *args], capture_output=True, text=True, timeout=60)

@@ -89,7 +89,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     router_cfg = tmp_path / "router.toml"
     router_cfg.write_text("hold_down_s = 2.0\nramp_s = 2.0\nhealthy_checks = 3\n")
     c = LocalCluster(worker_args=["--config", fast_config(tmp_path)], router_args=["--config", str(router_cfg)],
-                     xds=True)
+                     xds_listen="127.0.0.1:0")
     try:
         c.wait_normal()
         yield c

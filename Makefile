@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo     start a worker and stream synthetic video through it"
 	@echo "make test     stubs check, lint, type check and the whole test suite"
-	@echo "make bench    figures: fault matrix vs nginx, faults beyond it, proxy overhead, Check latency, long fuzz (~11 min)"
+	@echo "make bench    figures: fault matrix vs nginx and zero-hop, faults beyond it, proxy overhead, Check latency, long fuzz (~14 min)"
 	@echo "make setup    create $(VENV) and install the project (editable) with its test tools"
 	@echo "make protos   regenerate the gRPC stubs from protos/"
 	@echo "make train-default-model   retrain the embedded default model (about 25 minutes on 2 cores)"
@@ -67,7 +67,7 @@ test: setup tools check-protos lint
 demo: setup
 	$(PY) -m client.demo
 
-# Figures, not assertions (docs/benchmarks.md): about 11 minutes on 2 cores. The fault matrix
+# Figures, not assertions (docs/benchmarks.md): about 14 minutes on 2 cores. The fault matrix
 # installs the Debian package nginx if it is missing.
 FUZZ_BENCH_EXAMPLES ?= 1500
 bench: setup tools

@@ -35,7 +35,7 @@ def draw(runs: dict[tuple[str, str], Run], title: str, path: Path, window: tuple
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = sorted({s for s, _ in runs}, key=["router", "nginx", "direct"].index)
+    systems = sorted({s for s, _ in runs}, key=["router", "nginx", "zero-hop", "direct"].index)
     loads = sorted({lo for _, lo in runs}, key=["unary", "stream"].index)
     fig, axes = plt.subplots(len(systems), len(loads), figsize=(6.5 * len(loads), 2.6 * len(systems)),
                              squeeze=False, sharex=True)

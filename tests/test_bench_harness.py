@@ -89,7 +89,7 @@ async def test_nginx_sends_to_the_primary_and_falls_back_to_the_backup() -> None
 
 @pytest.mark.skipif(not HAS_NGINX, reason="nginx is not installed (make tools installs it)")
 def test_a_small_matrix_writes_the_results_and_timelines(tmp_path: Path) -> None:
-    proc = Proc("python", ["-m", "bench.matrix", "--out", str(tmp_path), "--only", "router,nginx",
+    proc = Proc("python", ["-m", "bench.matrix", "--out", str(tmp_path), "--only", "router,nginx,zero-hop",
                            "--loads", "unary", "--faults", "sigstop", "--overhead-seconds", "0.3",
                            "--overhead-runs", "1"], ready_event="never")
     assert proc.popen.wait(240) == 0, "\n".join(proc.lines[-30:])
@@ -99,10 +99,13 @@ def test_a_small_matrix_writes_the_results_and_timelines(tmp_path: Path) -> None
                 "p99_ms", "cpu_ms_per_rpc"}
     assert all(required <= row.keys() for row in rows)
     by = {(r["system"], r["scenario"], r["load"]): r for r in rows}
-    assert {s for s, _, _ in by} == {"router", "nginx", "direct"}
+    assert {s for s, _, _ in by} == {"router", "nginx", "zero-hop", "direct"}
     for load in ("unary", "stream"):
         assert by[("router", "overhead 1 KB", load)]["cpu_ms_per_rpc"] > 0
         assert by[("direct", "overhead 1 KB", load)]["requests_per_s"] > 0
+        assert by[("zero-hop", "overhead 1 KB", load)]["requests_per_s"] > 0     # xDS clients were served
+        assert by[("zero-hop", "overhead 1 KB", load)]["client_cpu_ms_per_rpc"] > 0
+    assert by[("zero-hop", "sigstop", "unary")]["fault_to_switch_ms"] is not None
     router = by[("router", "sigstop", "unary")]
     assert router["lost"] == 0 and router["fault_to_switch_ms"] is not None    # the router's promise
     assert by[("nginx", "sigstop", "unary")]["cpu_ms_per_rpc"] is not None

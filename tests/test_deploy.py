@@ -33,6 +33,9 @@ from client.processes import LocalCluster
 ROOT = Path(__file__).parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 K8S_TLS = K8S / "tls"
+K8S_ZERO_HOP = K8S / "zero-hop"
+XDS_PORT = 50070
+ZERO_HOP_LABEL = {"eagleeye.io/zero-hop": "true"}
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE = [COMPOSE_DIR / "docker-compose.yml", COMPOSE_DIR / "docker-compose.cpu.yml"]
 TLS_OVERRIDE = COMPOSE_DIR / "docker-compose.tls.yml"
@@ -108,24 +111,40 @@ def _merge(base: Any, patch: Any, key: str = "") -> Any:
     return copy.deepcopy(patch)
 
 
+def component(directory: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    return loaded
+
+
 def tls_component() -> dict[str, Any]:
-    component: dict[str, Any] = yaml.safe_load((K8S_TLS / "kustomization.yaml").read_text())
-    return component
+    return component(K8S_TLS)
 
 
-def tls_manifests() -> list[tuple[Path, dict[str, Any]]]:
-    """The base with the TLS component's patches applied (kustomize's strategic merge, for these fields)."""
-    patches = [yaml.safe_load((K8S_TLS / p["path"]).read_text()) for p in tls_component()["patches"]]
+def component_manifests(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The base with a component applied: its patches (kustomize's strategic merge, for these fields),
+    then its own resources."""
+    c = component(directory)
+    patches = [yaml.safe_load((directory / p["path"]).read_text()) for p in c.get("patches", [])]
     out = []
     for path, doc in manifests():
         for patch in patches:
             if (patch["kind"], patch["metadata"]["name"]) == (doc["kind"], doc["metadata"]["name"]):
                 doc = _merge(doc, patch)
         out.append((path, doc))
+    for name in c.get("resources", []):
+        out += [(directory / name, doc) for doc in yaml.safe_load_all((directory / name).read_text()) if doc]
     return out
 
 
-VARIANTS = {"plain": manifests, "tls": tls_manifests}
+def tls_manifests() -> list[tuple[Path, dict[str, Any]]]:
+    return component_manifests(K8S_TLS)
+
+
+def zero_hop_manifests() -> list[tuple[Path, dict[str, Any]]]:
+    return component_manifests(K8S_ZERO_HOP)
+
+
+VARIANTS = {"plain": manifests, "tls": tls_manifests, "zero-hop": zero_hop_manifests}
 
 
 def deployments(variant: str) -> dict[str, dict[str, Any]]:
@@ -144,6 +163,49 @@ def test_manifest_is_valid_for_kubernetes_in_strict_mode(path: Path, doc: dict[s
 @pytest.mark.parametrize(("path", "doc"), tls_manifests(), ids=lambda v: v.name if isinstance(v, Path) else "")
 def test_tls_manifest_is_valid_for_kubernetes_in_strict_mode(path: Path, doc: dict[str, Any]) -> None:
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(("path", "doc"), zero_hop_manifests(), ids=lambda v: v.name if isinstance(v, Path) else "")
+def test_zero_hop_manifest_is_valid_for_kubernetes_in_strict_mode(path: Path, doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_zero_hop_component_lists_every_file() -> None:
+    c = component(K8S_ZERO_HOP)
+    assert c["kind"] == "Component" and c["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    listed = set(c["resources"]) | {p["path"] for p in c["patches"]}
+    assert listed == {p.name for p in K8S_ZERO_HOP.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_zero_hop_routers_serve_xds_that_the_bootstrap_names_and_clients_may_reach() -> None:
+    import json
+
+    from client.dial import xds_bootstrap
+
+    docs = zero_hop_manifests()
+    [c] = deployments("zero-hop")["eagleeye-router"]["spec"]["template"]["spec"]["containers"]
+    assert host_port(flag(c["args"], "--xds-listen") or "")[1] == XDS_PORT
+    [plain] = deployments("plain")["eagleeye-router"]["spec"]["template"]["spec"]["containers"]
+    assert flag(c["args"], "--listen") == flag(plain["args"], "--listen")  # the proxy stays
+    assert {"name": "xds", "containerPort": XDS_PORT} in c["ports"]
+    services = {d["metadata"]["name"]: d for _, d in docs if d["kind"] == "Service"}
+    [port] = services["eagleeye-router-xds"]["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (XDS_PORT, "xds")
+    namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
+    [boot] = [d for _, d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "eagleeye-xds-bootstrap"]
+    assert json.loads(boot["data"]["bootstrap.json"]) == xds_bootstrap(
+        f"eagleeye-router-xds.{namespace}.svc:{XDS_PORT}", "eagleeye-client")
+    # Zero-hop clients' namespaces, and only they, reach the xDS port and the workers' gRPC port.
+    labels = {name: deployments("zero-hop")[name]["spec"]["template"]["metadata"]["labels"]
+              for name in ("eagleeye-router", "eagleeye-detector-primary")}
+    for target, port_number in (("eagleeye-router", XDS_PORT), ("eagleeye-detector-primary", DETECTOR_PORT)):
+        rules = [rule for _, d in docs if d["kind"] == "NetworkPolicy" and _selects(d, labels[target])
+                 for rule in d["spec"].get("ingress", [])
+                 if any(p.get("port") == port_number for p in rule.get("ports", []))]
+        assert any(peer.get("namespaceSelector", {}).get("matchLabels") == ZERO_HOP_LABEL
+                   for rule in rules for peer in rule.get("from", [])), (target, rules)
+        if target == "eagleeye-router":
+            assert all(rule.get("from") for rule in rules), "the xDS port open to every peer"
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -253,7 +315,7 @@ def test_no_secret_is_optional(variant: str) -> None:
                 if ref:
                     refs += 1
                     assert ref.get("optional") is not True, e
-    assert refs >= (1 if variant == "plain" else 5)
+    assert refs >= (5 if variant == "tls" else 1)
 
 
 def test_router_admin_api_has_its_own_port_and_service_and_a_required_token() -> None:

@@ -154,7 +154,7 @@ def _version(resources: Mapping[str, any_pb2.Any]) -> str:
 class TypeState:
     """One resource type on one stream: what the client asked for, was sent, and accepted."""
 
-    names: frozenset[str] = frozenset()   # empty: every resource of the type (a wildcard subscription)
+    names: frozenset[str] = frozenset()   # empty: every listener or cluster (a wildcard); no assignment
     subscribed: bool = False
     sent_version: str = ""
     sent_nonce: str = ""
@@ -212,7 +212,10 @@ class AdsSession:
             return []  # nothing known yet: the client waits rather than see an empty state
         ts = self.types[type_url]
         available = self.snapshot.resources[type_url]
-        wanted: Iterable[str] = sorted(available) if not ts.names else sorted(n for n in ts.names if n in available)
+        if ts.names:
+            wanted: Iterable[str] = sorted(n for n in ts.names if n in available)
+        else:  # a wildcard for listeners and clusters; for assignments, no names means none wanted
+            wanted = [] if type_url == ENDPOINTS else sorted(available)
         self._nonce += 1
         ts.sent_version, ts.sent_nonce = self.snapshot.versions[type_url], str(self._nonce)
         return [x.DiscoveryResponse(version_info=ts.sent_version, type_url=type_url, nonce=ts.sent_nonce,

@@ -154,6 +154,9 @@ def test_a_changed_subscription_is_answered_with_what_exists() -> None:
     assert len(r.resources) == 1
     (r,), _ = s.on_request(request(xds.CLUSTER, names=(), version=r.version_info, nonce=r.nonce))  # wildcard
     assert len(r.resources) == 1
+    (e,), _ = s.on_request(request(xds.ENDPOINTS))
+    (e,), _ = s.on_request(request(xds.ENDPOINTS, names=(), version=e.version_info, nonce=e.nonce))
+    assert list(e.resources) == []  # no wildcard for assignments: no names is an unsubscription
 
 
 def test_types_the_control_plane_does_not_serve_are_ignored() -> None:

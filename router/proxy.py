@@ -408,7 +408,7 @@ class StreamSession:
         timeout = None if self._deadline is None else max(0.001, self._deadline - self._proxy.clock())
         call = self._proxy.streams[a.backend](timeout=timeout, metadata=self._metadata)
         leg = _Leg(a.gen, a.backend, call)
-        leg.tasks = [asyncio.create_task(self._send(leg)), asyncio.create_task(self._receive(leg))]
+        leg.tasks = [asyncio.create_task(self._send(leg)), asyncio.create_task(self._receive(leg))]  # send first
         self._legs[a.gen] = leg
 
     def _moved(self, a: st.Moved) -> None:
@@ -499,6 +499,9 @@ class StreamSession:
         except grpc.aio.AioRpcError as e:
             code, details = e.code().name, e.details() or ""
             failure = e.code() in _STREAM_FAILURES
+        # The call is over: its sender may still wait for a frame that will never come (the leg is no
+        # longer in _legs, so nothing else would end it, and asyncio destroys such a task while pending).
+        leg.tasks[0].cancel()
         if self._legs.get(leg.gen) is leg:
             del self._legs[leg.gen]
         self._apply(self._core.on_leg_end(leg.gen, failure, code, details, self._proxy.clock()))

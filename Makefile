@@ -6,16 +6,22 @@ PY := $(VENV)/bin/python
 # Override for another build, e.g. `make setup TORCH_SPEC='torch==2.13.0+cu128'`.
 TORCH_SPEC ?= torch==2.13.0
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
+# buf (lint and breaking-change check of protos/), from the npm package @bufbuild/buf.
+BUF_VERSION ?= 1.75.0
+BUF := $(VENV)/buf/node_modules/.bin/buf
+# The API as last released (`make api-release`): what the breaking-change check compares with.
+API_RELEASE := protos/api-release.binpb
 PYTEST_ARGS ?=
 
-.PHONY: setup tools protos check-protos lint test test-unit demo bench train-default-model clean help
+.PHONY: setup tools protos check-protos lint lint-protos api-release test test-unit demo bench k8s-monitoring train-default-model clean help
 
 help:
 	@echo "make demo     start a worker and stream synthetic video through it"
 	@echo "make test     stubs check, lint, type check and the whole test suite"
 	@echo "make bench    figures: fault matrix vs nginx and zero-hop, faults beyond it, proxy overhead, Check latency, long fuzz (~14 min)"
 	@echo "make setup    create $(VENV) and install the project (editable) with its test tools"
-	@echo "make protos   regenerate the gRPC stubs from protos/"
+	@echo "make protos   regenerate the gRPC stubs from protos/ (into detector/ and router/)"
+	@echo "make lint     ruff, mypy, and buf lint + breaking-change check of protos/ (against the last API release)"
 	@echo "make train-default-model   retrain the embedded default model (about 25 minutes on 2 cores)"
 
 setup: $(VENV)/.installed
@@ -23,7 +29,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[detector,dev]"
 	@touch $@
 
 # Debian packages the tests use: prometheus (promtool and a server for the alert-rule and scrape
@@ -39,24 +45,46 @@ tools:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 			--no-install-recommends prometheus docker-compose nginx iptables >/dev/null; }
 
-# Stubs are generated beside their .proto files (package `eagleeye`), with .pyi type stubs.
+# Stubs (with .pyi type stubs) of protos/eagleeye/SERVICE/... are generated into the top-level folder
+# SERVICE/, which is the import package eagleeye.SERVICE (pyproject.toml's package-dir).
 define gen_protos
 	$(PY) -m grpc_tools.protoc -I protos --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) \
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=$(1) $(PROTO_FILES)
 endef
 
 protos: setup
-	$(call gen_protos,protos)
+	@tmp=$$(mktemp -d) && $(call gen_protos,$$tmp) && \
+	for f in $$(cd $$tmp/eagleeye && find . -type f); do install -D -m 644 "$$tmp/eagleeye/$$f" "$$f"; done; \
+	rm -rf $$tmp; echo "stubs written into detector/ and router/"
 
 check-protos: setup
 	@tmp=$$(mktemp -d) && $(call gen_protos,$$tmp) && \
-	for f in $$(cd $$tmp && find . -type f); do \
-		cmp -s "$$tmp/$$f" "protos/$$f" || { echo "stale generated stub protos/$$f: run 'make protos'"; rm -rf $$tmp; exit 1; }; \
+	for f in $$(cd $$tmp/eagleeye && find . -type f); do \
+		cmp -s "$$tmp/eagleeye/$$f" "$$f" || { echo "stale generated stub $${f#./}: run 'make protos'"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated stubs are up to date"
 
-lint: setup
+# mypy cannot follow the editable install's import hook, so it reads the package through a tree of
+# links laid out as installed: $(VENV)/typecheck/eagleeye/NAME -> NAME/ for each package-dir entry.
+TYPECHECK := $(VENV)/typecheck
+lint: setup lint-protos
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/eagleeye && \
+	for d in $$($(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"].values())'); do \
+		ln -s "$(CURDIR)/$$d" "$(TYPECHECK)/eagleeye/$$d"; done
+	MYPYPATH=$(TYPECHECK) $(VENV)/bin/mypy --explicit-package-bases $(TYPECHECK)/eagleeye bench tests
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION)
+
+lint-protos: setup $(BUF)
+	cd protos && $(CURDIR)/$(BUF) lint
+	cd protos && $(CURDIR)/$(BUF) breaking --against $(CURDIR)/$(API_RELEASE)
+
+# Release the API: record it as the breaking-change baseline and tag it, e.g. `make api-release VERSION=0.2.0`.
+api-release: setup $(BUF)
+	@test -n "$(VERSION)" || { echo "usage: make api-release VERSION=X.Y.Z"; exit 2; }
+	cd protos && $(CURDIR)/$(BUF) build --exclude-source-info -o $(CURDIR)/$(API_RELEASE)
+	git add $(API_RELEASE) && git commit -m "API $(VERSION): breaking-change baseline" && git tag api/v$(VERSION)
 
 test-unit: setup
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
@@ -65,7 +93,7 @@ test: setup tools check-protos lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m client.demo
+	$(PY) -m eagleeye.client.demo
 
 # Figures, not assertions (docs/benchmarks.md): about 14 minutes on 2 cores. The fault matrix
 # installs the Debian package nginx if it is missing.
@@ -78,8 +106,12 @@ bench: setup tools
 	@echo "fuzz/abuse pass, $(FUZZ_BENCH_EXAMPLES) examples per property"
 	FUZZ_EXAMPLES=$(FUZZ_BENCH_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
+# The Kubernetes monitoring component's PrometheusRule and dashboard ConfigMap, from observability/.
+k8s-monitoring: setup
+	$(PY) deploy/kubernetes/monitoring/generate.py
+
 train-default-model: setup
-	$(PY) -m detector.defaultmodel.train --minutes 22 --out detector/defaultmodel/default.pt2
+	$(PY) -m eagleeye.detector.defaultmodel.train --minutes 22 --out detector/defaultmodel/default.pt2
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -11,7 +11,7 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
-from client.stats import percentile
+from eagleeye.harness.stats import percentile
 
 PRIMARY = "primary"
 STANDBY = "standby"

@@ -19,18 +19,19 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common import grpcopts
-from common.logs import event, setup
+from eagleeye.common import grpcopts
+from eagleeye.common.logs import event, setup
+from eagleeye.common.names import DETECTOR_SERVICE, HEADROOM, LIVENESS, READINESS_NAMES
 from eagleeye.detector.v1 import detector_pb2 as pb
-from router.wire import request_frame_id
+from eagleeye.router.wire import request_frame_id
 
-SERVICE = "eagleeye.detector.v1.Detector"
+SERVICE = DETECTOR_SERVICE
 log = logging.getLogger("eagleeye.echo")
 
 
 async def serve(listen: str, worker: str) -> None:
     answer = pb.DetectResponse(worker=worker, detections=[pb.Detection(score=0.9, label="screen")]).SerializeToString()
-    info = pb.ModelInfo(name="echo", worker=worker).SerializeToString()
+    info = pb.GetModelInfoResponse(name="echo", worker=worker).SerializeToString()
 
     async def detect(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return answer
@@ -49,7 +50,7 @@ async def serve(listen: str, worker: str) -> None:
         "DetectStream": grpc.stream_stream_rpc_method_handler(detect_stream),
     }),))
     health = health_aio.HealthServicer()
-    for name in ("", "readiness", "liveness", "headroom", "gpu"):
+    for name in (*READINESS_NAMES, LIVENESS, HEADROOM):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_insecure_port(listen)

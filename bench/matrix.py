@@ -37,14 +37,14 @@ from bench.analysis import PRIMARY, Figures, Record, Run, first_answer_from
 from bench.cpu import cpu_seconds
 from bench.nginx import Nginx
 from bench.traffic import Clock, stream_load, unary_load
-from client.dial import xds_bootstrap
-from client.frames import make_pool
-from client.processes import LocalCluster, Proc
-from client.stats import percentile
+from eagleeye.client.dial import xds_bootstrap
+from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
+from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.detector.v1 import fault_injection_pb2 as fi
-from eagleeye.detector.v1 import fault_injection_pb2_grpc as fi_grpc
+from eagleeye.harness.frames import make_pool
+from eagleeye.harness.processes import LocalCluster, Proc
+from eagleeye.harness.stats import percentile
 from eagleeye.router.v1 import router_pb2, router_pb2_grpc
 
 # The load: 30 frames/s either way (unary calls with a 2 s deadline, or three 10 fps cameras).
@@ -180,7 +180,7 @@ class Bench:
         if system in ("router", "zero-hop"):  # the same router decides for both
             async with grpc.aio.insecure_channel(c.admin_address) as ch:
                 admin = router_pb2_grpc.RouterAdminStub(ch)
-                while (await admin.GetState(router_pb2.GetStateRequest(), timeout=5)).state != "NORMAL":
+                while (await admin.GetState(router_pb2.GetStateRequest(), timeout=5)).state.state != "NORMAL":
                     if time.monotonic() > deadline:
                         raise RuntimeError("router did not return to NORMAL within 90 s")
                     await asyncio.sleep(0.1)  # polling the router's state: it has no "wait for" call
@@ -232,9 +232,9 @@ class Bench:
         elif fault == "inference_hang":
             async with grpc.aio.insecure_channel(c.primary_address) as ch:
                 stub = fi_grpc.FaultInjectionStub(ch)
-                await stub.HangInference(fi.HangRequest(), timeout=5)
+                await stub.HangInference(fi.HangInferenceRequest(), timeout=5)
                 await self._until(clock, run.fault_at + OUTAGE_S)
-                await stub.ClearFaults(fi.ClearRequest(), timeout=5)
+                await stub.ClearFaults(fi.ClearFaultsRequest(), timeout=5)
                 run.back_at = clock.now()
                 await until_ready(ch, 60)    # its canary passes again: readiness SERVING
             run.ready_at = clock.now()

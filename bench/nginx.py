@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from bench.cpu import cpu_seconds
+from eagleeye.common.names import DETECTOR_SERVICE
 
 CONFIG = """\
 worker_processes 1;
@@ -46,7 +47,7 @@ http {{
         client_max_body_size 0;          # a stream is one request body: a limit would cut long streams
         client_body_buffer_size 1m;
         http2_body_preread_size 1m;
-        location /eagleeye.detector.v1.Detector/ {{
+        location /{DETECTOR_SERVICE}/ {{
             grpc_pass grpc://detectors;
             grpc_buffer_size 1m;
             grpc_socket_keepalive on;
@@ -100,7 +101,8 @@ class Nginx:
         for _ in range(5):
             port = _free_port()
             conf = self.dir / "nginx.conf"
-            conf.write_text(CONFIG.format(dir=self.dir, port=port, primary=primary, standby=standby))
+            conf.write_text(CONFIG.format(dir=self.dir, port=port, primary=primary, standby=standby,
+                                          DETECTOR_SERVICE=DETECTOR_SERVICE))
             self.popen = subprocess.Popen([self.binary, "-p", str(self.dir), "-c", str(conf)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self.address = f"127.0.0.1:{port}"

@@ -21,11 +21,11 @@ import grpc
 
 from bench.cpu import cpu_seconds
 from bench.otlp_sink import OtlpSink
-from client.frames import make_pool
-from client.processes import LocalCluster
-from client.stats import percentile
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.harness.frames import make_pool
+from eagleeye.harness.processes import LocalCluster
+from eagleeye.harness.stats import percentile
 
 
 async def sequential(address: str, request: pb.DetectRequest | None, calls: int) -> list[float]:

@@ -13,11 +13,11 @@ import time
 import grpc
 
 from bench.analysis import Record
-from client.dial import XDS_CHANNEL_OPTIONS, XDS_SCHEME
-from client.frames import FramePool
-from client.load import code_name
-from common.aio import wait_event
+from eagleeye.client.dial import XDS_CHANNEL_OPTIONS, XDS_SCHEME
+from eagleeye.common.aio import wait_event
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.harness.frames import FramePool
+from eagleeye.harness.load import code_name
 
 
 class Clock:

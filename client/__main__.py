@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 # isort: off
-import client.quiet  # noqa: F401  (before grpc loads)
+import eagleeye.client.quiet  # noqa: F401  (before grpc loads)
 # isort: on
 import grpc
 
-from client import admin, dial
-from client.admin import address_arg, positive_arg, target_arg
-from client.dial import UsageError, add_tls_arguments, add_xds_argument, channel
-from common.cli import OneLineParser
-from common.telemetry import Telemetry, tracing_configured
-from common.telemetry import setup as telemetry_setup
+from eagleeye.client import admin, dial
+from eagleeye.client.admin import address_arg, positive_arg, target_arg
+from eagleeye.client.dial import UsageError, add_tls_arguments, add_xds_argument, channel
+from eagleeye.common.cli import OneLineParser
+from eagleeye.common.telemetry import Telemetry, tracing_configured
+from eagleeye.common.telemetry import setup as telemetry_setup
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
@@ -47,7 +47,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+                      add_version=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     d = sub.add_parser("detect", help="detect objects in image files", description="Detect objects in image files.")
@@ -149,8 +150,8 @@ async def cmd_detect(args: argparse.Namespace) -> int:
 
 
 async def cmd_load(args: argparse.Namespace) -> int:
-    from client.frames import make_pool
-    from client.load import LoadPlan, print_progress, run_stream, run_unary
+    from eagleeye.harness.frames import make_pool
+    from eagleeye.harness.load import LoadPlan, print_progress, run_stream, run_unary
 
     w, h = args.size
     pool = make_pool(w, h, args.format)
@@ -178,9 +179,8 @@ async def cmd_load(args: argparse.Namespace) -> int:
 
 
 async def cmd_eval(args: argparse.Namespace) -> int:
-    from client.evaluate import Prediction, mean_average_precision
-    from detector.defaultmodel.scenes import HELD_OUT_SEED_BASE, make_scene
-    from detector.imaging import encode_png
+    from eagleeye.client.evaluate import Prediction, mean_average_precision
+    from eagleeye.scenes import HELD_OUT_SEED_BASE, encode_png, make_scene
 
     if args.images < 1:
         print(f"{PROG} eval: error: --images must be >= 1", file=sys.stderr)

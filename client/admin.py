@@ -19,13 +19,13 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from client.dial import Tls, UsageError, add_tls_arguments, channel
-from common.cli import ConfigError, OneLineParser, is_loopback, parse_host_port
+from eagleeye.client.dial import Tls, UsageError, add_tls_arguments, channel
+from eagleeye.common.cli import ConfigError, OneLineParser, is_loopback, parse_host_port
 from eagleeye.router.v1 import router_pb2 as rpb
 from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 
 TOKEN_ENV = "EAGLEEYE_ADMIN_TOKEN"
-BACKENDS: dict[str, rpb.Backend] = {"primary": rpb.PRIMARY, "standby": rpb.STANDBY}
+BACKENDS: dict[str, rpb.Backend] = {"primary": rpb.BACKEND_PRIMARY, "standby": rpb.BACKEND_STANDBY}
 ACTIONS = ("drain", "undrain", "switch")  # the ones that need the token
 ACTION_EVENTS = 5  # recent events shown with the state an action prints
 
@@ -218,7 +218,7 @@ def print_state(target: str, state: rpb.RouterState, events: int, as_json: bool)
     if state.state == "RECOVERING":
         print(f"  hold-down left {state.hold_down_remaining_s:.1f} s, ramp {state.ramp_progress:.0%}")
     for b in state.backends:
-        name = rpb.Backend.Name(b.backend).lower()
+        name = rpb.Backend.Name(b.backend).removeprefix("BACKEND_").lower()
         health = "ready" if b.ready else "NOT READY"
         extra = [x for x, on in (("no headroom", not b.headroom and b.ready), ("drained", b.drained),
                                  ("ejected", b.ejected)) if on]
@@ -241,9 +241,9 @@ def print_state(target: str, state: rpb.RouterState, events: int, as_json: bool)
 
 async def get_state(target: str, tls: Tls | None, token: str | None, timeout: float) -> rpb.RouterState:
     async with channel(target, tls) as ch:
-        state: rpb.RouterState = await rpb_grpc.RouterAdminStub(ch).GetState(
+        answer: rpb.GetStateResponse = await rpb_grpc.RouterAdminStub(ch).GetState(
             rpb.GetStateRequest(), timeout=timeout, metadata=_metadata(token))
-    return state
+    return answer.state
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
@@ -263,19 +263,20 @@ async def run(args: argparse.Namespace, prog: str) -> int:
         stub = rpb_grpc.RouterAdminStub(ch)
         if args.action == "events":
             call = stub.WatchEvents(rpb.WatchEventsRequest(replay_recent=args.replay), metadata=_metadata(token))
-            async for e in call:
+            async for answer in call:
+                e = answer.event
                 print(json.dumps(_as_dict(e)) if args.json else event_line(e), flush=True)
             print(f"{prog}: {args.target}: the router ended the event stream", file=sys.stderr)
             return 0
         backend = BACKENDS[args.backend]
         if args.action == "switch":
-            state = await stub.Switch(rpb.SwitchRequest(to=backend, force=args.force),
-                                      timeout=args.timeout, metadata=_metadata(token))
+            state = (await stub.Switch(rpb.SwitchRequest(to=backend, force=args.force),
+                                       timeout=args.timeout, metadata=_metadata(token))).state
             done = f"switched to {args.backend}" + (" (forced)" if args.force else "")
         else:
             drained = args.action == "drain"
-            state = await stub.SetDrain(rpb.SetDrainRequest(backend=backend, drained=drained),
-                                        timeout=args.timeout, metadata=_metadata(token))
+            state = (await stub.SetDrain(rpb.SetDrainRequest(backend=backend, drained=drained),
+                                         timeout=args.timeout, metadata=_metadata(token))).state
             done = f"{args.action}ed {args.backend}"
     if not args.json:
         print(done)

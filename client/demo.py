@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from client.frames import make_pool
-from client.processes import LocalCluster
-from client.stats import Tally, percentile
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.harness.frames import make_pool
+from eagleeye.harness.processes import LocalCluster
+from eagleeye.harness.stats import Tally, percentile
 from eagleeye.router.v1 import router_pb2 as rpb
 from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 
@@ -67,7 +67,7 @@ def render(now: float, start: float, state: rpb.RouterState, stats: Stats, log: 
              + (f"   (ramp {state.ramp_progress:.0%})" if 0 < state.ramp_progress < 1 else ""),
              f"{'backend':<9}{'address':<18}{'health':<44}{'weight':>8}{'frames/s':>10}"]
     for b in state.backends:
-        name = rpb.Backend.Name(b.backend).lower()
+        name = rpb.Backend.Name(b.backend).removeprefix("BACKEND_").lower()
         health = ("ready" + ("" if b.headroom else ", no headroom")) if b.ready else f"DOWN: {b.reason}"[:42]
         lines.append(f"{name:<9}{b.address:<18}{health:<44}{b.weight:>7.1f}%{recent.count(name):>10}")
     s = stats.tally.summary()
@@ -112,12 +112,12 @@ async def run(args: argparse.Namespace) -> int:
                         e.get("event") == "model ready" for e in cluster.primary.events):
                     primary_ready_at = time.monotonic()
                     log.append(f"t={primary_ready_at - start:.1f} s: primary ready (model loaded and warm)")
-                state = await admin.GetState(rpb.GetStateRequest(), timeout=2)
+                state = (await admin.GetState(rpb.GetStateRequest(), timeout=2)).state
                 sys.stdout.write(render(now, start, state, stats, log, tty))
                 sys.stdout.flush()
                 await asyncio.wait(cams, timeout=0.5 if tty else 1.0)
             await asyncio.gather(*cams)
-            state = await admin.GetState(rpb.GetStateRequest(), timeout=2)
+            state = (await admin.GetState(rpb.GetStateRequest(), timeout=2)).state
             sys.stdout.write(render(time.monotonic(), start, state, stats, log, tty) + "\n")
     finally:
         cluster.stop()

@@ -143,7 +143,7 @@ def default_node_id() -> str:
 
 
 def add_xds_argument(parser: argparse.ArgumentParser) -> None:
-    from client.admin import address_arg  # here: client.admin imports this module
+    from eagleeye.client.admin import address_arg  # here: client.admin imports this module
 
     parser.add_argument("--xds-server", metavar="HOST:PORT", type=address_arg,
                         help="with --target xds:///NAME: the router's control plane (its --xds-listen address); "

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import ipaddress
 import socket
 import sys
 from collections.abc import Callable, Coroutine
-from typing import NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 
 class _Logged(Protocol):
     @property
     def log_level(self) -> str: ...
+
+    @property
+    def log_format(self) -> str: ...
 
 
 C = TypeVar("C", bound=_Logged)
@@ -23,8 +27,22 @@ class ConfigError(ValueError):
     """An invalid setting: the message names the field, the value and the rule."""
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), or a note that there is none."""
+    try:
+        return importlib.metadata.version("eagleeye")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are a single line on stderr and exit code 2."""
+    """An ArgumentParser whose errors are a single line on stderr and exit code 2; `--version` on top-level
+    parsers."""
+
+    def __init__(self, *args: Any, add_version: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if add_version:
+            self.add_argument("--version", action="version", version=f"%(prog)s {version()}")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -81,13 +99,13 @@ def probe_bind(field: str, host: str, port: int) -> None:
 
 def run_service(prog: str, make_config: Callable[[], C], serve: Callable[[C], Coroutine[object, object, int]]) -> int:
     """Build the config (exit 2 with one line if invalid), set up logs, serve until stopped."""
-    from common.logs import setup
+    from eagleeye.common.logs import setup
 
     try:
         cfg = make_config()
     except ConfigError as e:
         fail_config(prog, e)
-    setup(cfg.log_level)
+    setup(cfg.log_level, cfg.log_format)
     try:
         return asyncio.run(serve(cfg))
     except ConfigError as e:  # found while starting: a port in use, a device that is not there

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common.logs import event
+from eagleeye.common.logs import event
 
 
 class IncidentLog:

@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
-from common import grpcopts
-from common.cli import ConfigError, parse_host_port, probe_bind
-from common.grpcguard import guarded
-from common.health import HealthServicer
-from common.tls import ServerTls
+from eagleeye.common import grpcopts
+from eagleeye.common.cli import ConfigError, parse_host_port, probe_bind
+from eagleeye.common.grpcguard import guarded
+from eagleeye.common.health import HealthServicer
+from eagleeye.common.tls import ServerTls
 
 
 def add_listener(server: grpc.aio.Server, field: str, address: str, tls: ServerTls | None) -> int:
@@ -25,6 +26,15 @@ def add_listener(server: grpc.aio.Server, field: str, address: str, tls: ServerT
         return int(server.add_secure_port(address, tls.credentials()))
     except RuntimeError:
         raise ConfigError(f"{field}={address!r}: cannot bind; is another server on this port?") from None
+
+
+HEALTH_SERVICE = health.SERVICE_NAME
+
+
+def serve_reflection(server: grpc.aio.Server, *services: str) -> None:
+    """gRPC server reflection (what grpcurl and grpcui list and describe) for `services`, the ones `server`
+    serves, and for itself."""
+    reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), server)
 
 
 def health_server(health: HealthServicer, address: str,

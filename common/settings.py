@@ -1,18 +1,20 @@
-"""Frozen, validated settings dataclasses built from a TOML file and command-line flags.
+"""Frozen, validated settings dataclasses built from defaults, a TOML file, the environment and flags.
 
 A service declares its settings as a frozen dataclass whose __post_init__ validates with the checks
-below; `load` reads TOML (one nested table per nested dataclass field), applies flags over it, and
-reports any problem as one ConfigError naming the field, the value and the rule.
+below; `load` reads TOML (one nested table per nested dataclass field), then `EAGLEEYE_...` environment
+variables, then flags, and reports any problem as one ConfigError naming the setting, the value and
+the rule. Precedence: flag, environment, file, default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from common.cli import ConfigError
+from eagleeye.common.cli import ConfigError
 
 T = TypeVar("T")
 
@@ -59,6 +61,58 @@ def _coerce(name: str, value: Any, target: str) -> Any:
     return float(cast(float, value)) if target == "float" else value
 
 
+ENV_PREFIX = "EAGLEEYE_"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def env_name(key: str, table: str = "") -> str:
+    """The environment variable of a setting: EAGLEEYE_MAX_BATCH, EAGLEEYE_HEALTH_TEMP_CRITICAL_C (table health)."""
+    return ENV_PREFIX + (f"{table}_{key}" if table else key).upper()
+
+
+def _from_text(name: str, text: str, target: str) -> Any:
+    """An environment variable's text as the value a TOML file would hold for the same setting."""
+    try:
+        if target == "int":
+            return int(text)
+        if target == "float":
+            return float(text)
+        if target == "bool":
+            if text.strip().lower() not in (*_TRUE, *_FALSE):
+                raise ValueError
+            return text.strip().lower() in _TRUE
+        if target == "tuple[float, float]":
+            return [float(v) for v in text.split(",")]
+    except ValueError:
+        want = {"int": "an integer", "float": "a number", "bool": "true or false",
+                "tuple[float, float]": "two numbers separated by a comma, e.g. 95,5"}[target]
+        raise ConfigError(f"{name}={text!r}: must be {want}") from None
+    return text
+
+
+def _env_values(cls: type[Any], env: Mapping[str, str], nested: dict[str, type[Any]],
+                flag_only: tuple[str, ...]) -> dict[str, Any]:
+    """The settings given as environment variables: {field: value}, {table: {field: value}} for tables."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in nested:
+            table = {g.name: _coerce(env_name(g.name, f.name), _from_text(env_name(g.name, f.name), env[
+                env_name(g.name, f.name)], str(g.type)), str(g.type))
+                for g in dataclasses.fields(nested[f.name]) if env_name(g.name, f.name) in env}
+            if table:
+                out[f.name] = table
+            continue
+        name = env_name(f.name)
+        if name not in env:
+            continue
+        if f.name in flag_only:
+            raise ConfigError(f"{name}: {f.name} cannot be set from the environment; only the "
+                              f"--{f.name.replace('_', '-')} flag turns it on")
+        out[f.name] = _coerce(name, _from_text(name, env[name], str(f.type)), str(f.type))
+    return out
+
+
 def _apply(cls: type[Any], prefix: str, table: dict[str, Any], nested: dict[str, type[Any]]) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     out: dict[str, Any] = {}
@@ -77,11 +131,12 @@ def _apply(cls: type[Any], prefix: str, table: dict[str, Any], nested: dict[str,
 
 def load(cls: type[T], file: Path | None, flags: dict[str, Any],
          nested: dict[str, type[Any]] | None = None, nested_flags: dict[str, str] | None = None,
-         flag_only: tuple[str, ...] = ()) -> T:
-    """Defaults, then the TOML `file`, then `flags` (None: not given).
+         flag_only: tuple[str, ...] = (), env: Mapping[str, str] | None = None) -> T:
+    """Defaults, then the TOML `file`, then `env` (EAGLEEYE_... variables), then `flags` (None: not given).
 
     `nested` maps a field to its dataclass (a TOML table); `nested_flags` maps a flag to the nested
-    field it sets (e.g. {"require_gpu": "health"}); `flag_only` names fields a file may not set.
+    field it sets (e.g. {"require_gpu": "health"}); `flag_only` names fields only a flag may set.
+    Variables named like no setting are ignored (EAGLEEYE_ is shared with deployment scripts).
     """
     nested = nested or {}
     nested_flags = nested_flags or {}
@@ -97,6 +152,11 @@ def load(cls: type[T], file: Path | None, flags: dict[str, Any],
             if key in values:
                 raise ConfigError(f"{key}: cannot be set in a config file; only the --{key.replace('_', '-')} "
                                   "flag turns it on")
+    for key, value in _env_values(cls, env or {}, nested, flag_only).items():
+        if key in nested:
+            values[key] = dataclasses.replace(values.get(key, nested[key]()), **value)
+        else:
+            values[key] = value
     for key, value in flags.items():
         if value is None:
             continue

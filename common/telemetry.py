@@ -20,12 +20,12 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 
-from common.cli import ConfigError, parse_host_port
-from common.logs import event
+from eagleeye.common.cli import ConfigError, parse_host_port
+from eagleeye.common.logs import event
+from eagleeye.common.names import DETECTOR_SERVICE
 
 log = logging.getLogger("eagleeye.telemetry")
 
-TRACED_SERVICE = "eagleeye.detector.v1.Detector"
 
 # Latency buckets in seconds: a 2 ms CPU health check to a 10 s stall, dense where inference lives.
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -63,7 +63,7 @@ class Telemetry:
             return []
         from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-        return [aio_server_interceptor(filter_=filters.service_name(TRACED_SERVICE))]  # type: ignore[no-untyped-call]
+        return [aio_server_interceptor(filter_=filters.service_name(DETECTOR_SERVICE))]  # type: ignore[no-untyped-call]
 
     def client_interceptors(self) -> list[Any]:
         """gRPC aio client interceptors that carry the current trace to the callee (none without tracing)."""
@@ -72,7 +72,7 @@ class Telemetry:
         from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
 
         return list(aio_client_interceptors(  # type: ignore[no-untyped-call]
-            filter_=filters.service_name(TRACED_SERVICE)))
+            filter_=filters.service_name(DETECTOR_SERVICE)))
 
     def span_between(self, name: str, start_monotonic: float, end_monotonic: float, **attributes: Any) -> None:
         """A finished child span of the current one, for an interval measured with time.monotonic()."""

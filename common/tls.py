@@ -18,8 +18,8 @@ from pathlib import Path
 
 import grpc
 
-from common.cli import ConfigError
-from common.logs import event
+from eagleeye.common.cli import ConfigError
+from eagleeye.common.logs import event
 
 log = logging.getLogger("eagleeye.tls")
 

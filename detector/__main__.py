@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -14,24 +15,25 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from common import grpcopts
-from common import telemetry as telemetry_mod
-from common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
-from common.grpcguard import guarded
-from common.health import HealthServicer
-from common.logs import event
-from common.serving import add_listener, health_server
-from common.tls import ServerTls
-from detector import config as config_mod
-from detector.batcher import Batcher, InferenceHooks
-from detector.config import DetectorConfig
-from detector.contract import Detector, ModelError
-from detector.gpu import InjectedSource, NoGpu, SwitchableSource, open_source
-from detector.imaging import ImageLimits, letterbox
-from detector.metrics import DetectorMetrics
-from detector.monitor import Golden, HealthPublisher, Monitor
-from detector.pipeline import LatencyWindow, Pipeline
-from detector.server import Defaults, DetectorServicer
+from eagleeye.common import grpcopts
+from eagleeye.common import telemetry as telemetry_mod
+from eagleeye.common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
+from eagleeye.common.grpcguard import guarded
+from eagleeye.common.health import HealthServicer
+from eagleeye.common.logs import LOG_FORMATS, event
+from eagleeye.common.names import DETECTOR_SERVICE
+from eagleeye.common.serving import HEALTH_SERVICE, add_listener, health_server, serve_reflection
+from eagleeye.common.tls import ServerTls
+from eagleeye.detector import config as config_mod
+from eagleeye.detector.batcher import Batcher, InferenceHooks
+from eagleeye.detector.config import DetectorConfig
+from eagleeye.detector.contract import Detector, ModelError
+from eagleeye.detector.gpu import InjectedSource, NoGpu, SwitchableSource, open_source
+from eagleeye.detector.imaging import ImageLimits, letterbox
+from eagleeye.detector.metrics import DetectorMetrics
+from eagleeye.detector.monitor import Golden, HealthPublisher, Monitor
+from eagleeye.detector.pipeline import LatencyWindow, Pipeline
+from eagleeye.detector.server import Defaults, DetectorServicer
 from eagleeye.detector.v1 import detector_pb2_grpc
 
 log = logging.getLogger("eagleeye.detector")
@@ -39,7 +41,7 @@ PROG = "eagleeye-detector"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description=__doc__,
+    p = OneLineParser(prog=PROG, description=__doc__, add_version=True,
                       epilog="Settings not given as flags come from --config (TOML), then defaults; "
                              "see docs/configuration.md.")
     p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (port 0: any free port)")
@@ -71,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-injection", action="store_const", const=True,
                    help="serve the FaultInjection service (tests and demos only; needs a loopback --listen)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=list(LOG_FORMATS),
+                   help="log lines as JSON or as text (default auto: text on a terminal, JSON otherwise)")
     return p
 
 
@@ -95,9 +99,9 @@ def load_and_warm(cfg: DetectorConfig, device: str) -> tuple[Detector, Any, Gold
     import numpy as np
     import torch
 
-    from detector.defaultmodel import DEFAULT_MODEL_PATH
-    from detector.defaultmodel.scenes import canary_image
-    from detector.model import load_model
+    from eagleeye.detector.defaultmodel import DEFAULT_MODEL_PATH
+    from eagleeye.detector.model import load_model
+    from eagleeye.scenes import canary_image
 
     torch.set_num_threads(cfg.torch_threads)
     path = cfg.model or DEFAULT_MODEL_PATH
@@ -143,17 +147,20 @@ async def serve(cfg: DetectorConfig) -> int:
     hooks: InferenceHooks | None = None
     telemetry = SwitchableSource(NoGpu("device not opened yet"))
     if cfg.fault_injection:
-        from detector.faults import FaultHooks, FaultInjectionServicer
-        from eagleeye.detector.v1 import fault_injection_pb2_grpc
+        from eagleeye.detector.faults import FaultHooks, FaultInjectionServicer
+        from eagleeye.detector.testing.v1 import fault_injection_pb2, fault_injection_pb2_grpc
 
         hooks = FaultHooks()
     monitor = Monitor(cfg.health, telemetry, publisher, latency)
     monitor_ref.append(monitor)
+    services = [DETECTOR_SERVICE, HEALTH_SERVICE]
     if cfg.fault_injection:
         assert isinstance(hooks, FaultHooks)
         fault_injection_pb2_grpc.add_FaultInjectionServicer_to_server(
             FaultInjectionServicer(hooks, telemetry, lambda: batcher_ref[0] if batcher_ref else None,
                                    monitor.wake), guarded(server))
+        services.append(fault_injection_pb2.DESCRIPTOR.services_by_name["FaultInjection"].full_name)
+    serve_reflection(server, *services)
 
     await server.start()
     if probes is not None:
@@ -235,7 +242,7 @@ async def serve(cfg: DetectorConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "config"}
-    return run_service(PROG, lambda: config_mod.load(args.config, flags), serve)
+    return run_service(PROG, lambda: config_mod.load(args.config, flags, os.environ), serve)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.logs import event
-from detector.contract import Detector, RawDetections
+from eagleeye.common.logs import event
+from eagleeye.detector.contract import Detector, RawDetections
 
 log = logging.getLogger("eagleeye.batcher")
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import settings, tls
-from common.cli import ConfigError, is_loopback, parse_host_port
+from eagleeye.common import settings, tls
+from eagleeye.common.cli import ConfigError, is_loopback, parse_host_port
+from eagleeye.common.logs import LOG_FORMATS
 
 MiB = 1024 * 1024
 
@@ -99,6 +101,7 @@ class DetectorConfig:
     shutdown_grace_s: float = 10.0
     fault_injection: bool = False       # the --fault-injection flag only, and only on a loopback `listen`
     log_level: str = "info"
+    log_format: str = "auto"           # json, text, or auto (text on a terminal, JSON otherwise)
     health: HealthConfig = field(default_factory=HealthConfig)
 
     def __post_init__(self) -> None:
@@ -126,6 +129,7 @@ class DetectorConfig:
             settings.at_least(name, getattr(self, name), 1)
         settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
         settings.one_of("log_level", self.log_level, LOG_LEVELS)
+        settings.one_of("log_format", self.log_format, LOG_FORMATS)
         if self.fault_injection and not is_loopback(parse_host_port("listen", self.listen)[0]):
             raise ConfigError(f"fault_injection: served only on a loopback listen address (127.0.0.1, ::1, "
                               f"localhost), not listen={self.listen!r}; it lets any caller break this worker")
@@ -138,8 +142,8 @@ def _is_cuda(device: str) -> bool:
     return prefix == "cuda" and index.isdigit()
 
 
-def load(file: Path | None, flags: dict[str, Any]) -> DetectorConfig:
-    """Build the config: defaults, then the TOML file, then flags (None = not given)."""
+def load(file: Path | None, flags: dict[str, Any], env: Mapping[str, str] | None = None) -> DetectorConfig:
+    """Build the config: defaults, then the TOML file, then EAGLEEYE_... variables, then flags (None = not given)."""
     # Fault injection lets any caller break the worker: only a deliberate flag turns it on.
     return settings.load(DetectorConfig, file, flags, nested={"health": HealthConfig},
-                         nested_flags={"require_gpu": "health"}, flag_only=("fault_injection",))
+                         nested_flags={"require_gpu": "health"}, flag_only=("fault_injection",), env=env)

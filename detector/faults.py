@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import grpc
 
-from common.logs import event
-from detector.batcher import Batcher, InferenceHooks
-from detector.gpu import GpuSample, SwitchableSource
-from eagleeye.detector.v1 import fault_injection_pb2 as pb
-from eagleeye.detector.v1 import fault_injection_pb2_grpc as pb_grpc
+from eagleeye.common.logs import event
+from eagleeye.detector.batcher import Batcher, InferenceHooks
+from eagleeye.detector.gpu import GpuSample, SwitchableSource
+from eagleeye.detector.testing.v1 import fault_injection_pb2 as pb
+from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as pb_grpc
 
 log = logging.getLogger("eagleeye.faults")
 
@@ -87,12 +87,14 @@ class FaultInjectionServicer(pb_grpc.FaultInjectionServicer):
         self._batcher = batcher
         self._changed = changed
 
-    def _ack(self, what: str) -> pb.FaultAck:
+    def _injected(self, what: str) -> str:
+        """Log and announce a change of the fault state; the state, for the answer."""
         event(log, "fault injected", logging.WARNING, fault=what, state=self._hooks.describe())
         self._changed()
-        return pb.FaultAck(state=self._hooks.describe())
+        return self._hooks.describe()
 
-    async def SetTelemetry(self, request: pb.Telemetry, context: grpc.aio.ServicerContext) -> pb.FaultAck:
+    async def SetTelemetry(self, request: pb.SetTelemetryRequest,
+                           context: grpc.aio.ServicerContext) -> pb.SetTelemetryResponse:
         if request.memory_total_bytes and request.memory_used_bytes > request.memory_total_bytes:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "memory_used_bytes exceeds memory_total_bytes")
         injected = self._telemetry.injected
@@ -109,33 +111,36 @@ class FaultInjectionServicer(pb_grpc.FaultInjectionServicer):
             xid_events=tuple(request.xid_events),
             gpu_lost=request.gpu_lost,
         ))
-        return self._ack("telemetry")
+        return pb.SetTelemetryResponse(state=self._injected("telemetry"))
 
-    async def DelayInference(self, request: pb.Delay, context: grpc.aio.ServicerContext) -> pb.FaultAck:
+    async def DelayInference(self, request: pb.DelayInferenceRequest,
+                             context: grpc.aio.ServicerContext) -> pb.DelayInferenceResponse:
         if not 0 <= request.seconds <= 600:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "seconds must be in [0, 600]")
         self._hooks.delay(request.seconds)
-        return self._ack("delay")
+        return pb.DelayInferenceResponse(state=self._injected("delay"))
 
-    async def HangInference(self, request: pb.HangRequest, context: grpc.aio.ServicerContext) -> pb.FaultAck:
+    async def HangInference(self, request: pb.HangInferenceRequest,
+                            context: grpc.aio.ServicerContext) -> pb.HangInferenceResponse:
         self._hooks.hang()
-        return self._ack("hang")
+        return pb.HangInferenceResponse(state=self._injected("hang"))
 
-    async def RaiseCudaError(self, request: pb.CudaErrorRequest,
-                             context: grpc.aio.ServicerContext) -> pb.FaultAck:
+    async def RaiseCudaError(self, request: pb.RaiseCudaErrorRequest,
+                             context: grpc.aio.ServicerContext) -> pb.RaiseCudaErrorResponse:
         self._hooks.raise_cuda_error()
-        return self._ack("cuda-error")
+        return pb.RaiseCudaErrorResponse(state=self._injected("cuda-error"))
 
-    async def ClearFaults(self, request: pb.ClearRequest, context: grpc.aio.ServicerContext) -> pb.FaultAck:
+    async def ClearFaults(self, request: pb.ClearFaultsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ClearFaultsResponse:
         self._hooks.clear()
         if self._telemetry.injected is not None:
             self._telemetry.injected.inject(None)
-        return self._ack("clear")
+        return pb.ClearFaultsResponse(state=self._injected("clear"))
 
-    async def GetInferenceState(self, request: pb.InferenceStateRequest,
-                                context: grpc.aio.ServicerContext) -> pb.InferenceState:
+    async def GetInferenceState(self, request: pb.GetInferenceStateRequest,
+                                context: grpc.aio.ServicerContext) -> pb.GetInferenceStateResponse:
         batcher = self._batcher()
         if batcher is None:
-            return pb.InferenceState(faults=self._hooks.describe())
-        return pb.InferenceState(in_flight=batcher.in_flight, batches=batcher.batches,
+            return pb.GetInferenceStateResponse(faults=self._hooks.describe())
+        return pb.GetInferenceStateResponse(in_flight=batcher.in_flight, batches=batcher.batches,
                                  sticky_error=batcher.sticky_error or "", faults=self._hooks.describe())

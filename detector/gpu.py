@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any, Protocol
 
-from common.logs import event
+from eagleeye.common.logs import event
 
 log = logging.getLogger("eagleeye.gpu")
 

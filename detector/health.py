@@ -11,13 +11,10 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from detector.config import HealthConfig
-from detector.gpu import GpuSample
+from eagleeye.common.names import HEADROOM, LIVENESS, READINESS_NAMES
+from eagleeye.detector.config import HealthConfig
+from eagleeye.detector.gpu import GpuSample
 
-DETECTOR_SERVICE = "eagleeye.detector.v1.Detector"
-READINESS_NAMES: tuple[str, ...] = ("", "readiness", DETECTOR_SERVICE)
-LIVENESS = "liveness"
-HEADROOM = "headroom"
 ALL_NAMES: tuple[str, ...] = (*READINESS_NAMES, LIVENESS, HEADROOM)
 
 # XIDs caused by the application, not the GPU (NVIDIA's XID catalogue: 13 graphics engine

@@ -129,16 +129,3 @@ def decode_raw(data: bytes, width: int, height: int, limits: ImageLimits) -> np.
             f"raw image of {width}x{height} RGB needs {expected} bytes ({width}*{height}*3), got {len(data)}")
     return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
 
-
-def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
-    """Encode an RGB uint8 image as JPEG (for clients and tests)."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """Encode an RGB uint8 image as PNG (for clients and tests)."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from detector.gpu import GpuSample
+from eagleeye.detector.gpu import GpuSample
 
 
 class DetectorMetrics:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.contract import ModelError, ModelMeta, RawDetections
+from eagleeye.detector.contract import ModelError, ModelMeta, RawDetections
 
 META_FILE = "eagleeye.json"
 

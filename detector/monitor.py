@@ -17,14 +17,14 @@ import numpy as np
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 
-from common.aio import wait_event
-from common.logs import event
-from detector.batcher import Batcher, QueueFull
-from detector.config import HealthConfig
-from detector.contract import RawDetections
-from detector.gpu import LOST, GpuSample, TelemetrySource
-from detector.health import CanaryOutcome, CanaryState, HealthEvaluator, HealthReport, Signals
-from detector.pipeline import LatencyWindow
+from eagleeye.common.aio import wait_event
+from eagleeye.common.logs import event
+from eagleeye.detector.batcher import Batcher, QueueFull
+from eagleeye.detector.config import HealthConfig
+from eagleeye.detector.contract import RawDetections
+from eagleeye.detector.gpu import LOST, GpuSample, TelemetrySource
+from eagleeye.detector.health import CanaryOutcome, CanaryState, HealthEvaluator, HealthReport, Signals
+from eagleeye.detector.pipeline import LatencyWindow
 
 log = logging.getLogger("eagleeye.health")
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.telemetry import Telemetry, disabled
-from detector.batcher import Batcher
-from detector.contract import ModelMeta
-from detector.imaging import ImageLimits, Letterbox, decode_encoded, decode_raw, letterbox, use_pil_guard
-from detector.postprocess import Detection, Selection, select
+from eagleeye.common.telemetry import Telemetry, disabled
+from eagleeye.detector.batcher import Batcher
+from eagleeye.detector.contract import ModelMeta
+from eagleeye.detector.imaging import ImageLimits, Letterbox, decode_encoded, decode_raw, letterbox, use_pil_guard
+from eagleeye.detector.postprocess import Detection, Selection, select
 
 
 @dataclass(frozen=True)

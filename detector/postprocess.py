@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.contract import RawDetections
-from detector.imaging import Letterbox
+from eagleeye.detector.contract import RawDetections
+from eagleeye.detector.imaging import Letterbox
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,15 @@ from typing import Any
 
 import grpc
 
-from common.errors import IncidentLog
-from common.grpcguard import MalformedRequest
-from common.grpcopts import RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL
-from common.logs import event
-from detector.batcher import InferenceFailed, InferenceUnavailable, QueueFull
-from detector.imaging import ImageError
-from detector.metrics import DetectorMetrics
-from detector.pipeline import DecodeBusy, EncodedImage, Pipeline, Query, RawImage, Result
-from detector.postprocess import Selection
+from eagleeye.common.errors import IncidentLog
+from eagleeye.common.grpcguard import MalformedRequest
+from eagleeye.common.grpcopts import RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL
+from eagleeye.common.logs import event
+from eagleeye.detector.batcher import InferenceFailed, InferenceUnavailable, QueueFull
+from eagleeye.detector.imaging import ImageError
+from eagleeye.detector.metrics import DetectorMetrics
+from eagleeye.detector.pipeline import DecodeBusy, EncodedImage, Pipeline, Query, RawImage, Result
+from eagleeye.detector.postprocess import Selection
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
@@ -268,7 +268,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
                     left.cancel()
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest,
-                           context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+                           context: grpc.aio.ServicerContext) -> pb.GetModelInfoResponse:
         try:
             self.unary_calls.take()
         except RequestError as err:
@@ -282,7 +282,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         finally:
             self.unary_calls.give()
         meta = pipeline.meta
-        return pb.ModelInfo(name=meta.name, version=meta.version, classes=list(meta.classes),
+        return pb.GetModelInfoResponse(name=meta.name, version=meta.version, classes=list(meta.classes),
                             input_height=meta.input_size[0], input_width=meta.input_size[1],
                             device=self.device, half_precision=self.half,
                             max_batch_size=pipeline.max_batch, worker=self.worker_id)

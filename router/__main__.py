@@ -13,34 +13,36 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from common import grpcopts, telemetry
-from common.cli import OneLineParser, parse_host_port, probe_bind, run_service
-from common.grpcguard import guarded
-from common.health import HealthServicer
-from common.logs import event
-from common.serving import add_listener, health_server
-from common.tls import ServerTls
-from eagleeye.router.v1 import router_pb2_grpc
-from router import config as config_mod
-from router.admin import AdminServicer
-from router.config import RouterConfig
-from router.controller import Controller
-from router.fleet import Backend
-from router.latency import BackendTimers
-from router.links import Links
-from router.proxy import Proxy
-from router.watcher import BackendWatcher
-from router.xdsserver import XdsPublisher
+from eagleeye.common import grpcopts, settings, telemetry
+from eagleeye.common.cli import OneLineParser, parse_host_port, probe_bind, run_service
+from eagleeye.common.grpcguard import guarded
+from eagleeye.common.health import HealthServicer
+from eagleeye.common.logs import LOG_FORMATS, event
+from eagleeye.common.names import DETECTOR_SERVICE
+from eagleeye.common.serving import HEALTH_SERVICE, add_listener, health_server, serve_reflection
+from eagleeye.common.tls import ServerTls
+from eagleeye.router import config as config_mod
+from eagleeye.router.admin import AdminServicer
+from eagleeye.router.config import RouterConfig
+from eagleeye.router.controller import Controller
+from eagleeye.router.fleet import Backend
+from eagleeye.router.latency import BackendTimers
+from eagleeye.router.links import Links
+from eagleeye.router.proxy import Proxy
+from eagleeye.router.v1 import router_pb2, router_pb2_grpc
+from eagleeye.router.watcher import BackendWatcher
+from eagleeye.router.xds.server import XdsPublisher
 
 log = logging.getLogger("eagleeye.router")
 PROG = "eagleeye-router"
-ADMIN_TOKEN_ENV = "EAGLEEYE_ADMIN_TOKEN"
+ADMIN_TOKEN_ENV = settings.env_name("admin_token")
 # Operators, not clients: a few dozen calls at once (event followers included) is plenty.
 ADMIN_MAX_CALLS = 64
+ADMIN_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterAdmin"].full_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description=__doc__,
+    p = OneLineParser(prog=PROG, description=__doc__, add_version=True,
                       epilog="Settings not given as flags come from --config (TOML), then defaults; "
                              "see docs/router.md.")
     p.add_argument("--listen", metavar="HOST:PORT",
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "which `ps` does not show")
     p.add_argument("--config", metavar="FILE", type=Path, help="a TOML file with any of the settings")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=list(LOG_FORMATS),
+                   help="log lines as JSON or as text (default auto: text on a terminal, JSON otherwise)")
     return p
 
 
@@ -127,6 +131,7 @@ async def serve(cfg: RouterConfig) -> int:
         health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
         proxy = Proxy(cfg, controller, links.unary, links.stream, tracing=tel.tracing)
         server.add_generic_rpc_handlers((proxy.handler(),))
+        serve_reflection(server, DETECTOR_SERVICE, HEALTH_SERVICE)
         links.subscribe(lambda: proxy.use_channels(links.unary, links.stream))
 
     def renewed() -> None:
@@ -156,6 +161,7 @@ async def serve(cfg: RouterConfig) -> int:
                                 maximum_concurrent_rpcs=ADMIN_MAX_CALLS)
         servicer = AdminServicer(controller, cfg.admin_token, cfg.admin_auth_failure_delay_s, publisher)
         router_pb2_grpc.add_RouterAdminServicer_to_server(servicer, guarded(admin))
+        serve_reflection(admin, ADMIN_SERVICE)
         servers["admin_listen"] = admin, _bound("admin_listen", cfg.admin_listen,
                                                 add_listener(admin, "admin_listen", cfg.admin_listen, tls))
 
@@ -208,11 +214,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def make_config() -> RouterConfig:
         flags = {k: v for k, v in vars(args).items() if k not in ("config", "weights")}
-        if flags.get("admin_token") is None and os.environ.get(ADMIN_TOKEN_ENV):
-            flags["admin_token"] = os.environ[ADMIN_TOKEN_ENV]  # keeps the secret out of `ps`
         if args.weights is not None:
             flags["weights"] = config_mod.parse_weights(args.weights)
-        return config_mod.load(args.config, flags)
+        # EAGLEEYE_ADMIN_TOKEN (like every setting's variable) keeps the secret out of `ps`.
+        return config_mod.load(args.config, flags, os.environ)
 
     return run_service(PROG, make_config, serve)
 

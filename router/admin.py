@@ -14,18 +14,18 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from common.logs import event
+from eagleeye.common.logs import event
+from eagleeye.router.controller import Controller, SwitchEvent
+from eagleeye.router.fleet import Backend
 from eagleeye.router.v1 import router_pb2 as pb
 from eagleeye.router.v1 import router_pb2_grpc as pb_grpc
-from router import xds
-from router.controller import Controller, SwitchEvent
-from router.fleet import Backend
-from router.xdsserver import XdsPublisher
+from eagleeye.router.xds import resources as xds
+from eagleeye.router.xds.server import XdsPublisher
 
 log = logging.getLogger("eagleeye.admin")
 
-_BACKENDS: dict[int, Backend] = {pb.PRIMARY: Backend.PRIMARY, pb.STANDBY: Backend.STANDBY}
-_TO_PB: dict[Backend, pb.Backend] = {Backend.PRIMARY: pb.PRIMARY, Backend.STANDBY: pb.STANDBY}
+_BACKENDS: dict[int, Backend] = {pb.BACKEND_PRIMARY: Backend.PRIMARY, pb.BACKEND_STANDBY: Backend.STANDBY}
+_TO_PB: dict[Backend, pb.Backend] = {Backend.PRIMARY: pb.BACKEND_PRIMARY, Backend.STANDBY: pb.BACKEND_STANDBY}
 
 
 def event_pb(e: SwitchEvent) -> pb.SwitchEvent:
@@ -91,33 +91,34 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
             raise AssertionError("unreachable")
         return backend
 
-    async def GetState(self, request: pb.GetStateRequest, context: grpc.aio.ServicerContext) -> pb.RouterState:
+    async def GetState(self, request: pb.GetStateRequest, context: grpc.aio.ServicerContext) -> pb.GetStateResponse:
         _audit(context, "GetState", "ok", logging.DEBUG)
-        return self.state()
+        return pb.GetStateResponse(state=self.state())
 
     async def WatchEvents(self, request: pb.WatchEventsRequest,
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SwitchEvent]:
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEventsResponse]:
         _audit(context, "WatchEvents", "ok", logging.DEBUG)
         queue = self._ctl.subscribe()
         try:
             recent = list(self._ctl.events)[-request.replay_recent:] if request.replay_recent else []
             for e in recent:
-                yield event_pb(e)
+                yield pb.WatchEventsResponse(event=event_pb(e))
             while True:
-                yield event_pb(await queue.get())
+                yield pb.WatchEventsResponse(event=event_pb(await queue.get()))
         finally:
             self._ctl.unsubscribe(queue)
 
-    async def SetDrain(self, request: pb.SetDrainRequest, context: grpc.aio.ServicerContext) -> pb.RouterState:
-        action = f"{'drain' if request.drained else 'undrain'} {pb.Backend.Name(request.backend).lower()}"
+    async def SetDrain(self, request: pb.SetDrainRequest,
+                       context: grpc.aio.ServicerContext) -> pb.SetDrainResponse:
+        action = f"{'drain' if request.drained else 'undrain'} {_backend_name(request.backend)}"
         await self._authorize(context, action)
         backend = await self._backend(request.backend, context)
         self._ctl.set_drain(backend, request.drained)
         _audit(context, action, "done", logging.WARNING)
-        return self.state()
+        return pb.SetDrainResponse(state=self.state())
 
-    async def Switch(self, request: pb.SwitchRequest, context: grpc.aio.ServicerContext) -> pb.RouterState:
-        action = f"switch {pb.Backend.Name(request.to).lower()}{' (forced)' if request.force else ''}"
+    async def Switch(self, request: pb.SwitchRequest, context: grpc.aio.ServicerContext) -> pb.SwitchResponse:
+        action = f"switch {_backend_name(request.to)}{' (forced)' if request.force else ''}"
         await self._authorize(context, action)
         backend = await self._backend(request.to, context)
         if backend is Backend.STANDBY and not request.force:
@@ -130,7 +131,13 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
                                     "fix the standby first, or set force to switch anyway")
         self._ctl.switch_to(backend)
         _audit(context, action, "done", logging.WARNING)
-        return self.state()
+        return pb.SwitchResponse(state=self.state())
+
+
+def _backend_name(value: int) -> str:
+    """`primary`, `standby`, or the number a peer sent that names no backend."""
+    backend = _BACKENDS.get(value)
+    return backend.value if backend is not None else f"backend {value}"
 
 
 def _audit(context: grpc.aio.ServicerContext, action: str, outcome: str, level: int = logging.INFO) -> None:

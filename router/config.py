@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import settings, tls
-from common.cli import ConfigError, parse_host_port
-from router.budget import BudgetConfig
-from router.policy import PolicyConfig
-from router.stream import StreamConfig
-from router.unary import UnaryConfig
+from eagleeye.common import settings, tls
+from eagleeye.common.cli import ConfigError, parse_host_port
+from eagleeye.common.logs import LOG_FORMATS
+from eagleeye.router.budget import BudgetConfig
+from eagleeye.router.policy import PolicyConfig
+from eagleeye.router.stream import StreamConfig
+from eagleeye.router.unary import UnaryConfig
 
 _U, _S, _B = UnaryConfig, StreamConfig, BudgetConfig  # the data path's defaults live beside its rules
 
@@ -91,6 +93,7 @@ class RouterConfig:
     stream_idle_timeout_s: float = 300.0  # a stream that sends no frame this long is ended
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
+    log_format: str = "auto"           # json, text, or auto (text on a terminal, JSON otherwise)
 
     def __post_init__(self) -> None:
         if not self.listen and not self.xds_listen:
@@ -160,6 +163,7 @@ class RouterConfig:
             settings.at_least(name, getattr(self, name), 1)
         settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
         settings.one_of("log_level", self.log_level, LOG_LEVELS)
+        settings.one_of("log_format", self.log_format, LOG_FORMATS)
 
     def policy(self) -> PolicyConfig:
         """The policy's share of the settings."""
@@ -199,8 +203,8 @@ def parse_weights(text: str) -> tuple[float, float]:
         raise ConfigError(f"weights={text!r}: must be PRIMARY,STANDBY percentages, e.g. 95,5") from None
 
 
-def load(file: Path | None, flags: dict[str, Any]) -> RouterConfig:
-    """Defaults, then the TOML file, then flags (None = not given)."""
-    return settings.load(RouterConfig, file, flags)
+def load(file: Path | None, flags: dict[str, Any], env: Mapping[str, str] | None = None) -> RouterConfig:
+    """Defaults, then the TOML file, then EAGLEEYE_... variables, then flags (None = not given)."""
+    return settings.load(RouterConfig, file, flags, env=env)
 
 

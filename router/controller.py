@@ -18,17 +18,17 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 from opentelemetry import metrics
 
-from common.aio import wait_event
-from common.logs import event
-from router.fleet import Backend
-from router.latency import BackendTimers
-from router.metrics import RouterMetrics
-from router.policy import Decision, Policy, PolicyConfig, State, Transition
-from router.watcher import BackendWatcher
+from eagleeye.common.aio import wait_event
+from eagleeye.common.logs import event
+from eagleeye.common.names import LIVENESS, READINESS_NAMES, REDUNDANCY
+from eagleeye.router.fleet import Backend
+from eagleeye.router.latency import BackendTimers
+from eagleeye.router.metrics import RouterMetrics
+from eagleeye.router.policy import Decision, Policy, PolicyConfig, State, Transition
+from eagleeye.router.watcher import BackendWatcher
 
 log = logging.getLogger("eagleeye.router")
 
-READINESS_NAMES = ("", "readiness", "eagleeye.detector.v1.Detector")
 TICK_S = 0.1          # the ramp advances in steps this fine
 LATENCY_WINDOW_S = 5.0  # "latency before/after" a switch: medians over this long
 
@@ -154,7 +154,7 @@ class Controller:
     async def _publish_health(self) -> None:
         can_serve = self.decision.state is not State.BOTH_DOWN
         both = all(w.view().ready for w in self.watchers.values())
-        statuses = {**dict.fromkeys(READINESS_NAMES, can_serve), "liveness": True, "redundancy": both}
+        statuses = {**dict.fromkeys(READINESS_NAMES, can_serve), LIVENESS: True, REDUNDANCY: both}
         for name, ok in statuses.items():
             if self._published.get(name) != ok:
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING if ok

@@ -17,12 +17,12 @@ from typing import Any
 
 import grpc
 
-from common.cli import ConfigError
-from common.logs import event
-from common.tls import FileWatch, check_client_files
-from router.config import RouterConfig
-from router.fleet import Backend
-from router.watcher import backend_channel
+from eagleeye.common.cli import ConfigError
+from eagleeye.common.logs import event
+from eagleeye.common.tls import FileWatch, check_client_files
+from eagleeye.router.config import RouterConfig
+from eagleeye.router.fleet import Backend
+from eagleeye.router.watcher import backend_channel
 
 log = logging.getLogger("eagleeye.router")
 

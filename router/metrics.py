@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from router.policy import TRANSITION_CAUSES, State
+from eagleeye.router.policy import TRANSITION_CAUSES, State
 
 
 class RouterMetrics:

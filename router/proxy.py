@@ -17,20 +17,21 @@ from typing import Any
 
 import grpc
 
-from common.errors import IncidentLog
-from common.grpcopts import RETRY_ELSEWHERE_KEY
-from common.logs import event
-from router import stream as st
-from router import unary as un
-from router.budget import RetryBudget
-from router.config import RouterConfig
-from router.controller import Controller
-from router.fleet import Backend
-from router.wire import WireError, request_frame_id, response_frame_id
+from eagleeye.common.errors import IncidentLog
+from eagleeye.common.grpcopts import RETRY_ELSEWHERE_KEY
+from eagleeye.common.logs import event
+from eagleeye.common.names import DETECTOR_SERVICE
+from eagleeye.router import stream as st
+from eagleeye.router import unary as un
+from eagleeye.router.budget import RetryBudget
+from eagleeye.router.config import RouterConfig
+from eagleeye.router.controller import Controller
+from eagleeye.router.fleet import Backend
+from eagleeye.router.wire import WireError, request_frame_id, response_frame_id
 
 log = logging.getLogger("eagleeye.proxy")
 
-SERVICE = "eagleeye.detector.v1.Detector"
+SERVICE = DETECTOR_SERVICE
 UNARY_METHODS = ("Detect", "GetModelInfo")
 STREAM_METHOD = "DetectStream"
 # Headers gRPC sets itself; everything else (custom metadata, traceparent, grpc-trace-bin) passes.

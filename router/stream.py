@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from router.budget import RetryBudget
-from router.fleet import Backend, Fleet
+from eagleeye.router.budget import RetryBudget
+from eagleeye.router.fleet import Backend, Fleet
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from router.budget import RetryBudget
-from router.fleet import Backend, Fleet
+from eagleeye.router.budget import RetryBudget
+from eagleeye.router.fleet import Backend, Fleet
 
 
 class Outcome(Enum):

@@ -17,10 +17,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.logs import event
-from common.tls import channel_credentials
-from router.config import RouterConfig
-from router.policy import BackendView
+from eagleeye.common.logs import event
+from eagleeye.common.names import HEADROOM, READINESS
+from eagleeye.common.tls import channel_credentials
+from eagleeye.router.config import RouterConfig
+from eagleeye.router.policy import BackendView
 
 log = logging.getLogger("eagleeye.watcher")
 
@@ -128,7 +129,7 @@ class BackendWatcher:
 
     def start(self) -> None:
         """Watch readiness and headroom, and Check on an interval."""
-        self._tasks = [asyncio.create_task(self._watch("readiness")), asyncio.create_task(self._watch("headroom")),
+        self._tasks = [asyncio.create_task(self._watch(READINESS)), asyncio.create_task(self._watch(HEADROOM)),
                        asyncio.create_task(self._check_loop())]
 
     async def stop(self) -> None:
@@ -137,7 +138,7 @@ class BackendWatcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _set_watch(self, service: str, status: int | None) -> None:
-        if service == "readiness":
+        if service == READINESS:
             self.status.ready_status = status
         else:
             self.status.headroom_status = status
@@ -148,7 +149,7 @@ class BackendWatcher:
             call = self._stub.Watch(health_pb2.HealthCheckRequest(service=service))
             try:
                 async for resp in call:
-                    if service == "readiness":
+                    if service == READINESS:
                         self.status.watch_connected = True
                         self.status.watch_error = ""
                     backoff = self._cfg.reconnect_backoff_s
@@ -158,7 +159,7 @@ class BackendWatcher:
             except grpc.aio.AioRpcError as e:
                 error = f"{e.code().name}: {e.details()}"
             # A broken stream means "unknown" at once; the next one is tried after a backoff.
-            if service == "readiness":
+            if service == READINESS:
                 was = self.status.watch_connected
                 self.status.watch_connected = False
                 self.status.watch_error = error
@@ -178,7 +179,7 @@ class BackendWatcher:
             # The router's own timer as well as gRPC's deadline: behind a dead connection the
             # deadline may not fire until keepalive gives up, seconds later (FACTS.md).
             async with asyncio.timeout(timeout):
-                resp = await self._stub.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=timeout)
+                resp = await self._stub.Check(health_pb2.HealthCheckRequest(service=READINESS), timeout=timeout)
             ok = resp.status == SERVING
             error = "" if ok else "NOT_SERVING"
         except grpc.aio.AioRpcError as e:

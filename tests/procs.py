@@ -5,13 +5,31 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client.processes import BIN, Proc
+from eagleeye.harness.processes import BIN, Proc
 
-__all__ = ["BIN", "NOT_SERVING", "SERVING", "HealthWatch", "Proc", "check", "start_detector"]
+__all__ = ["BIN", "NOT_SERVING", "SERVING", "HealthWatch", "Proc", "check", "reflect", "start_detector"]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def reflect(address: str, symbol: str) -> tuple[set[str], set[str]]:
+    """What a grpcurl user sees through server reflection: the services listed, and the methods of the
+    service `symbol` as described by the file that defines it."""
+    with grpc.insecure_channel(address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        answers = list(stub.ServerReflectionInfo(iter([
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)]), timeout=10))
+    listed = {s.name for s in answers[0].list_services_response.service}
+    methods = set()
+    for raw in answers[1].file_descriptor_response.file_descriptor_proto:
+        file = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        methods |= {f"{file.package}.{s.name}/{m.name}" for s in file.service for m in s.method}
+    return listed, methods
 
 
 def start_detector(*args: str) -> Proc:

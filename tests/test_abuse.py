@@ -20,13 +20,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from client.processes import BIN, LocalCluster, Proc
-from detector.defaultmodel.scenes import make_scene
-from detector.imaging import encode_png
+from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
+from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.detector.v1 import fault_injection_pb2 as fi
-from eagleeye.detector.v1 import fault_injection_pb2_grpc as fi_grpc
+from eagleeye.harness.processes import BIN, LocalCluster, Proc
+from eagleeye.scenes import encode_png, make_scene
 from tests.conftest import fast_config
 from tests.h2raw import ENHANCE_YOUR_CALM, NO_ERROR, StalledPeer
 from tests.procs import NOT_SERVING, SERVING, HealthWatch, start_detector
@@ -105,7 +104,7 @@ async def test_watch_streams_that_never_read_cannot_hold_up_a_health_change(host
             seen = len(good.statuses)
             hostile_worker.forget_events()
             # A slow canary (3 s against a 1.5 s deadline) turns readiness NOT_SERVING; ClearFaults undoes it.
-            await fi_grpc.FaultInjectionStub(ch).DelayInference(fi.Delay(seconds=3), timeout=10)
+            await fi_grpc.FaultInjectionStub(ch).DelayInference(fi.DelayInferenceRequest(seconds=3), timeout=10)
             await good.wait_for(NOT_SERVING, 30, after=seen)
             received = time.time()
             published = hostile_worker.wait_for_event("health transition", ready=False)
@@ -114,7 +113,7 @@ async def test_watch_streams_that_never_read_cannot_hold_up_a_health_change(host
                   f"it was published; worker RSS {before:.0f} -> {rss_mib(hostile_worker):.0f} MiB")
             assert took < 1.0, f"a well-behaved watcher waited {took:.2f} s behind stalled ones"
             good.cancel()
-            await fi_grpc.FaultInjectionStub(ch).ClearFaults(fi.ClearRequest(), timeout=10)
+            await fi_grpc.FaultInjectionStub(ch).ClearFaults(fi.ClearFaultsRequest(), timeout=10)
     finally:
         for p in peers:
             p.close()

@@ -18,8 +18,10 @@ import pytest
 import yaml
 
 RULES = Path(__file__).parent.parent / "observability" / "prometheus" / "alerts.yml"
-DET = 'job="eagleeye-detector", instance="w1:9100"'
-ROUTER = 'job="eagleeye-router", instance="r1:9101"'
+# Job names as a Kubernetes pod scrape would give them: the rules must not depend on them.
+DET = 'job="kubernetes-pods", instance="w1:9100"'
+ROUTER = 'job="kubernetes-pods", instance="r1:9101"'
+JOB = "kubernetes-pods"
 
 
 @dataclass(frozen=True)
@@ -31,22 +33,24 @@ class Case:
     extra: list[dict[str, object]] = field(default_factory=list)
 
 
-def gpu(role: str = "primary") -> str:
-    return f'{DET}, role="{role}"'
+def gpu() -> str:
+    return DET
 
 
 CASES = [
     Case("EagleEyeGpuUtilizationHigh", {f"eagleeye_gpu_utilization_ratio{{{gpu()}}}": "0.99x15"}, "11m",
-         {"job": "eagleeye-detector", "instance": "w1:9100", "role": "primary"}),
+         {"job": JOB, "instance": "w1:9100"}),
     Case("EagleEyeGpuUtilizationHigh", {f"eagleeye_gpu_utilization_ratio{{{gpu()}}}": "0.99x5 0.5 0.99x9"}, "15m",
          None),
-    Case("EagleEyeGpuUtilizationLow", {f"eagleeye_gpu_utilization_ratio{{{gpu()}}}": "0.02x70"}, "65m",
-         {"job": "eagleeye-detector", "instance": "w1:9100", "role": "primary"}),
-    Case("EagleEyeGpuUtilizationLow", {f"eagleeye_gpu_utilization_ratio{{{gpu('standby')}}}": "0.02x70"}, "65m",
-         None),  # a warm standby is meant to be mostly idle
+    Case("EagleEyeGpusIdle", {f"eagleeye_gpu_utilization_ratio{{{DET}}}": "0.02x70",
+                              'eagleeye_gpu_utilization_ratio{job="kubernetes-pods", instance="w2:9100"}': "0.01x70"},
+         "65m", {"job": JOB}),
+    Case("EagleEyeGpusIdle", {f"eagleeye_gpu_utilization_ratio{{{DET}}}": "0.60x70",
+                              'eagleeye_gpu_utilization_ratio{job="kubernetes-pods", instance="w2:9100"}': "0.01x70"},
+         "65m", None),  # a warm standby is meant to be mostly idle while its primary works
     Case("EagleEyeGpuMemoryHigh", {f"eagleeye_gpu_memory_used_bytes{{{DET}}}": "15000000000x10",
                                    f"eagleeye_gpu_memory_total_bytes{{{DET}}}": "16000000000x10"}, "6m",
-         {"job": "eagleeye-detector", "instance": "w1:9100"}),
+         {"job": JOB, "instance": "w1:9100"}),
     Case("EagleEyeGpuMemoryHigh", {f"eagleeye_gpu_memory_used_bytes{{{DET}}}": "12000000000x10",
                                    f"eagleeye_gpu_memory_total_bytes{{{DET}}}": "16000000000x10"}, "6m", None),
     # 60 frames a minute, all in the 0.5 s bucket (p95 ~ 0.5 s) versus all under 25 ms.
@@ -63,19 +67,37 @@ CASES = [
                                    "0+30x30"}, "25m", {}),
     Case("EagleEyeThroughputLow", {f'eagleeye_router_requests_total{{{ROUTER}, method="Detect", code="OK"}}':
                                    "0+600x30"}, "25m", None),
-    Case("EagleEyeWorkerDown", {f"up{{{DET}}}": "1 1 0x5"}, "5m", {"job": "eagleeye-detector", "instance": "w1:9100"}),
-    Case("EagleEyeWorkerDown", {f"up{{{DET}}}": "1x6",
+    Case("EagleEyeWorkerDown", {f"up{{{DET}}}": "1 1 0x5", f"eagleeye_detector_queue_depth{{{DET}}}": "0 0 _x5"},
+         "5m", {"job": JOB, "instance": "w1:9100"}),
+    Case("EagleEyeWorkerDown", {f"up{{{DET}}}": "1x6", f"eagleeye_detector_queue_depth{{{DET}}}": "0x6",
                                 f'eagleeye_health_status{{{DET}, service="readiness"}}': "1 1 0x4"}, "5m",
-         {"job": "eagleeye-detector", "instance": "w1:9100", "service": "readiness"}),
-    Case("EagleEyeWorkerDown", {f"up{{{DET}}}": "1x6",
+         {"job": JOB, "instance": "w1:9100", "service": "readiness"}),
+    Case("EagleEyeWorkerDown", {f"up{{{DET}}}": "1x6", f"eagleeye_detector_queue_depth{{{DET}}}": "0x6",
                                 f'eagleeye_health_status{{{DET}, service="readiness"}}': "1 0 1 1 1 1"}, "5m",
          None),  # a blip shorter than a minute
+    Case("EagleEyeWorkerDown", {f"up{{{ROUTER}}}": "1 1 0x5", f'eagleeye_router_state{{{ROUTER}, state="NORMAL"}}':
+                                "1 1 _x5", f'eagleeye_health_status{{{ROUTER}, service="readiness"}}': "0x6"}, "5m",
+         None),  # a router is not a worker
+    Case("EagleEyeRouterDown", {f"up{{{ROUTER}}}": "1 1 0x5", f'eagleeye_router_state{{{ROUTER}, state="NORMAL"}}':
+                                "1 1 _x5"}, "5m", {"job": JOB, "instance": "r1:9101"}),
+    Case("EagleEyeRouterDown", {f"up{{{DET}}}": "1 1 0x5", f"eagleeye_detector_queue_depth{{{DET}}}": "0 0 _x5"},
+         "5m", None),  # a worker is not a router
+    Case("EagleEyeRouterErrorRatioHigh",
+         {f'eagleeye_router_requests_total{{{ROUTER}, method="Detect", code="OK"}}': "0+600x15",
+          f'eagleeye_router_requests_total{{{ROUTER}, method="Detect", code="UNAVAILABLE"}}': "0+30x15",
+          f'eagleeye_router_requests_total{{{ROUTER}, method="Detect", code="INVALID_ARGUMENT"}}': "0+300x15"},
+         "12m", {"job": JOB, "instance": "r1:9101"}),
+    Case("EagleEyeRouterErrorRatioHigh",
+         {f'eagleeye_router_requests_total{{{ROUTER}, method="Detect", code="OK"}}': "0+600x15",
+          f'eagleeye_router_requests_total{{{ROUTER}, method="Detect", code="UNAVAILABLE"}}': "0+3x15",
+          f'eagleeye_router_requests_total{{{ROUTER}, method="Detect", code="INVALID_ARGUMENT"}}': "0+300x15"},
+         "12m", None),  # the clients' own bad requests are not the router's errors
     Case("EagleEyeFailoverActive", {f'eagleeye_router_state{{{ROUTER}, state="FAILOVER"}}': "1x20"}, "16m",
          {"instance": "r1:9101"}),
     Case("EagleEyeFailoverActive", {f'eagleeye_router_state{{{ROUTER}, state="FAILOVER"}}': "1x10 0x10",
                                     f'eagleeye_router_state{{{ROUTER}, state="NORMAL"}}': "0x10 1x10"}, "16m", None),
     Case("EagleEyeRedundancyLost", {f'eagleeye_health_status{{{ROUTER}, service="redundancy"}}': "0x10"}, "6m",
-         {"job": "eagleeye-router", "instance": "r1:9101", "service": "redundancy"}),
+         {"job": JOB, "instance": "r1:9101", "service": "redundancy"}),
     Case("EagleEyeRedundancyLost", {f'eagleeye_health_status{{{ROUTER}, service="redundancy"}}': "1x10"}, "6m",
          None),
     Case("EagleEyePrimaryFlapping",
@@ -101,13 +123,25 @@ def _render(text: str, labels: dict[str, str]) -> str:
     return re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), text)
 
 
-def test_every_rule_has_a_firing_and_a_quiet_case() -> None:
+def test_every_rule_has_a_firing_and_a_quiet_case_and_a_runbook() -> None:
     rules = _rules()
     assert {c.alert for c in CASES if c.fires is not None} == set(rules)
     assert {c.alert for c in CASES if c.fires is None} == set(rules)
+    runbooks = (RULES.parent.parent.parent / "docs" / "runbooks.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", runbooks, re.M)}
     for name, rule in rules.items():
         annotations = rule["annotations"]
         assert isinstance(annotations, dict) and annotations.get("summary") and annotations.get("description"), name
+        assert annotations.get("runbook_url") == f"docs/runbooks.md#{name.lower()}", name
+        assert name.lower() in anchors, f"docs/runbooks.md has no section {name}"
+
+
+def test_rules_select_on_the_metrics_own_labels_only() -> None:
+    """No job name and no label that only a particular scrape config adds (role, env, ...)."""
+    for name, rule in _rules().items():
+        expr = str(rule["expr"])
+        assert "job=" not in expr.replace(" ", "") and "role" not in expr, (name, expr)
 
 
 def test_rules_with_promtool(tmp_path: Path) -> None:
@@ -140,7 +174,7 @@ DRAIN_COMMAND = f"eagleeye admin drain primary --target {ADMIN_ADDR_PLACEHOLDER}
 
 def test_descriptions_name_real_operator_commands() -> None:
     """Advice to drain names the real command; every `eagleeye ...` command named parses with the client's parser."""
-    from client.__main__ import build_parser
+    from eagleeye.client.__main__ import build_parser
 
     rules = _rules()
     drains = [name for name, rule in rules.items()
@@ -162,3 +196,18 @@ def test_descriptions_name_real_operator_commands() -> None:
                 build_parser().parse_args([a.replace(ADMIN_ADDR_PLACEHOLDER, "127.0.0.1:50059") for a in argv])
             except SystemExit:
                 pytest.fail(f"{name}: `{command}` is not a valid eagleeye command")
+
+
+def test_runbook_commands_are_real_commands() -> None:
+    from eagleeye.client.__main__ import build_parser
+
+    runbooks = (RULES.parent.parent.parent / "docs" / "runbooks.md").read_text()
+    inline = re.findall(r"`(eagleeye [^`]*)`", runbooks.replace("\n", " "))
+    commands = inline + re.findall(r"^(eagleeye .+?)(?:\s+#.*)?$", runbooks, re.M)
+    assert len(commands) >= 8
+    for command in commands:
+        argv = [a.replace(ADMIN_ADDR_PLACEHOLDER, "127.0.0.1:50059") for a in shlex.split(command)[1:]]
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"docs/runbooks.md: `{command}` is not a valid eagleeye command")

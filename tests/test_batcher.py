@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from detector.batcher import Batcher, InferenceFailed, InferenceHooks, InferenceUnavailable, QueueFull
-from detector.contract import ModelMeta, RawDetections
+from eagleeye.detector.batcher import Batcher, InferenceFailed, InferenceHooks, InferenceUnavailable, QueueFull
+from eagleeye.detector.contract import ModelMeta, RawDetections
 
 META = ModelMeta("fake", "0", ("a",), (4, 4))
 

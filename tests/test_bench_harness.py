@@ -16,10 +16,10 @@ from bench.analysis import Run, fault_figures
 from bench.nginx import Nginx
 from bench.nginx import find as find_nginx
 from bench.traffic import Clock, stream_load, unary_load
-from client.frames import make_pool
-from client.processes import Proc
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.harness.frames import make_pool
+from eagleeye.harness.processes import Proc
 
 pytestmark = pytest.mark.integration
 HAS_NGINX = find_nginx() is not None

@@ -1,7 +1,7 @@
 """The `eagleeye` client tool: options, the admin commands and TLS, against an in-process fake RouterAdmin.
 
 Wrong option combinations are checked in-process through `main(argv)` (they end before any event
-loop). Everything that dials runs the CLI as a subprocess (`python -m client ...`) while the fake
+loop). Everything that dials runs the CLI as a subprocess (`python -m eagleeye.client ...`) while the fake
 router's grpc.aio server runs in the test's own event loop. Certificates are made with `openssl`.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client.__main__ import main
+from eagleeye.client.__main__ import main
 from eagleeye.router.v1 import router_pb2 as rpb
 from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 
@@ -97,7 +97,7 @@ class FakeAdmin(rpb_grpc.RouterAdminServicer):
     """A router admin API that checks the token on actions, as the router does, and records every call."""
 
     calls: list[Call] = field(default_factory=list)
-    drained: dict[int, bool] = field(default_factory=lambda: {rpb.PRIMARY: False, rpb.STANDBY: False})
+    drained: dict[int, bool] = field(default_factory=lambda: {rpb.BACKEND_PRIMARY: False, rpb.BACKEND_STANDBY: False})
     standby_ready: bool = True
     follow_forever: bool = False  # WatchEvents: after the live event, keep the stream open
     events: list[rpb.SwitchEvent] = field(default_factory=lambda: [
@@ -117,45 +117,49 @@ class FakeAdmin(rpb_grpc.RouterAdminServicer):
 
     def state(self) -> rpb.RouterState:
         return rpb.RouterState(
-            state="FAILOVER" if self.drained[rpb.PRIMARY] else "NORMAL",
-            backends=[rpb.BackendHealth(backend=rpb.PRIMARY, address="10.0.0.1:50051", ready=True, headroom=True,
-                                        drained=self.drained[rpb.PRIMARY],
-                                        weight=0.0 if self.drained[rpb.PRIMARY] else 100.0),
-                      rpb.BackendHealth(backend=rpb.STANDBY, address="10.0.0.2:50051", ready=self.standby_ready,
-                                        headroom=self.standby_ready, drained=self.drained[rpb.STANDBY],
+            state="FAILOVER" if self.drained[rpb.BACKEND_PRIMARY] else "NORMAL",
+            backends=[rpb.BackendHealth(backend=rpb.BACKEND_PRIMARY, address="10.0.0.1:50051", ready=True,
+                                        headroom=True,
+                                        drained=self.drained[rpb.BACKEND_PRIMARY],
+                                        weight=0.0 if self.drained[rpb.BACKEND_PRIMARY] else 100.0),
+                      rpb.BackendHealth(backend=rpb.BACKEND_STANDBY, address="10.0.0.2:50051", ready=self.standby_ready,
+                                        headroom=self.standby_ready, drained=self.drained[rpb.BACKEND_STANDBY],
                                         reason="" if self.standby_ready else "warming up",
-                                        weight=100.0 if self.drained[rpb.PRIMARY] else 0.0)],
+                                        weight=100.0 if self.drained[rpb.BACKEND_PRIMARY] else 0.0)],
             recent_events=self.events)
 
-    async def GetState(self, request: rpb.GetStateRequest, context: grpc.aio.ServicerContext) -> rpb.RouterState:
+    async def GetState(self, request: rpb.GetStateRequest,
+                       context: grpc.aio.ServicerContext) -> rpb.GetStateResponse:
         self._record("GetState", request, context)
-        return self.state()
+        return rpb.GetStateResponse(state=self.state())
 
     async def WatchEvents(self, request: rpb.WatchEventsRequest,
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.SwitchEvent]:
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.WatchEventsResponse]:
         self._record("WatchEvents", request, context)
         for e in self.events[-request.replay_recent:] if request.replay_recent else []:
-            yield e
+            yield rpb.WatchEventsResponse(event=e)
         # One live event, then the stream ends (the CLI follows until then).
-        yield rpb.SwitchEvent(time_unix=1_700_000_100, from_state="NORMAL", to_state="DEGRADED", reason="live")
+        yield rpb.WatchEventsResponse(event=rpb.SwitchEvent(time_unix=1_700_000_100, from_state="NORMAL",
+                                                            to_state="DEGRADED", reason="live"))
         if self.follow_forever:
             await asyncio.Event().wait()
 
-    async def SetDrain(self, request: rpb.SetDrainRequest, context: grpc.aio.ServicerContext) -> rpb.RouterState:
+    async def SetDrain(self, request: rpb.SetDrainRequest,
+                       context: grpc.aio.ServicerContext) -> rpb.SetDrainResponse:
         await self._authorize(self._record("SetDrain", request, context), context)
         self.drained[request.backend] = request.drained
-        return self.state()
+        return rpb.SetDrainResponse(state=self.state())
 
-    async def Switch(self, request: rpb.SwitchRequest, context: grpc.aio.ServicerContext) -> rpb.RouterState:
+    async def Switch(self, request: rpb.SwitchRequest, context: grpc.aio.ServicerContext) -> rpb.SwitchResponse:
         await self._authorize(self._record("Switch", request, context), context)
-        if request.to == rpb.STANDBY and not self.standby_ready and not request.force:
+        if request.to == rpb.BACKEND_STANDBY and not self.standby_ready and not request.force:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the standby is not ready (use force)")
-        self.drained[rpb.PRIMARY] = request.to == rpb.STANDBY
-        return self.state()
+        self.drained[rpb.BACKEND_PRIMARY] = request.to == rpb.BACKEND_STANDBY
+        return rpb.SwitchResponse(state=self.state())
 
     def reset(self) -> None:
         self.calls.clear()
-        self.drained = {rpb.PRIMARY: False, rpb.STANDBY: False}
+        self.drained = {rpb.BACKEND_PRIMARY: False, rpb.BACKEND_STANDBY: False}
         self.standby_ready = True
         self.follow_forever = False
 
@@ -224,11 +228,11 @@ class Result:
 
 
 async def cli(*argv: str, token: str | None = None, timeout: float = 30.0) -> Result:
-    """`python -m client ARGV` in a subprocess, the event loop (and with it the fake router) running meanwhile."""
+    """`python -m eagleeye.client ARGV` in a subprocess, the event loop (and the fake router) running meanwhile."""
     env = dict(os.environ)
     if token is not None:
         env["EAGLEEYE_ADMIN_TOKEN"] = token
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "client", *argv, cwd=ROOT, env=env,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "eagleeye.client", *argv, cwd=ROOT, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -345,7 +349,7 @@ def test_help_lists_admin_and_explains_the_token_and_tls(capsys: pytest.CaptureF
 
 
 def test_loopback_hosts() -> None:
-    from common.cli import is_loopback
+    from eagleeye.common.cli import is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.0.0.2")
     assert not is_loopback("10.0.0.5") and not is_loopback("router.example") and not is_loopback("0.0.0.0")
@@ -359,7 +363,7 @@ async def test_drain_sends_the_backend_and_the_token_and_prints_the_state(plain:
     assert r.rc == 0, r.err
     [call] = plain.fake.calls
     assert call.method == "SetDrain" and call.authorization == f"Bearer {TOKEN}"
-    assert call.request == rpb.SetDrainRequest(backend=rpb.PRIMARY, drained=True)
+    assert call.request == rpb.SetDrainRequest(backend=rpb.BACKEND_PRIMARY, drained=True)
     assert r.out.splitlines()[0] == "drained primary"
     assert f"router {plain.address}: FAILOVER" in r.out
     assert "(drained)" in r.out  # the resulting state, from the RPC's answer
@@ -374,7 +378,7 @@ async def test_undrain_reads_the_token_file_without_its_newline(plain: Router, t
     assert r.rc == 0, r.err
     [call] = plain.fake.calls
     assert call.method == "SetDrain" and call.authorization == f"Bearer {TOKEN}"
-    assert call.request == rpb.SetDrainRequest(backend=rpb.STANDBY, drained=False)
+    assert call.request == rpb.SetDrainRequest(backend=rpb.BACKEND_STANDBY, drained=False)
     state = json.loads(one_line(r.out))
     assert state["state"] == "NORMAL" and len(state["backends"]) == 2
 
@@ -385,7 +389,7 @@ async def test_switch_force_sends_force(plain: Router) -> None:
     r = await cli("admin", "switch", "STANDBY", "--force", "--target", plain.address, token=TOKEN)
     assert r.rc == 0, r.err
     [call] = plain.fake.calls
-    assert call.request == rpb.SwitchRequest(to=rpb.STANDBY, force=True)
+    assert call.request == rpb.SwitchRequest(to=rpb.BACKEND_STANDBY, force=True)
     assert r.out.splitlines()[0] == "switched to standby (forced)"
 
 
@@ -397,7 +401,7 @@ async def test_switch_refused_prints_failed_precondition_and_exits_1(plain: Rout
     assert one_line(r.err) == (f"eagleeye admin switch: {plain.address}: FAILED_PRECONDITION: "
                                "the standby is not ready (use force)")
     [call] = plain.fake.calls
-    assert call.request == rpb.SwitchRequest(to=rpb.STANDBY, force=False)
+    assert call.request == rpb.SwitchRequest(to=rpb.BACKEND_STANDBY, force=False)
 
 
 async def test_a_wrong_token_prints_unauthenticated_and_exits_1(plain: Router) -> None:
@@ -405,7 +409,7 @@ async def test_a_wrong_token_prints_unauthenticated_and_exits_1(plain: Router) -
     r = await cli("admin", "drain", "standby", "--target", plain.address, token="wrong")
     assert r.rc == 1 and r.out == ""
     assert one_line(r.err) == f"eagleeye admin drain: {plain.address}: UNAUTHENTICATED: missing or wrong admin token"
-    assert plain.fake.drained[rpb.STANDBY] is False
+    assert plain.fake.drained[rpb.BACKEND_STANDBY] is False
     assert [c.authorization for c in plain.fake.calls] == ["Bearer wrong"]
 
 

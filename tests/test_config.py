@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import ConfigError
-from detector import config
+from eagleeye.common.cli import ConfigError
+from eagleeye.detector import config
 
 BIN = Path(sys.executable).parent
 
@@ -82,7 +82,7 @@ def test_every_setting_is_documented() -> None:
 def test_every_router_setting_is_documented() -> None:
     import dataclasses
 
-    from router.config import RouterConfig
+    from eagleeye.router.config import RouterConfig
 
     doc = (Path(__file__).parent.parent / "docs" / "router.md").read_text()
     for f in dataclasses.fields(RouterConfig):
@@ -111,7 +111,7 @@ def test_router_cli_rejects_bad_settings_with_one_line_and_exit_2(args: list[str
 
 
 def _router(**overrides: object) -> None:
-    from router import config as router_config
+    from eagleeye.router import config as router_config
 
     router_config.load(None, {"primary": "127.0.0.1:1", "standby": "127.0.0.1:2", **overrides})
 
@@ -158,3 +158,54 @@ def test_fault_injection_only_from_the_flag_and_only_on_loopback(tmp_path: Path)
     for host in ("0.0.0.0", "10.0.0.5", "[::]", "worker.internal"):
         with pytest.raises(ConfigError, match="loopback"):
             config.load(None, {"fault_injection": True, "listen": f"{host}:0"})
+
+
+def test_environment_sits_between_flags_and_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "w.toml"
+    f.write_text('max_batch = 4\nmax_queue = 100\nlisten = "127.0.0.1:7000"\n[health]\ncanary_deadline_s = 1\n')
+    env = {"EAGLEEYE_MAX_BATCH": "6", "EAGLEEYE_MAX_QUEUE": "50", "EAGLEEYE_HEALTH_CANARY_DEADLINE_S": "1.5",
+           "EAGLEEYE_HEALTH_REQUIRE_GPU": "true", "EAGLEEYE_DEVICE": "cpu",
+           "EAGLEEYE_HEALTH_ADDR": "127.0.0.1:50061", "EAGLEEYE_SOMETHING_ELSE": "ignored"}
+    cfg = config.load(f, {"max_batch": 2, "listen": None}, env)
+    assert cfg.max_batch == 2                      # flag over environment
+    assert cfg.max_queue == 50 and cfg.device == "cpu"  # environment over file and default
+    assert cfg.listen == "127.0.0.1:7000"          # file where nothing else says
+    assert cfg.health.canary_deadline_s == 1.5 and cfg.health.require_gpu
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"EAGLEEYE_MAX_BATCH": "many"}, "EAGLEEYE_MAX_BATCH='many': must be an integer"),
+    ({"EAGLEEYE_MAX_BATCH": "0"}, "max_batch=0: must be in [1, 64]"),
+    ({"EAGLEEYE_HEALTH_REQUIRE_GPU": "maybe"}, "EAGLEEYE_HEALTH_REQUIRE_GPU='maybe': must be true or false"),
+    ({"EAGLEEYE_FAULT_INJECTION": "1", "EAGLEEYE_LISTEN": "127.0.0.1:0"}, "only the --fault-injection flag"),
+])
+def test_bad_environment_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load(None, {}, env)
+    assert message in str(err.value)
+
+
+def test_every_setting_has_one_variable_and_the_router_reads_them() -> None:
+    import dataclasses
+
+    from eagleeye.common.settings import env_name
+    from eagleeye.router import config as router_config
+
+    names = [env_name(f.name) for f in dataclasses.fields(config.DetectorConfig) if f.name != "health"]
+    names += [env_name(f.name, "health") for f in dataclasses.fields(config.HealthConfig)]
+    assert len(names) == len(set(names))
+    cfg = router_config.load(None, {"listen": "127.0.0.1:0"},
+                             {"EAGLEEYE_PRIMARY": "127.0.0.1:1", "EAGLEEYE_STANDBY": "127.0.0.1:2",
+                              "EAGLEEYE_WEIGHTS": "90,10", "EAGLEEYE_ADMIN_LISTEN": "127.0.0.1:9",
+                              "EAGLEEYE_ADMIN_TOKEN": "secret"})
+    assert cfg.weights == (90.0, 10.0) and cfg.admin_token == "secret" and cfg.primary == "127.0.0.1:1"
+
+
+def test_a_worker_started_with_a_bad_variable_says_which_and_exits_2() -> None:
+    import os
+
+    done = subprocess.run([str(BIN / "eagleeye-detector"), "--listen", "127.0.0.1:0"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "EAGLEEYE_MAX_BATCH": "lots"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("eagleeye-detector: invalid configuration: "
+                                   "EAGLEEYE_MAX_BATCH='lots': must be an integer")

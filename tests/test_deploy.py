@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,18 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.processes import LocalCluster
+from eagleeye.harness.processes import LocalCluster
 
 ROOT = Path(__file__).parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 K8S_TLS = K8S / "tls"
 K8S_ZERO_HOP = K8S / "zero-hop"
+K8S_GPU_NODES = K8S / "gpu-nodes"
+K8S_MONITORING = K8S / "monitoring"
+# Custom resources of the Prometheus Operator: kubernetes-validate knows only Kubernetes' own kinds, and
+# the operator's CRD schemas are not on this machine; test_monitoring_component_* checks the fields the
+# operator acts on instead, and the rules themselves go through promtool (test_alert_rules.py).
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 XDS_PORT = 50070
 ZERO_HOP_LABEL = {"eagleeye.io/zero-hop": "true"}
 COMPOSE_DIR = ROOT / "compose"
@@ -144,7 +151,16 @@ def zero_hop_manifests() -> list[tuple[Path, dict[str, Any]]]:
     return component_manifests(K8S_ZERO_HOP)
 
 
-VARIANTS = {"plain": manifests, "tls": tls_manifests, "zero-hop": zero_hop_manifests}
+def gpu_nodes_manifests() -> list[tuple[Path, dict[str, Any]]]:
+    return component_manifests(K8S_GPU_NODES)
+
+
+def monitoring_manifests() -> list[tuple[Path, dict[str, Any]]]:
+    return component_manifests(K8S_MONITORING)
+
+
+VARIANTS = {"plain": manifests, "tls": tls_manifests, "zero-hop": zero_hop_manifests,
+            "gpu-nodes": gpu_nodes_manifests, "monitoring": monitoring_manifests}
 
 
 def deployments(variant: str) -> dict[str, dict[str, Any]]:
@@ -170,6 +186,109 @@ def test_zero_hop_manifest_is_valid_for_kubernetes_in_strict_mode(path: Path, do
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
+@pytest.mark.parametrize(("path", "doc"), [m for m in gpu_nodes_manifests() + monitoring_manifests()
+                                           if m[1]["kind"] not in CUSTOM_KINDS],
+                         ids=lambda v: v.name if isinstance(v, Path) else "")
+def test_component_manifest_is_valid_for_kubernetes_in_strict_mode(path: Path, doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("directory", [K8S_GPU_NODES, K8S_MONITORING], ids=lambda p: p.name)
+def test_component_lists_every_file(directory: Path) -> None:
+    c = component(directory)
+    assert c["kind"] == "Component" and c["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    listed = set(c.get("resources", [])) | {p["path"] for p in c.get("patches", [])}
+    assert listed == {p.name for p in directory.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_gpu_nodes_component_sets_node_selection_and_runtime_class_of_every_worker() -> None:
+    workers = {n: d for n, d in deployments("gpu-nodes").items() if n.startswith("eagleeye-detector")}
+    assert len(workers) == 2
+    for name, doc in workers.items():
+        spec = doc["spec"]["template"]["spec"]
+        assert spec["runtimeClassName"] and spec["nodeSelector"], name
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"], name
+    plain = deployments("plain")
+    for name in workers:  # the base: the usual GPU taint tolerated, nothing else assumed about the nodes
+        spec = plain[name]["spec"]["template"]["spec"]
+        assert spec["tolerations"] and "runtimeClassName" not in spec and "nodeSelector" not in spec
+
+
+def test_monitoring_component_scrapes_every_metrics_port_and_carries_the_alerts_and_dashboard() -> None:
+    import json
+    docs = {d["kind"]: d for _, d in monitoring_manifests() if d["kind"] in CUSTOM_KINDS | {"ConfigMap"}}
+    monitor = docs["ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    endpoints = monitor["spec"]["endpoints"]
+    assert [e["port"] for e in endpoints] == ["metrics"] and endpoints[0]["path"] == "/metrics"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    base = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    common = {k: v for entry in base["labels"] for k, v in entry["pairs"].items()}
+    assert selector.items() <= common.items()  # the base labels every Service with it
+    services = [d for _, d in manifests() if d["kind"] == "Service"]
+    with_metrics = {d["metadata"]["name"] for d in services if any(p["name"] == "metrics" for p in d["spec"]["ports"])}
+    assert {"eagleeye-detector-primary", "eagleeye-detector-standby", "eagleeye-router"} <= with_metrics
+    rules = yaml.safe_load((ROOT / "observability" / "prometheus" / "alerts.yml").read_text())
+    assert docs["PrometheusRule"]["apiVersion"] == "monitoring.coreos.com/v1"
+    assert docs["PrometheusRule"]["spec"]["groups"] == rules["groups"]
+    dashboard = docs["ConfigMap"]
+    assert dashboard["metadata"]["labels"] == {"grafana_dashboard": "1"}
+    assert json.loads(dashboard["data"]["eagleeye.json"]) == json.loads(
+        (ROOT / "observability" / "grafana" / "dashboards" / "eagleeye.json").read_text())
+    stale = subprocess.run([sys.executable, str(K8S_MONITORING / "generate.py"), "--check"], capture_output=True,
+                           text=True, timeout=60)
+    assert stale.returncode == 0, stale.stderr
+
+
+def test_components_build_with_kustomize_together(tmp_path: Path) -> None:
+    """The base with the gpu-nodes and monitoring components, as kustomize builds them (kubectl kustomize)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "eagleeye",
+        "resources": [os.path.relpath(K8S, overlay)],
+        "components": [os.path.relpath(K8S_GPU_NODES, overlay), os.path.relpath(K8S_MONITORING, overlay)]}))
+    out = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    built = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert {d["kind"] for d in built} >= {"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+                                           "ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    for doc in built:
+        if doc["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    # The overlay's namespace reaches the components' own resources too (the example overlays set it).
+    assert {d["metadata"].get("namespace") for d in built if d["kind"] != "Namespace"} == {"eagleeye"}
+    ours = {n: d["spec"]["template"]["spec"] for n, d in deployments("gpu-nodes").items()}
+    for doc in built:
+        if doc["kind"] == "Deployment":
+            spec = doc["spec"]["template"]["spec"]
+            name = doc["metadata"]["name"]
+            for key in ("runtimeClassName", "nodeSelector", "tolerations", "topologySpreadConstraints"):
+                assert spec.get(key) == ours[name].get(key), (name, key)
+
+
+def test_workers_share_a_disruption_budget_and_routers_scale_on_cpu() -> None:
+    docs = [d for _, d in manifests()]
+    worker_labels = [d["spec"]["template"]["metadata"]["labels"] for d in docs
+                     if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("eagleeye-detector")]
+    budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"
+               and all(d["spec"]["selector"]["matchLabels"].items() <= labels.items() for labels in worker_labels)]
+    assert len(worker_labels) == 2 and len(budgets) == 1 and budgets[0]["spec"]["maxUnavailable"] == 1
+    (hpa,) = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "eagleeye-router"}
+    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    router = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "eagleeye-router")
+    assert "replicas" not in router["spec"]  # the autoscaler owns it; a fixed count would fight it on apply
+    assert router["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+    for d in docs:
+        if d["kind"] == "Deployment":
+            spread = d["spec"]["template"]["spec"]["topologySpreadConstraints"]
+            assert spread[0]["topologyKey"] == "topology.kubernetes.io/zone", d["metadata"]["name"]
+
+
 def test_zero_hop_component_lists_every_file() -> None:
     c = component(K8S_ZERO_HOP)
     assert c["kind"] == "Component" and c["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
@@ -180,7 +299,7 @@ def test_zero_hop_component_lists_every_file() -> None:
 def test_zero_hop_routers_serve_xds_that_the_bootstrap_names_and_clients_may_reach() -> None:
     import json
 
-    from client.dial import xds_bootstrap
+    from eagleeye.client.dial import xds_bootstrap
 
     docs = zero_hop_manifests()
     [c] = deployments("zero-hop")["eagleeye-router"]["spec"]["template"]["spec"]["containers"]
@@ -258,8 +377,6 @@ def test_detectors_have_a_gpu_each_never_share_a_node_and_probe_the_right_names(
         assert c["livenessProbe"]["grpc"]["service"] == "liveness"
         assert c["readinessProbe"]["grpc"]["service"] == "readiness"
         assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 120
-    router = by_name["eagleeye-router"]
-    assert router["spec"]["replicas"] >= 2
     assert any(doc["kind"] == "PodDisruptionBudget" for _, doc in manifests())
 
 
@@ -545,20 +662,39 @@ def test_make_certs_issues_what_the_tls_variant_mounts(tmp_path: Path) -> None:
         assert f"DNS:{dns}," in names or names.rstrip().endswith(f"DNS:{dns}")
 
 
-def test_dockerfile_is_multi_stage_non_root_with_a_grpc_healthcheck_on_the_health_port() -> None:
-    text = (ROOT / "compose" / "Dockerfile").read_text()
-    assert len(re.findall(r"^FROM ", text, re.M)) >= 2
+def dockerfile_stages() -> dict[str, str]:
+    """compose/Dockerfile's stages by name (`FROM ... AS name`), line continuations joined."""
+    text = (ROOT / "compose" / "Dockerfile").read_text().replace("\\\n", " ")
+    parts = re.split(r"^(?=FROM )", text, flags=re.M)[1:]
+    return {re.match(r"FROM \S+(?: AS (\S+))?", p).group(1) or "": p for p in parts}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("stage", ["router", "detector"])
+def test_dockerfile_images_are_non_root_with_a_grpc_healthcheck_on_the_health_port(stage: str) -> None:
+    stages = dockerfile_stages()
+    assert list(stages)[-1] == "detector", "the worker stays the default (last) target"
+    text = stages[stage]
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and not user[-1].startswith(("0", "root"))
-    healthcheck = re.search(r"^HEALTHCHECK (.+?)(?=^\S)", text, re.M | re.S)
+    healthcheck = re.search(r"^HEALTHCHECK (.+?)$", text, re.M)
     assert healthcheck and "grpc_health_probe" in healthcheck.group(1) and "--start-period=" in healthcheck.group(1)
     assert "-tls" not in healthcheck.group(1) and "${EAGLEEYE_HEALTH_ADDR}" in healthcheck.group(1)
     # The default command serves the plaintext health port the HEALTHCHECK asks.
-    joined = text.replace("\\\n", " ")
-    default_addr = re.search(r"^ENV .*?EAGLEEYE_HEALTH_ADDR=(\S+)", joined, re.M).group(1)  # type: ignore[union-attr]
-    cmd = yaml.safe_load(re.search(r"^CMD (\[.+?\])$", joined, re.M).group(1))  # type: ignore[union-attr]
+    default_addr = re.search(r"^ENV .*?EAGLEEYE_HEALTH_ADDR=(\S+)", text, re.M).group(1)  # type: ignore[union-attr]
+    cmd = yaml.safe_load(re.search(r"^CMD (\[.+?\])$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert cmd[0] == f"eagleeye-{stage}"
     assert flag(cmd, "--health-listen") == default_addr
     assert host_port(default_addr)[1] == HEALTH_PORTS[host_port(flag(cmd, "--listen") or "")[1]]
+
+
+def test_the_router_image_is_built_without_torch() -> None:
+    stages = dockerfile_stages()
+    build = stages["build-router"]
+    assert re.search(r"^RUN pip install /src$", build, re.M) and "torch" not in build.lower()
+    assert "build-router" in stages["router"] and "build-detector" not in stages["router"]
+    for files in COMPOSE_SETUPS:
+        router = resolved(files)["router"]
+        assert router["build"]["target"] == "router" and router["image"].startswith("eagleeye-router"), files
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,14 +710,15 @@ def command_lines() -> list[tuple[str, list[str]]]:
             command = argv(service)
             if command and command[0].startswith("eagleeye-"):
                 lines.append((f"{setup_id(files)}:{name}", command))
-    text = (ROOT / "compose" / "Dockerfile").read_text().replace("\\\n", " ")
-    lines.append(("Dockerfile", yaml.safe_load(re.search(r"^CMD (\[.+?\])$", text, re.M).group(1))))  # type: ignore[union-attr]
+    for name in ("router", "detector"):
+        cmd = re.search(r"^CMD (\[.+?\])$", dockerfile_stages()[name], re.M).group(1)  # type: ignore[union-attr]
+        lines.append((f"Dockerfile:{name}", yaml.safe_load(cmd)))
     return lines
 
 
 def test_every_command_line_parses_with_the_services_flags() -> None:
-    from detector.__main__ import build_parser as detector_parser
-    from router.__main__ import build_parser as router_parser
+    from eagleeye.detector.__main__ import build_parser as detector_parser
+    from eagleeye.router.__main__ import build_parser as router_parser
 
     parsers = {"eagleeye-detector": detector_parser, "eagleeye-router": router_parser}
     lines = command_lines()
@@ -611,8 +748,9 @@ def probe_names() -> dict[int, set[str]]:
             if "grpc_health_probe" in test:
                 port = int(re.search(r"-addr=[^:]+:(\d+)", test).group(1))  # type: ignore[union-attr]
                 names[role[port]].add(re.search(r"-service=(\S*)", test).group(1))  # type: ignore[union-attr]
-    dockerfile = (ROOT / "compose" / "Dockerfile").read_text().replace("\\\n", " ")
-    names[DETECTOR_PORT].add(re.search(r"^ENV .*?EAGLEEYE_HEALTH_SERVICE=(\S+)", dockerfile, re.M).group(1))  # type: ignore[union-attr]
+    stages = dockerfile_stages()
+    for name, port in (("detector", DETECTOR_PORT), ("router", ROUTER_PORT)):
+        names[port].add(re.search(r"^ENV .*?EAGLEEYE_HEALTH_SERVICE=(\S+)", stages[name], re.M).group(1))  # type: ignore[union-attr]
     return names
 
 

@@ -15,14 +15,13 @@ import grpc
 import pytest
 from PIL import Image
 
-from detector.defaultmodel.scenes import make_scene
-from detector.imaging import encode_jpeg, encode_png
+from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
+from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.detector.v1 import fault_injection_pb2 as fi
-from eagleeye.detector.v1 import fault_injection_pb2_grpc as fi_grpc
+from eagleeye.scenes import encode_jpeg, encode_png, make_scene
 from tests.conftest import fast_config
-from tests.procs import BIN, NOT_SERVING, SERVING, HealthWatch, Proc, check, start_detector
+from tests.procs import BIN, NOT_SERVING, SERVING, HealthWatch, Proc, check, reflect, start_detector
 
 pytestmark = pytest.mark.integration
 NAMES = ["", "readiness", "eagleeye.detector.v1.Detector", "liveness", "headroom"]
@@ -35,7 +34,7 @@ async def channel(worker: Proc) -> AsyncIterator[grpc.aio.Channel]:
         await wait_ready(ch)
         yield ch
         # Leave the shared worker as we found it.
-        await fi_grpc.FaultInjectionStub(ch).ClearFaults(fi.ClearRequest(), timeout=5)
+        await fi_grpc.FaultInjectionStub(ch).ClearFaults(fi.ClearFaultsRequest(), timeout=5)
         await wait_ready(ch)
 
 
@@ -74,6 +73,13 @@ async def test_liveness_serves_while_the_model_loads_then_every_name_serves(tmp_
     transitions = [e for e in proc.events if e["event"] == "health transition"]
     assert transitions[0]["reasons"] == ["model: loading or warming up"]
     assert transitions[1]["ready"] is True
+
+
+def test_reflection_lists_and_describes_the_api(worker: Proc) -> None:
+    listed, methods = reflect(worker.address, "eagleeye.detector.v1.Detector")
+    assert listed == {"eagleeye.detector.v1.Detector", "eagleeye.detector.testing.v1.FaultInjection",
+                      "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert {f"eagleeye.detector.v1.Detector/{m}" for m in ("Detect", "DetectStream", "GetModelInfo")} == methods
 
 
 async def test_model_info(channel: grpc.aio.Channel) -> None:
@@ -173,7 +179,7 @@ async def test_bad_input_is_refused_without_harm(worker: Proc, channel: grpc.aio
 
 async def test_check_stays_fast_while_inference_is_slow(channel: grpc.aio.Channel) -> None:
     faults = fi_grpc.FaultInjectionStub(channel)
-    await faults.DelayInference(fi.Delay(seconds=0.5), timeout=5)
+    await faults.DelayInference(fi.DelayInferenceRequest(seconds=0.5), timeout=5)
     stub = pb_grpc.DetectorStub(channel)
     frame = pb.DetectRequest(encoded=encode_png(make_scene(3).image))
     busy = [asyncio.ensure_future(stub.Detect(frame, timeout=30)) for _ in range(8)]
@@ -182,7 +188,7 @@ async def test_check_stays_fast_while_inference_is_slow(channel: grpc.aio.Channe
         t0 = time.perf_counter()
         await check(channel, "readiness")
         worst = max(worst, time.perf_counter() - t0)
-    await faults.ClearFaults(fi.ClearRequest(), timeout=5)
+    await faults.ClearFaults(fi.ClearFaultsRequest(), timeout=5)
     await asyncio.gather(*busy)
     assert worst < 0.5, f"Check took {worst:.3f} s while inference was busy"
 
@@ -191,9 +197,9 @@ async def test_slow_inference_makes_readiness_fail_and_recover(channel: grpc.aio
     faults = fi_grpc.FaultInjectionStub(channel)
     ready, live = HealthWatch(channel, "readiness"), HealthWatch(channel, "liveness")
     await ready.wait_for(SERVING)
-    await faults.DelayInference(fi.Delay(seconds=2.5), timeout=5)
+    await faults.DelayInference(fi.DelayInferenceRequest(seconds=2.5), timeout=5)
     down = await ready.wait_for(NOT_SERVING, 20)
-    await faults.ClearFaults(fi.ClearRequest(), timeout=5)
+    await faults.ClearFaults(fi.ClearFaultsRequest(), timeout=5)
     await ready.wait_for(SERVING, 20, after=down)
     assert NOT_SERVING not in live.statuses
     ready.cancel()
@@ -204,13 +210,13 @@ async def test_hung_inference_fails_readiness_then_liveness_and_recovers(channel
     faults = fi_grpc.FaultInjectionStub(channel)
     ready, live = HealthWatch(channel, "readiness"), HealthWatch(channel, "liveness")
     await live.wait_for(SERVING)
-    await faults.HangInference(fi.HangRequest(), timeout=5)
+    await faults.HangInference(fi.HangInferenceRequest(), timeout=5)
     t0 = time.monotonic()
     await ready.wait_for(NOT_SERVING, 20)
     down = await live.wait_for(NOT_SERVING, 30)
     assert time.monotonic() - t0 >= 3.0, "liveness must wait for the longer hang deadline"
     assert await check(channel, "liveness") == NOT_SERVING  # the health service itself still answers
-    await faults.ClearFaults(fi.ClearRequest(), timeout=5)
+    await faults.ClearFaults(fi.ClearFaultsRequest(), timeout=5)
     await live.wait_for(SERVING, 20, after=down)
     await ready.wait_for(SERVING, 20)
     ready.cancel()
@@ -224,7 +230,7 @@ async def test_one_soft_trigger_costs_headroom_two_cost_readiness(channel: grpc.
     faults = fi_grpc.FaultInjectionStub(channel)
     ready, headroom = HealthWatch(channel, "readiness"), HealthWatch(channel, "headroom")
     await headroom.wait_for(SERVING)
-    hot = fi.Telemetry(utilization_percent=99, memory_used_bytes=4 * GiB, memory_total_bytes=16 * GiB,
+    hot = fi.SetTelemetryRequest(utilization_percent=99, memory_used_bytes=4 * GiB, memory_total_bytes=16 * GiB,
                        temperature_c=70)
     await faults.SetTelemetry(hot, timeout=5)
     await headroom.wait_for(NOT_SERVING, 20)
@@ -232,7 +238,7 @@ async def test_one_soft_trigger_costs_headroom_two_cost_readiness(channel: grpc.
     hot.thermal_slowdown = True
     await faults.SetTelemetry(hot, timeout=5)
     down = await ready.wait_for(NOT_SERVING, 20)
-    await faults.ClearFaults(fi.ClearRequest(), timeout=5)
+    await faults.ClearFaults(fi.ClearFaultsRequest(), timeout=5)
     await ready.wait_for(SERVING, 20, after=down)
     ready.cancel()
     headroom.cancel()
@@ -245,13 +251,13 @@ async def test_critical_gpu_fault_and_sticky_cuda_error(tmp_path: Path) -> None:
             ready, live = HealthWatch(ch, "readiness"), HealthWatch(ch, "liveness")
             await ready.wait_for(SERVING, 60)
             faults = fi_grpc.FaultInjectionStub(ch)
-            await faults.SetTelemetry(fi.Telemetry(utilization_percent=10, memory_used_bytes=GiB,
+            await faults.SetTelemetry(fi.SetTelemetryRequest(utilization_percent=10, memory_used_bytes=GiB,
                                                    memory_total_bytes=16 * GiB, temperature_c=50,
                                                    xid_events=[79]), timeout=5)
             await ready.wait_for(NOT_SERVING, 20)
             assert await check(ch, "liveness") == SERVING  # a restart does not cure a GPU off the bus
-            await faults.ClearFaults(fi.ClearRequest(), timeout=5)
-            await faults.RaiseCudaError(fi.CudaErrorRequest(), timeout=5)
+            await faults.ClearFaults(fi.ClearFaultsRequest(), timeout=5)
+            await faults.RaiseCudaError(fi.RaiseCudaErrorRequest(), timeout=5)
             await live.wait_for(NOT_SERVING, 20)
             stub = pb_grpc.DetectorStub(ch)
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -274,13 +280,13 @@ async def test_sigterm_drains_accepted_work(tmp_path: Path) -> None:
             ready = HealthWatch(ch, "readiness")
             await ready.wait_for(SERVING, 60)
             faults = fi_grpc.FaultInjectionStub(ch)
-            await faults.DelayInference(fi.Delay(seconds=0.3), timeout=5)
+            await faults.DelayInference(fi.DelayInferenceRequest(seconds=0.3), timeout=5)
             stub = pb_grpc.DetectorStub(ch)
             frame = encode_png(make_scene(4).image)
             unary = [asyncio.ensure_future(stub.Detect(pb.DetectRequest(encoded=frame, frame_id=i), timeout=30))
                      for i in range(6)]
             stream = stub.DetectStream(iter([pb.DetectRequest(encoded=frame, frame_id=100 + i) for i in range(3)]))
-            while (await faults.GetInferenceState(fi.InferenceStateRequest(), timeout=5)).in_flight < 9:
+            while (await faults.GetInferenceState(fi.GetInferenceStateRequest(), timeout=5)).in_flight < 9:
                 await asyncio.sleep(0.02)
             proc.signal(signal.SIGTERM)
             await ready.wait_for(NOT_SERVING, 10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.evaluate import Prediction, average_precision, mean_average_precision
+from eagleeye.client.evaluate import Prediction, average_precision, mean_average_precision
 
 TRUTH = {0: np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), 1: np.array([[0, 0, 10, 10]], np.float32)}
 

@@ -15,10 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.processes import LocalCluster
-from detector.defaultmodel.scenes import make_scene
-from detector.imaging import encode_jpeg, encode_png
 from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.harness.processes import LocalCluster
+from eagleeye.scenes import encode_jpeg, encode_png, make_scene
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from detector.gpu import LOST, GpuSample, InjectedSource, NoGpu, NvmlSource, open_source
+from eagleeye.detector.gpu import LOST, GpuSample, InjectedSource, NoGpu, NvmlSource, open_source
 
 
 class FakeNvml:

@@ -6,12 +6,10 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from detector.config import HealthConfig
-from detector.gpu import LOST, GpuSample
-from detector.health import (
-    HEADROOM,
-    LIVENESS,
-    READINESS_NAMES,
+from eagleeye.common.names import HEADROOM, LIVENESS, READINESS_NAMES
+from eagleeye.detector.config import HealthConfig
+from eagleeye.detector.gpu import LOST, GpuSample
+from eagleeye.detector.health import (
     CanaryOutcome,
     CanaryState,
     HealthEvaluator,

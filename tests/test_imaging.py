@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.imaging import (
+from eagleeye.detector.imaging import (
     ImageError,
     ImageLimits,
     decode_encoded,
     decode_raw,
-    encode_jpeg,
-    encode_png,
     letterbox,
     use_pil_guard,
 )
+from eagleeye.scenes import encode_jpeg, encode_png
 
 LIMITS = ImageLimits(max_bytes=1024 * 1024, max_pixels=1000 * 1000)
 IMG = (np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from detector.contract import ModelError
-from detector.defaultmodel import DEFAULT_MODEL_PATH
-from detector.model import export_model, load_model
+from eagleeye.detector.contract import ModelError
+from eagleeye.detector.defaultmodel import DEFAULT_MODEL_PATH
+from eagleeye.detector.model import export_model, load_model
 
 
 class Tiny(torch.nn.Module):

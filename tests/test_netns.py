@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.processes import LocalCluster, Proc
+from eagleeye.harness.processes import LocalCluster, Proc
 from eagleeye.router.v1 import router_pb2 as router_pb
 from eagleeye.router.v1 import router_pb2_grpc as router_grpc
 from tests.netns import NetNamespace, cleanup_stale, unavailable_reason
@@ -170,8 +170,8 @@ def test_worker_inside_namespace_is_dialable_from_the_root_namespace(ns: NetName
 def primary_health(admin_address: str) -> router_pb.BackendHealth:
     with grpc.insecure_channel(admin_address) as channel:
         stub = router_grpc.RouterAdminStub(channel)
-        state: router_pb.RouterState = stub.GetState(router_pb.GetStateRequest(), timeout=5.0)
-    primary: router_pb.BackendHealth = next(b for b in state.backends if b.backend == router_pb.PRIMARY)
+        state: router_pb.RouterState = stub.GetState(router_pb.GetStateRequest(), timeout=5.0).state
+    primary: router_pb.BackendHealth = next(b for b in state.backends if b.backend == router_pb.BACKEND_PRIMARY)
     return primary
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from router.policy import TRANSITION_CAUSES, BackendView, Decision, Policy, PolicyConfig, State
+from eagleeye.router.policy import TRANSITION_CAUSES, BackendView, Decision, Policy, PolicyConfig, State
 
 CFG = PolicyConfig(hold_down_s=10, hold_down_max_s=80, healthy_checks=5, ramp_s=30, degraded_recover_s=5,
                    hold_down_reset_s=300)
@@ -361,8 +361,8 @@ def test_a_late_return_to_degraded_without_a_reset_keeps_the_hold() -> None:
 
 
 def test_router_config_validates_and_passes_degraded_recover_max_s() -> None:
-    from common.cli import ConfigError
-    from router.config import RouterConfig
+    from eagleeye.common.cli import ConfigError
+    from eagleeye.router.config import RouterConfig
 
     def cfg(max_s: float = 120.0) -> RouterConfig:
         return RouterConfig(primary="127.0.0.1:1", standby="127.0.0.1:2", degraded_recover_max_s=max_s)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.contract import RawDetections
-from detector.imaging import Letterbox
-from detector.postprocess import Selection, select
+from eagleeye.detector.contract import RawDetections
+from eagleeye.detector.imaging import Letterbox
+from eagleeye.detector.postprocess import Selection, select
 
 IDENTITY = Letterbox(scale=1.0, pad_x=0, pad_y=0, width=100, height=100)
 RAW = RawDetections(

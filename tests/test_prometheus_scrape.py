@@ -23,7 +23,7 @@ import grpc
 import pytest
 import yaml
 
-from client.processes import LocalCluster
+from eagleeye.harness.processes import LocalCluster
 from eagleeye.router.v1 import router_pb2 as rpb
 from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 from tests.test_router_process import LoadRun
@@ -118,10 +118,10 @@ def test_every_dashboard_and_rule_expression_works_against_real_data(scraped: tu
     with grpc.insecure_channel(cluster.admin_address) as ch:
         admin = rpb_grpc.RouterAdminStub(ch)
         auth = cluster.admin_metadata
-        admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5, metadata=auth)
+        admin.Switch(rpb.SwitchRequest(to=rpb.BACKEND_STANDBY), timeout=5, metadata=auth)
         cluster.router.wait_for_event("switch", to_state="FAILOVER")
         loads[0].wait_progress(5.0)
-        admin.Switch(rpb.SwitchRequest(to=rpb.PRIMARY), timeout=5, metadata=auth)
+        admin.Switch(rpb.SwitchRequest(to=rpb.BACKEND_PRIMARY), timeout=5, metadata=auth)
     for load in loads:
         load.result()
     wait_until(base, 'sum(eagleeye_router_switches_total{to_state="FAILOVER"}) > 0')

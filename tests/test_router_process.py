@@ -16,15 +16,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.processes import BIN, LocalCluster
-from detector.defaultmodel.scenes import make_scene
-from detector.imaging import encode_png
+from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
+from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.detector.v1 import fault_injection_pb2 as fi
-from eagleeye.detector.v1 import fault_injection_pb2_grpc as fi_grpc
+from eagleeye.harness.processes import BIN, LocalCluster
+from eagleeye.scenes import encode_png, make_scene
 from tests.conftest import fast_config
-from tests.procs import NOT_SERVING, SERVING, check
+from tests.procs import NOT_SERVING, SERVING, check, reflect
 
 pytestmark = pytest.mark.integration
 
@@ -145,16 +144,16 @@ def test_sigstop_primary_hangs_with_its_connection_alive(cluster: LocalCluster) 
 def test_inference_hang_with_health_alive(cluster: LocalCluster) -> None:
     unary, stream = under_load(cluster, 14)
     fi_stub = faults(cluster.primary_address)
-    fi_stub.HangInference(fi.HangRequest(), timeout=5)
+    fi_stub.HangInference(fi.HangInferenceRequest(), timeout=5)
     cluster.router.wait_for_event("switch", to_state="FAILOVER")
-    fi_stub.ClearFaults(fi.ClearRequest(), timeout=5)
+    fi_stub.ClearFaults(fi.ClearFaultsRequest(), timeout=5)
     cluster.router.wait_for_event("switch", from_state="RECOVERING", to_state="NORMAL", timeout=60)
     assert_clean(unary.result(), stream.result())
 
 
 def test_injected_gpu_fault(cluster: LocalCluster) -> None:
     unary, stream = under_load(cluster, 8)
-    faults(cluster.primary_address).SetTelemetry(fi.Telemetry(
+    faults(cluster.primary_address).SetTelemetry(fi.SetTelemetryRequest(
         utilization_percent=50, memory_used_bytes=2**30, memory_total_bytes=16 * 2**30, temperature_c=60,
         xid_events=[79]), timeout=5)
     failover = cluster.router.wait_for_event("switch", to_state="FAILOVER")
@@ -165,10 +164,10 @@ def test_injected_gpu_fault(cluster: LocalCluster) -> None:
 def test_primary_without_headroom_gets_part_of_the_traffic(cluster: LocalCluster) -> None:
     unary, stream = under_load(cluster, 8)
     stub = faults(cluster.primary_address)
-    stub.SetTelemetry(fi.Telemetry(utilization_percent=99, memory_used_bytes=2**30,
+    stub.SetTelemetry(fi.SetTelemetryRequest(utilization_percent=99, memory_used_bytes=2**30,
                                    memory_total_bytes=16 * 2**30, temperature_c=60), timeout=5)
     cluster.router.wait_for_event("switch", to_state="DEGRADED")
-    stub.ClearFaults(fi.ClearRequest(), timeout=5)
+    stub.ClearFaults(fi.ClearFaultsRequest(), timeout=5)
     cluster.router.wait_for_event("switch", from_state="DEGRADED", to_state="NORMAL")
     assert_clean(unary.result(), stream.result())
 
@@ -242,11 +241,21 @@ def test_status_cli_and_admin_actions(cluster: LocalCluster) -> None:
     assert out.returncode == 0, out.stderr
     state = json.loads(out.stdout)
     assert state["state"] == "NORMAL"
-    assert {b["backend"]: round(b["weight"]) for b in state["backends"]} == {"PRIMARY": 95, "STANDBY": 5}
+    weights = {b["backend"]: round(b["weight"]) for b in state["backends"]}
+    assert weights == {"BACKEND_PRIMARY": 95, "BACKEND_STANDBY": 5}
     assert state["recent_events"][-1]["to_state"] == "NORMAL"
 
     from eagleeye.router.v1 import router_pb2 as rpb
     from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+
+    # Reflection: the client port shows the Detector API (and not the admin API), the admin port the admin API.
+    listed, methods = reflect(cluster.router_address, "eagleeye.detector.v1.Detector")
+    assert listed == {"eagleeye.detector.v1.Detector", "grpc.health.v1.Health",
+                      "grpc.reflection.v1alpha.ServerReflection"}
+    assert "eagleeye.detector.v1.Detector/DetectStream" in methods
+    listed, methods = reflect(cluster.admin_address, "eagleeye.router.v1.RouterAdmin")
+    assert listed == {"eagleeye.router.v1.RouterAdmin", "grpc.reflection.v1alpha.ServerReflection"}
+    assert {"eagleeye.router.v1.RouterAdmin/Switch", "eagleeye.router.v1.RouterAdmin/SetDrain"} <= methods
 
     with grpc.insecure_channel(cluster.router_address) as ch:  # not on the client port
         with pytest.raises(grpc.RpcError) as err:
@@ -255,16 +264,17 @@ def test_status_cli_and_admin_actions(cluster: LocalCluster) -> None:
     with grpc.insecure_channel(cluster.admin_address) as ch:
         admin = rpb_grpc.RouterAdminStub(ch)
         with pytest.raises(grpc.RpcError) as err:
-            admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5)
+            admin.Switch(rpb.SwitchRequest(to=rpb.BACKEND_STANDBY), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as err:
-            admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5, metadata=[("authorization", "Bearer nope")])
+            admin.Switch(rpb.SwitchRequest(to=rpb.BACKEND_STANDBY), timeout=5,
+                         metadata=[("authorization", "Bearer nope")])
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         auth = [("authorization", "Bearer s3cret")]
-        admin.Switch(rpb.SwitchRequest(to=rpb.STANDBY), timeout=5, metadata=auth)
+        admin.Switch(rpb.SwitchRequest(to=rpb.BACKEND_STANDBY), timeout=5, metadata=auth)
         cluster.router.wait_for_event("switch", to_state="FAILOVER")
         assert "drained by operator" in switches(cluster)[-1]["reason"]
-        admin.Switch(rpb.SwitchRequest(to=rpb.PRIMARY), timeout=5, metadata=auth)
+        admin.Switch(rpb.SwitchRequest(to=rpb.BACKEND_PRIMARY), timeout=5, metadata=auth)
         cluster.router.wait_for_event("switch", from_state="RECOVERING", to_state="NORMAL", timeout=30)
     text = subprocess.run([str(BIN / "eagleeye"), "status", "--target", cluster.admin_address],
                           capture_output=True, text=True, timeout=30).stdout
@@ -284,7 +294,7 @@ def test_admin_cli_refuses_a_switch_to_an_unready_standby_unless_forced_and_logs
     assert wrong.returncode == 1 and "UNAUTHENTICATED" in wrong.stderr, wrong.stderr
     with grpc.insecure_channel(cluster.standby_address) as ch:
         # A canary slower than its deadline: the standby not ready until ClearFaults.
-        fi_grpc.FaultInjectionStub(ch).DelayInference(fi.Delay(seconds=3), timeout=5)
+        fi_grpc.FaultInjectionStub(ch).DelayInference(fi.DelayInferenceRequest(seconds=3), timeout=5)
     try:
         cluster.router.wait_for_event("switch", to_state="STANDBY_DOWN")
         refused = admin_cli(cluster, "switch", "standby")
@@ -298,7 +308,7 @@ def test_admin_cli_refuses_a_switch_to_an_unready_standby_unless_forced_and_logs
         assert back.returncode == 0, back.stderr
     finally:
         with grpc.insecure_channel(cluster.standby_address) as ch:
-            fi_grpc.FaultInjectionStub(ch).ClearFaults(fi.ClearRequest(), timeout=5)
+            fi_grpc.FaultInjectionStub(ch).ClearFaults(fi.ClearFaultsRequest(), timeout=5)
     cluster.router.wait_for_event("switch", to_state="NORMAL", timeout=60)
     audit = [(e["action"], e["outcome"]) for e in cluster.router.events if e.get("event") == "admin call"]
     assert ("drain primary", "refused: missing or wrong token") in audit

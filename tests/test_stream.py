@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from router.budget import BudgetConfig, RetryBudget
-from router.fleet import Backend
-from router.stream import (
+from eagleeye.router.budget import BudgetConfig, RetryBudget
+from eagleeye.router.fleet import Backend
+from eagleeye.router.stream import (
     Abort,
     Action,
     Answered,

@@ -9,13 +9,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client.processes import LocalCluster
-from detector.defaultmodel.scenes import make_scene
-from detector.imaging import encode_png
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.harness.processes import LocalCluster
 from eagleeye.router.v1 import router_pb2 as rpb
 from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+from eagleeye.scenes import encode_png, make_scene
 from tests.certs import Pem, TestCA
 from tests.conftest import fast_config
 from tests.procs import SERVING, check, start_detector
@@ -133,7 +132,7 @@ async def test_tls_through_the_router_with_mtls_to_the_workers_and_admin_on_its_
         async with grpc.aio.insecure_channel(cluster.router_address, options=OWN) as ch:
             assert await detect_code(ch) == grpc.StatusCode.UNAVAILABLE
         async with tls_channel(cluster.admin_address, ca) as ch:
-            state = await rpb_grpc.RouterAdminStub(ch).GetState(rpb.GetStateRequest(), timeout=10)
+            state = (await rpb_grpc.RouterAdminStub(ch).GetState(rpb.GetStateRequest(), timeout=10)).state
             assert state.state == "NORMAL" and all(b.ready for b in state.backends)
         async with grpc.aio.insecure_channel(listening["health"], options=OWN) as ch:
             assert await check(ch, "") == SERVING

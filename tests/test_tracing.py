@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench.otlp_sink import OtlpSink, Span
-from client.processes import BIN, LocalCluster
-from detector.defaultmodel.scenes import make_scene
-from detector.imaging import encode_jpeg
+from eagleeye.harness.processes import BIN, LocalCluster
+from eagleeye.scenes import encode_jpeg, make_scene
 
 pytestmark = pytest.mark.integration
 

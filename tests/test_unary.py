@@ -7,9 +7,9 @@ from typing import cast
 
 import pytest
 
-from router.budget import BudgetConfig, RetryBudget
-from router.fleet import Backend
-from router.unary import Action, Cancel, Expire, Observe, Outcome, Refused, Reply, Send, UnaryCall, UnaryConfig
+from eagleeye.router.budget import BudgetConfig, RetryBudget
+from eagleeye.router.fleet import Backend
+from eagleeye.router.unary import Action, Cancel, Expire, Observe, Outcome, Refused, Reply, Send, UnaryCall, UnaryConfig
 
 P, S = Backend.PRIMARY, Backend.STANDBY
 OK, FAILED, OVERLOADED, FINAL = Outcome.OK, Outcome.FAILED, Outcome.OVERLOADED, Outcome.FINAL

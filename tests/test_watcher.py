@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from router.config import RouterConfig
-from router.watcher import BackendWatcher, backend_channel
+from eagleeye.router.config import RouterConfig
+from eagleeye.router.watcher import BackendWatcher, backend_channel
 
 CFG = RouterConfig(primary="127.0.0.1:1", standby="127.0.0.1:2", check_failures=2, eject_after_failures=3)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eagleeye.detector.v1 import detector_pb2 as pb
-from router.wire import WireError, request_frame_id, response_frame_id
+from eagleeye.router.wire import WireError, request_frame_id, response_frame_id
 
 
 @pytest.mark.parametrize("fid", [0, 1, 127, 128, 300, 2**32 + 5, 2**64 - 1])
@@ -32,7 +32,7 @@ def test_what_the_worker_would_refuse_is_refused(junk: bytes) -> None:
 
 
 def test_forwarded_metadata_keeps_custom_and_trace_headers_only() -> None:
-    from router.proxy import forwardable
+    from eagleeye.router.proxy import forwardable
 
     md = [("x-camera", "cam-7"), ("traceparent", "00-abc-def-01"), ("grpc-trace-bin", b"\x00\x01"),
           ("user-agent", "grpc-python"), ("content-type", "application/grpc"), ("grpc-timeout", "5S"),
@@ -45,8 +45,8 @@ def test_only_backend_failures_and_a_full_queue_are_tried_elsewhere() -> None:
     import grpc
     from grpc.aio import AioRpcError, Metadata
 
-    from router.proxy import outcome
-    from router.unary import Outcome
+    from eagleeye.router.proxy import outcome
+    from eagleeye.router.unary import Outcome
 
     def error(code: grpc.StatusCode, *trailing: tuple[str, str]) -> AioRpcError:
         return AioRpcError(code, Metadata(), Metadata(*trailing), "details")

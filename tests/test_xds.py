@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from eagleeye.xds.v3 import xds_pb2 as x
-from router import xds
-from router.fleet import Backend
-from router.policy import State
+from eagleeye.router.fleet import Backend
+from eagleeye.router.policy import State
+from eagleeye.router.xds import resources as xds
+from eagleeye.router.xds.v3 import xds_pb2 as x
 
 P, S = Backend.PRIMARY, Backend.STANDBY
 HEALTHY, UNHEALTHY, DRAINING, UNKNOWN = x.HEALTHY, x.UNHEALTHY, x.DRAINING, x.UNKNOWN

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
-from client.processes import BIN, LocalCluster
+from eagleeye.harness.processes import BIN, LocalCluster
 from eagleeye.router.v1 import router_pb2 as rpb
 from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 from tests.conftest import fast_config
@@ -142,7 +142,7 @@ def test_an_admin_drain_moves_every_client_call_within_100_ms(cluster: LocalClus
         probe.wait_ready()
         probe.wait_windows(10)
         drained = time.time()
-        admin(cluster).SetDrain(rpb.SetDrainRequest(backend=rpb.PRIMARY, drained=True),
+        admin(cluster).SetDrain(rpb.SetDrainRequest(backend=rpb.BACKEND_PRIMARY, drained=True),
                                 metadata=cluster.admin_metadata, timeout=10)
         probe.finish()
         after = probe.since(drained)

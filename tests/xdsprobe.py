@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from client.dial import XDS_CHANNEL_OPTIONS, xds_bootstrap
+from eagleeye.client.dial import XDS_CHANNEL_OPTIONS, xds_bootstrap
 
 
 def main() -> int:

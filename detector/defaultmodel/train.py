@@ -1,6 +1,6 @@
 """Train the embedded default model on generated scenes and export it with torch.export.
 
-    python -m detector.defaultmodel.train --minutes 22 --out detector/defaultmodel/default.pt2
+    python -m eagleeye.detector.defaultmodel.train --minutes 22 --out detector/defaultmodel/default.pt2
 
 The data is deterministic (scene seeds 0..N-1) and so is the sampling; the budget is time, so a
 slower machine takes fewer steps (the committed weights: 1267 steps of batch 32 on 2 cores).
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detector.defaultmodel.net import STRIDE, CenterNetLite
-from detector.defaultmodel.scenes import CLASSES, make_scene
-from detector.imaging import letterbox
-from detector.model import export_model
+from eagleeye.detector.defaultmodel.net import STRIDE, CenterNetLite
+from eagleeye.detector.imaging import letterbox
+from eagleeye.detector.model import export_model
+from eagleeye.scenes import CLASSES, make_scene
 
 INPUT_SIZE = (256, 256)
 

@@ -1,0 +1,222 @@
+"""Zero-hop mode, the pure part: the router's decision as xDS resources, and one ADS stream's protocol.
+
+gRPC clients that speak xDS (grpcio, grpc-go, grpc-java, grpc-c++: "proxyless gRPC") take the routing
+decision from the router and call the workers directly. What they get mirrors what drives the proxy:
+
+    Listener NAME              api_listener: an inline route for every method to cluster NAME, with a
+                               retry policy (UNAVAILABLE: 2 retries, 5-50 ms back-off)
+    Cluster NAME               EDS over ADS
+    ClusterLoadAssignment NAME one locality per backend, weighted in whole percent as the policy says;
+                               its endpoints HEALTHY when ready, DRAINING when drained by an operator,
+                               UNHEALTHY when not ready
+
+A backend the policy gives no traffic but that could serve (the primary during hold-down) goes in
+priority 1: clients fall back to it by themselves if everything in priority 0 fails before the
+router has noticed. In BOTH_DOWN the router's own view says nothing works; clients may see the
+workers differently (the router's network is not theirs), so both backends are offered with health
+UNKNOWN and equal weights, and the clients' connectivity decides (a proxy in that state can only
+refuse). A drained backend stays DRAINING in every state: that is the operator's word.
+
+`AdsSession` is the state-of-the-world ADS protocol for one client stream: what to send when a
+request or a new snapshot arrives, ACKs and NACKs. A client gets nothing until the router has a
+snapshot (its view of the workers settled), so it never sees an empty or partial state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+
+from eagleeye.router.fleet import Backend
+from eagleeye.router.policy import State
+from eagleeye.router.xds.v3 import xds_pb2 as x
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINTS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+TYPES = (LISTENER, CLUSTER, ENDPOINTS)
+SHORT = {LISTENER: "listener", CLUSTER: "cluster", ENDPOINTS: "endpoints"}
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER_FILTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+RETRY_BASE_MS, RETRY_MAX_MS = 5, 50
+
+
+@dataclass(frozen=True)
+class BackendFacts:
+    """What the assignment needs to know about one backend."""
+
+    addresses: tuple[tuple[str, int], ...]   # IP addresses (clients do not resolve names from EDS)
+    ready: bool
+    drained: bool
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One backend's part in the assignment: health, weight (percent, 0: none) and priority."""
+
+    health: x.HealthStatus
+    weight: int
+    priority: int
+
+
+def placements(state: State, weights: Mapping[Backend, float], facts: Mapping[Backend, BackendFacts],
+               ) -> dict[Backend, Placement]:
+    """Each backend's health, locality weight and priority for the policy's decision (backends left out
+    are offered to nobody)."""
+    out: dict[Backend, Placement] = {}
+    for b in Backend:
+        f = facts[b]
+        if not f.addresses:
+            continue
+        if f.drained:
+            out[b] = Placement(x.DRAINING, 1, 0)
+        elif state is State.BOTH_DOWN:
+            out[b] = Placement(x.UNKNOWN, 1, 0)
+        elif not f.ready:
+            out[b] = Placement(x.UNHEALTHY, 1, 0)
+        else:
+            w = weights.get(b, 0.0)
+            out[b] = Placement(x.HEALTHY, max(1, round(w)), 0) if w > 0 else Placement(x.HEALTHY, 1, 1)
+    # A locality that can take no traffic anyway is left out of the weights (a weight for an unhealthy
+    # locality would be ignored, and priorities must run from 0 without gaps).
+    if not any(p.priority == 0 and p.health in (x.HEALTHY, x.UNKNOWN) for p in out.values()):
+        out = {b: (Placement(p.health, p.weight, 0) if p.priority == 1 else p) for b, p in out.items()}
+    return out
+
+
+def _pack(type_url: str, message: object) -> any_pb2.Any:
+    return any_pb2.Any(type_url=type_url, value=message.SerializeToString())  # type: ignore[attr-defined]
+
+
+def _duration_ms(ms: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every resource a client may ask for, by type and name, and each type's version."""
+
+    resources: Mapping[str, Mapping[str, any_pb2.Any]]
+    versions: Mapping[str, str]
+
+
+def build(name: str, state: State, weights: Mapping[Backend, float], facts: Mapping[Backend, BackendFacts],
+          num_retries: int = 2) -> Snapshot:
+    """The resources for service `name` under the policy's decision."""
+    route = x.Route(name="all", match=x.RouteMatch(prefix="/"), route=x.RouteAction(
+        cluster=name,
+        retry_policy=x.RetryPolicy(retry_on="unavailable", num_retries=wrappers_pb2.UInt32Value(value=num_retries),
+                                   retry_back_off=x.RetryBackOff(base_interval=_duration_ms(RETRY_BASE_MS),
+                                                                 max_interval=_duration_ms(RETRY_MAX_MS)))))
+    hcm = x.HttpConnectionManager(
+        stat_prefix=name,
+        route_config=x.RouteConfiguration(name=name, virtual_hosts=[
+            x.VirtualHost(name=name, domains=["*"], routes=[route])]),
+        http_filters=[x.HttpFilter(name="router", typed_config=any_pb2.Any(type_url=_ROUTER_FILTER))])
+    listener = x.Listener(name=name, api_listener=x.ApiListener(api_listener=_pack(_HCM, hcm)))
+
+    cluster = x.Cluster(name=name, type=x.Cluster.EDS, connect_timeout=_duration_ms(1000),
+                        eds_cluster_config=x.EdsClusterConfig(service_name=name))
+    cluster.eds_cluster_config.eds_config.ads.SetInParent()
+    cluster.eds_cluster_config.eds_config.resource_api_version = x.V3
+
+    cla = x.ClusterLoadAssignment(cluster_name=name)
+    for b, p in sorted(placements(state, weights, facts).items(), key=lambda item: item[0].value):
+        cla.endpoints.append(x.LocalityLbEndpoints(
+            locality=x.Locality(region="eagleeye", zone=b.value),
+            load_balancing_weight=wrappers_pb2.UInt32Value(value=p.weight), priority=p.priority,
+            lb_endpoints=[x.LbEndpoint(health_status=p.health, endpoint=x.Endpoint(address=x.Address(
+                socket_address=x.SocketAddress(address=host, port_value=port)))) for host, port in facts[b].addresses]))
+
+    resources = {LISTENER: {name: _pack(LISTENER, listener)}, CLUSTER: {name: _pack(CLUSTER, cluster)},
+                 ENDPOINTS: {name: _pack(ENDPOINTS, cla)}}
+    return Snapshot(resources, {t: _version(r) for t, r in resources.items()})
+
+
+def _version(resources: Mapping[str, any_pb2.Any]) -> str:
+    """A version that changes exactly when the content does (the same content: the same version, so a
+    client is never sent what it already has)."""
+    h = hashlib.sha256()
+    for n in sorted(resources):
+        h.update(n.encode())
+        h.update(resources[n].SerializeToString(deterministic=True))
+    return h.hexdigest()[:12]
+
+
+# -- one ADS stream ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TypeState:
+    """One resource type on one stream: what the client asked for, was sent, and accepted."""
+
+    names: frozenset[str] = frozenset()   # empty: every listener or cluster (a wildcard); no assignment
+    subscribed: bool = False
+    sent_version: str = ""
+    sent_nonce: str = ""
+    acked_version: str = ""
+    nack: str = ""                        # the client's reason, while it refuses the last version sent
+
+
+@dataclass
+class AdsSession:
+    """State of the world ADS for one client stream. Feed it requests and snapshots; send what it returns."""
+
+    node_id: str = ""
+    user_agent: str = ""
+    types: dict[str, TypeState] = field(default_factory=dict)
+    snapshot: Snapshot | None = None
+    nacks: int = 0
+    _nonce: int = 0
+
+    def on_request(self, req: x.DiscoveryRequest) -> tuple[list[x.DiscoveryResponse], str | None]:
+        """What to send for a client's request, and a NACK's reason (None for anything else)."""
+        if req.HasField("node") and not self.node_id:  # sent on a stream's first request only
+            self.node_id = req.node.id
+            self.user_agent = f"{req.node.user_agent_name} {req.node.user_agent_version}".strip()
+        if req.type_url not in TYPES:
+            return [], None  # a type we do not serve (e.g. RouteConfiguration: routes are inline)
+        ts = self.types.setdefault(req.type_url, TypeState())
+        if req.response_nonce and req.response_nonce != ts.sent_nonce:
+            return [], None  # answers an older response; the newer one is on its way or answered
+        nack: str | None = None
+        if req.response_nonce:
+            if req.HasField("error_detail") and (req.error_detail.code or req.error_detail.message):
+                nack = ts.nack = req.error_detail.message or f"code {req.error_detail.code}"
+                self.nacks += 1
+            else:
+                ts.acked_version, ts.nack = req.version_info, ""
+        names = frozenset(req.resource_names)
+        changed = not ts.subscribed or names != ts.names
+        ts.names, ts.subscribed = names, True
+        if changed or (self.snapshot is not None and ts.sent_version != self.snapshot.versions[req.type_url]
+                       and nack is None):
+            return self._send(req.type_url), nack
+        return [], nack
+
+    def on_snapshot(self, snapshot: Snapshot) -> list[x.DiscoveryResponse]:
+        """A new decision: send each subscribed type whose content changed."""
+        self.snapshot = snapshot
+        out: list[x.DiscoveryResponse] = []
+        for type_url, ts in self.types.items():
+            if ts.subscribed and ts.sent_version != snapshot.versions[type_url]:
+                out += self._send(type_url)
+        return out
+
+    def _send(self, type_url: str) -> list[x.DiscoveryResponse]:
+        if self.snapshot is None:
+            return []  # nothing known yet: the client waits rather than see an empty state
+        ts = self.types[type_url]
+        available = self.snapshot.resources[type_url]
+        if ts.names:
+            wanted: Iterable[str] = sorted(n for n in ts.names if n in available)
+        else:  # a wildcard for listeners and clusters; for assignments, no names means none wanted
+            wanted = [] if type_url == ENDPOINTS else sorted(available)
+        self._nonce += 1
+        ts.sent_version, ts.sent_nonce = self.snapshot.versions[type_url], str(self._nonce)
+        return [x.DiscoveryResponse(version_info=ts.sent_version, type_url=type_url, nonce=ts.sent_nonce,
+                                    resources=[available[n] for n in wanted])]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import signal
@@ -241,6 +242,10 @@ async def serve(cfg: DetectorConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if importlib.util.find_spec("torch") is None:  # `pip install .` alone is the router and the client
+        sys.stderr.write(f"{PROG}: torch is not installed: the worker needs the detector extra, "
+                         "pip install 'eagleeye[detector]' (after the torch build for your CUDA version)\n")
+        return 2
     flags = {k: v for k, v in vars(args).items() if k != "config"}
     return run_service(PROG, lambda: config_mod.load(args.config, flags, os.environ), serve)
 

@@ -104,3 +104,12 @@ def test_every_program_answers_version_and_help(installed: Path) -> None:
 
 def test_the_detector_service_name_is_the_generated_one() -> None:
     assert detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name == DETECTOR_SERVICE
+
+
+def test_a_worker_without_torch_says_which_extra_it_needs(installed: Path) -> None:
+    # This venv borrows torch from the development one: hide it, as a plain `pip install .` would lack it.
+    done = run_in(installed, "import sys; sys.modules['torch'] = None; "
+                             "from eagleeye.detector.__main__ import main; sys.exit(main(['--listen', '127.0.0.1:0']))")
+    assert done.returncode == 2
+    assert done.stderr.startswith("eagleeye-detector: torch is not installed: the worker needs the detector extra")
+    assert "Traceback" not in done.stderr

@@ -35,8 +35,15 @@ class HealthConfig:
     memory_high_fraction: float = 0.92
     memory_trend_samples: int = 5       # "still growing" = rising across this many samples
     min_free_memory_bytes: int = 512 * MiB
-    temperature_high_c: float = 85.0
+    temperature_high_c: float = 85.0        # soft trigger (headroom) past this for temperature_high_for_s
     temperature_high_for_s: float = 30.0
+    # Hardware protection: past temperature_critical_c for temperature_critical_for_s, readiness goes
+    # NOT_SERVING (the router fails over) and stays so until the GPU has stayed below
+    # temperature_recover_c for temperature_recover_for_s.
+    temperature_critical_c: float = 85.0
+    temperature_critical_for_s: float = 30.0
+    temperature_recover_c: float = 80.0
+    temperature_recover_for_s: float = 60.0
     latency_budget_ms: float = 250.0
     latency_window_s: float = 10.0
     # Once over budget, latency counts as a soft trigger until p95 is below this share of the budget
@@ -49,11 +56,14 @@ class HealthConfig:
     def __post_init__(self) -> None:
         for name in ("evaluate_interval_s", "canary_interval_s", "canary_deadline_s", "canary_hang_s",
                      "utilization_high_for_s", "temperature_high_for_s", "latency_budget_ms",
-                     "latency_window_s"):
+                     "latency_window_s", "temperature_critical_for_s", "temperature_recover_for_s"):
             settings.positive(f"health.{name}", getattr(self, name))
         if self.canary_hang_s <= self.canary_deadline_s:
             raise ConfigError(f"health.canary_hang_s={self.canary_hang_s}: must exceed "
                               f"health.canary_deadline_s={self.canary_deadline_s}")
+        if self.temperature_recover_c >= self.temperature_critical_c:
+            raise ConfigError(f"health.temperature_recover_c={self.temperature_recover_c}: must be below "
+                              f"health.temperature_critical_c={self.temperature_critical_c}")
         settings.in_range("health.utilization_high_percent", self.utilization_high_percent, 0, 100)
         settings.in_range("health.memory_high_fraction", self.memory_high_fraction, 0, 1)
         settings.in_range("health.backlog_fraction", self.backlog_fraction, 0, 1)

@@ -81,6 +81,9 @@ class HealthEvaluator:
         self._cfg = cfg
         self._util_high_since: float | None = None
         self._temp_high_since: float | None = None
+        self._temp_critical_since: float | None = None
+        self._temp_cool_since: float | None = None
+        self._temp_guard: str | None = None  # the reason while the hard guard holds readiness down
         self._memory: deque[int] = deque(maxlen=cfg.memory_trend_samples)
         self._ecc_baseline: int | None = None
         self._latched: list[str] = []   # GPU criticals: they need a human, not a retry
@@ -140,6 +143,36 @@ class HealthEvaluator:
             soft.append("gpu: clocks slowed down (thermal or power brake)")
         return soft
 
+    def _temperature_guard(self, gpu: GpuSample | None, now: float) -> str | None:
+        """Hardware protection: the reason readiness is held down for heat, or None.
+
+        Trips after temperature_critical_c for temperature_critical_for_s; holds until the GPU has stayed
+        below temperature_recover_c for temperature_recover_for_s (no sample: no change).
+        """
+        cfg = self._cfg
+        if gpu is None or gpu.gpu_lost:
+            return self._temp_guard
+        t = gpu.temperature_c
+        if self._temp_guard is None:
+            if t > cfg.temperature_critical_c:
+                self._temp_critical_since = self._temp_critical_since if self._temp_critical_since is not None else now
+                if now - self._temp_critical_since >= cfg.temperature_critical_for_s:
+                    self._temp_guard = (f"gpu: temperature over {cfg.temperature_critical_c:.0f} C for "
+                                        f"{now - self._temp_critical_since:.0f} s (hardware protection; held until "
+                                        f"below {cfg.temperature_recover_c:.0f} C for "
+                                        f"{cfg.temperature_recover_for_s:.0f} s)")
+                    self._temp_cool_since = None
+            else:
+                self._temp_critical_since = None
+        elif t < cfg.temperature_recover_c:
+            self._temp_cool_since = self._temp_cool_since if self._temp_cool_since is not None else now
+            if now - self._temp_cool_since >= cfg.temperature_recover_for_s:
+                self._temp_guard = None
+                self._temp_critical_since = None
+        else:
+            self._temp_cool_since = None
+        return self._temp_guard
+
     def _canary_rules(self, canary: CanaryState, now: float) -> tuple[list[str], bool]:
         """Reasons readiness fails on the canary, and whether liveness fails too."""
         cfg = self._cfg
@@ -180,6 +213,9 @@ class HealthEvaluator:
             not_ready.append("gpu: none usable and --require-gpu is set" if not s.gpu_expected
                              else "gpu: state unknown (NVML unavailable) and --require-gpu is set")
         not_ready.extend(self._latched)
+        too_hot = self._temperature_guard(s.gpu, now)
+        if too_hot is not None:
+            not_ready.append(too_hot)
 
         p95 = s.latency_p95_ms
         if not self._latency_high:

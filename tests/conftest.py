@@ -15,6 +15,7 @@ FAST: dict[str, object] = {"max_image_bytes": 2 * 1024 * 1024}
 FAST_HEALTH: dict[str, object] = {
     "evaluate_interval_s": 0.1, "canary_interval_s": 0.2, "canary_deadline_s": 1.5, "canary_hang_s": 4.0,
     "utilization_high_for_s": 0.5, "temperature_high_for_s": 0.5, "latency_budget_ms": 2000,
+    "temperature_critical_for_s": 0.5, "temperature_recover_for_s": 1.0,
 }
 
 

@@ -53,6 +53,9 @@ CASES = [
          {"job": JOB, "instance": "w1:9100"}),
     Case("EagleEyeGpuMemoryHigh", {f"eagleeye_gpu_memory_used_bytes{{{DET}}}": "12000000000x10",
                                    f"eagleeye_gpu_memory_total_bytes{{{DET}}}": "16000000000x10"}, "6m", None),
+    Case("EagleEyeGpuTooHot", {f"eagleeye_gpu_temperature_celsius{{{DET}}}": "80 87 88 89 90"}, "3m",
+         {"job": JOB, "instance": "w1:9100"}),
+    Case("EagleEyeGpuTooHot", {f"eagleeye_gpu_temperature_celsius{{{DET}}}": "80 87 80 88 84"}, "4m", None),
     # 60 frames a minute, all in the 0.5 s bucket (p95 ~ 0.5 s) versus all under 25 ms.
     Case("EagleEyeInferenceLatencyHigh",
          {f'eagleeye_detector_request_duration_seconds_bucket{{{DET}, le="0.025"}}': "0x15",

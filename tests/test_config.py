@@ -36,6 +36,7 @@ def test_file_then_flags(tmp_path: Path) -> None:
     ("colour = 1", {}, "colour: unknown setting"),
     ("[health]\ncanary_hang_s = 1", {}, "health.canary_hang_s=1.0: must exceed"),
     ("[health]\nbacklog_fraction = 2", {}, "health.backlog_fraction=2.0: must be in [0, 1]"),
+    ("[health]\ntemperature_recover_c = 90", {}, "health.temperature_recover_c=90.0: must be below"),
     ("max_batch = ", {}, "not valid TOML"),
 ])
 def test_invalid_settings_name_field_value_and_rule(

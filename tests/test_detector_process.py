@@ -244,6 +244,27 @@ async def test_one_soft_trigger_costs_headroom_two_cost_readiness(channel: grpc.
     headroom.cancel()
 
 
+async def test_an_overheating_gpu_is_taken_out_of_service_until_it_has_cooled(worker: Proc,
+                                                                           channel: grpc.aio.Channel) -> None:
+    faults = fi_grpc.FaultInjectionStub(channel)
+    ready = HealthWatch(channel, "readiness")
+    await ready.wait_for(SERVING)
+    worker.forget_events()
+    telemetry = fi.SetTelemetryRequest(utilization_percent=40, memory_used_bytes=4 * GiB,
+                                       memory_total_bytes=16 * GiB, temperature_c=91)
+    await faults.SetTelemetry(telemetry, timeout=5)
+    down = await ready.wait_for(NOT_SERVING, 20)
+    transition = await asyncio.to_thread(worker.wait_for_event, "health transition", 20, ready=False)
+    assert any("hardware protection" in reason for reason in transition["reasons"]), transition
+    telemetry.temperature_c = 82  # below critical, not yet below the recovery temperature: still held
+    await faults.SetTelemetry(telemetry, timeout=5)
+    telemetry.temperature_c = 70
+    await faults.SetTelemetry(telemetry, timeout=5)
+    await ready.wait_for(SERVING, 20, after=down)
+    await faults.ClearFaults(fi.ClearFaultsRequest(), timeout=5)
+    ready.cancel()
+
+
 async def test_critical_gpu_fault_and_sticky_cuda_error(tmp_path: Path) -> None:
     proc = start_detector("--fault-injection", "--config", fast_config(tmp_path))
     try:

@@ -87,10 +87,29 @@ CASES: dict[str, list[Step]] = {
         Step(11, gpu(utilization_percent=50), True, True, True),
         Step(12, gpu(utilization_percent=99), True, True, True),  # the clock restarted
     ],
-    "temperature high must last 30 s; thermal slowdown at once": [
+    "temperature over 85 C for 30 s: the soft trigger, and with the defaults the hard guard too": [
         Step(0, gpu(temperature_c=90), True, True, True),
-        Step(30, gpu(temperature_c=90), True, True, False, "temperature 90 C"),
-        Step(31, gpu(thermal_slowdown=True), True, True, False, "slowed down"),
+        Step(30, gpu(temperature_c=90), False, True, False, "temperature 90 C"),
+        Step(30, gpu(temperature_c=90), False, True, False, "hardware protection"),
+    ],
+    "thermal slowdown at once": [Step(31, gpu(thermal_slowdown=True), True, True, False, "slowed down")],
+    "hard guard: trips after the hold time, holds until cool for the recovery time": [
+        Step(0, gpu(temperature_c=86), True, True, True),
+        Step(29, gpu(temperature_c=86), True, True, True),
+        Step(30, gpu(temperature_c=86), False, True, False, "over 85 C for 30 s"),
+        Step(40, gpu(temperature_c=82), False, True, False, "hardware protection"),  # not cool enough
+        Step(50, gpu(temperature_c=79), False, True, False, "hardware protection"),  # cooling starts
+        Step(80, gpu(temperature_c=81), False, True, False, "hardware protection"),  # warmed: clock restarts
+        Step(90, gpu(temperature_c=75), False, True, False, "hardware protection"),
+        Step(149, replace(ON_GPU, gpu=None), False, True, False, "hardware protection"),  # no sample: held
+        Step(150, gpu(temperature_c=75), True, True, True),
+    ],
+    "hard guard: a spike shorter than the hold time does nothing": [
+        Step(0, gpu(temperature_c=95), True, True, True),
+        Step(20, gpu(temperature_c=84), True, True, True),
+        Step(40, gpu(temperature_c=95), True, True, True),
+        Step(69, gpu(temperature_c=95), True, True, True),
+        Step(70, gpu(temperature_c=95), False, True, False, "hardware protection"),
     ],
     "free memory below 512 MiB": [
         Step(0, gpu(memory_used_bytes=16 * GiB - 100 * 1024**2), True, True, False, "only 100 MiB free"),

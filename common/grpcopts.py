@@ -14,4 +14,7 @@ def message_size_options(max_bytes: int) -> list[tuple[str, int]]:
 # Trailing metadata a worker sets on RESOURCE_EXHAUSTED when its queue is full (the request itself is
 # fine): the router may try another worker. An oversized image is RESOURCE_EXHAUSTED without it.
 RETRY_ELSEWHERE_KEY = "eagleeye-retry-elsewhere"
+# Trailing metadata of a router's answer when it filled in request defaults (request_defaults): the
+# router states whose defaults applied, with how many requests or frames each, e.g. "FAILOVER=1".
+REQUEST_DEFAULTS_KEY = "eagleeye-request-defaults"
 RETRY_ELSEWHERE_QUEUE_FULL = "queue-full"

@@ -9,6 +9,7 @@ the rule. Precedence: flag, environment, file, default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,10 @@ def _coerce(name: str, value: Any, target: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{name}={value!r}: must be a file path string")
         return Path(value)
+    if target.startswith("dict["):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}={value!r}: must be a table")
+        return value  # its own dataclass checks the contents
     if target == "tuple[float, float]":
         if not (isinstance(value, list) and len(value) == 2 and
                 all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
@@ -84,9 +89,12 @@ def _from_text(name: str, text: str, target: str) -> Any:
             return text.strip().lower() in _TRUE
         if target == "tuple[float, float]":
             return [float(v) for v in text.split(",")]
+        if target.startswith("dict["):
+            return json.loads(text)
     except ValueError:
         want = {"int": "an integer", "float": "a number", "bool": "true or false",
-                "tuple[float, float]": "two numbers separated by a comma, e.g. 95,5"}[target]
+                "tuple[float, float]": "two numbers separated by a comma, e.g. 95,5"}.get(
+                    target, 'a JSON object, e.g. {"FAILOVER": {"score_threshold": 0.4}}')
         raise ConfigError(f"{name}={text!r}: must be {want}") from None
     return text
 

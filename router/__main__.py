@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-tls-server-name", metavar="NAME",
                    help="the name the workers' certificates must carry (default: the host in --primary/--standby)")
     p.add_argument("--weights", metavar="P,S", help="traffic split in NORMAL, percent (default 95,5)")
+    p.add_argument("--request-default", action="append", metavar="STATE:FIELD=VALUE", dest="request_default",
+                   help="in router state STATE, fill FIELD of requests that leave it unset, e.g. "
+                        "FAILOVER:score_threshold=0.4 (repeatable; replaces the file's request_defaults)")
     p.add_argument("--hold-down", type=float, metavar="S", dest="hold_down_s",
                    help="how long a recovered primary must stay ready before traffic ramps back (default 10)")
     p.add_argument("--ramp", type=float, metavar="S", dest="ramp_s",
@@ -213,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def make_config() -> RouterConfig:
-        flags = {k: v for k, v in vars(args).items() if k not in ("config", "weights")}
+        flags = {k: v for k, v in vars(args).items() if k not in ("config", "weights", "request_default")}
         if args.weights is not None:
             flags["weights"] = config_mod.parse_weights(args.weights)
+        if args.request_default:
+            flags["request_defaults"] = config_mod.parse_request_defaults(args.request_default)
         # EAGLEEYE_ADMIN_TOKEN (like every setting's variable) keeps the secret out of `ps`.
         return config_mod.load(args.config, flags, os.environ)
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eagleeye.common import settings, tls
 from eagleeye.common.cli import ConfigError, parse_host_port
 from eagleeye.common.logs import LOG_FORMATS
+from eagleeye.router import requestpolicy
 from eagleeye.router.budget import BudgetConfig
 from eagleeye.router.policy import PolicyConfig
 from eagleeye.router.stream import StreamConfig
@@ -94,8 +95,12 @@ class RouterConfig:
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
     log_format: str = "auto"           # json, text, or auto (text on a terminal, JSON otherwise)
+    # Per router state, request knobs filled in when the client left them unset, e.g.
+    # {"FAILOVER": {"score_threshold": 0.4}} (router/requestpolicy.py, docs/router.md).
+    request_defaults: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "request_defaults", requestpolicy.check(self.request_defaults))
         if not self.listen and not self.xds_listen:
             raise ConfigError("listen: required unless xds_listen is given (a router is a proxy, a control plane, "
                               "or both)")
@@ -201,6 +206,18 @@ def parse_weights(text: str) -> tuple[float, float]:
         return float(parts[0]), float(parts[1])
     except ValueError:
         raise ConfigError(f"weights={text!r}: must be PRIMARY,STANDBY percentages, e.g. 95,5") from None
+
+
+def parse_request_defaults(items: list[str]) -> dict[str, dict[str, float]]:
+    """--request-default STATE:FIELD=VALUE flags as the request_defaults setting (checked later)."""
+    out: dict[str, dict[str, float]] = {}
+    for item in items:
+        try:
+            state, key, value = requestpolicy.parse_flag(item)
+        except ValueError as e:
+            raise ConfigError(f"--request-default: {e}") from None
+        out.setdefault(state, {})[key] = value
+    return out
 
 
 def load(file: Path | None, flags: dict[str, Any], env: Mapping[str, str] | None = None) -> RouterConfig:

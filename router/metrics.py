@@ -46,6 +46,9 @@ class RouterMetrics:
                                                 description="Streams moved between backends, by reason")
         self._replayed = meter.create_counter("eagleeye_router_stream_replayed_frames", unit="1",
                                               description="Stream frames sent again to another backend after a failure")
+        self._defaults = meter.create_counter(
+            "eagleeye_router_request_defaults_applied", unit="1",
+            description="Requests and stream frames the router filled in defaults for (request_defaults), by state")
 
         # Counters with known labels start at 0, so rates and alerts see a series before the first event.
         for backend in ("primary", "standby"):
@@ -108,6 +111,9 @@ class RouterMetrics:
 
     def replayed(self, frames: int) -> None:
         self._replayed.add(frames)
+
+    def defaults_applied(self, state: str) -> None:
+        self._defaults.add(1, {"state": state})
 
     def migration(self, reason: str) -> None:
         self._migrations.add(1, {"reason": reason})

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from eagleeye.common.errors import IncidentLog
-from eagleeye.common.grpcopts import RETRY_ELSEWHERE_KEY
+from eagleeye.common.grpcopts import REQUEST_DEFAULTS_KEY, RETRY_ELSEWHERE_KEY
 from eagleeye.common.logs import event
 from eagleeye.common.names import DETECTOR_SERVICE
 from eagleeye.router import stream as st
@@ -27,7 +27,8 @@ from eagleeye.router.budget import RetryBudget
 from eagleeye.router.config import RouterConfig
 from eagleeye.router.controller import Controller
 from eagleeye.router.fleet import Backend
-from eagleeye.router.wire import WireError, request_frame_id, response_frame_id
+from eagleeye.router.requestpolicy import RequestPolicy
+from eagleeye.router.wire import WireError, parse_request, response_frame_id
 
 log = logging.getLogger("eagleeye.proxy")
 
@@ -101,6 +102,24 @@ class Proxy:
         self.clock = clock or asyncio.get_running_loop().time
         self.active_unary = 0
         self.incidents = IncidentLog(log, where="router")
+        self.request_policy = RequestPolicy(cfg.request_defaults)
+
+    def fill_defaults(self, request: bytes, parsed: Any | None = None) -> tuple[bytes, str]:
+        """`request` with the current state's request defaults for what it leaves unset, and the state
+        whose defaults were applied ("" when none were)."""
+        if not self.request_policy:
+            return request, ""
+        if parsed is None:
+            try:
+                parsed = parse_request(request)
+            except WireError:
+                return request, ""  # the worker refuses it with its own message
+        state = self.controller.decision.state.value
+        filled = self.request_policy.fill(state, parsed, request)
+        if not filled.fields:
+            return request, ""
+        self.controller.metrics.defaults_applied(state)
+        return filled.data, state
 
     def use_channels(self, unary_channels: dict[Backend, grpc.aio.Channel],
                      stream_channels: dict[Backend, grpc.aio.Channel]) -> None:
@@ -152,8 +171,12 @@ class Proxy:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
                 self.active_unary += 1
                 self.pool.take(size)  # held for retries and hedges until the call ends
+                applied = ""
+                if method == "Detect":
+                    request, applied = self.fill_defaults(request)
+                trailers = ((REQUEST_DEFAULTS_KEY, f"{applied}=1"),) if applied else ()
                 try:
-                    response = await UnaryForward(self, method, request, context).run()
+                    response = await UnaryForward(self, method, request, context, trailers).run()
                 finally:
                     self.active_unary -= 1
                     self.pool.give(size)
@@ -202,11 +225,13 @@ async def _settle(call: grpc.aio.UnaryUnaryCall[bytes, bytes]) -> tuple[bytes | 
 class UnaryForward:
     """One unary call: carries out router.unary's decisions with real backend calls and timers."""
 
-    def __init__(self, proxy: Proxy, method: str, request: bytes, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, proxy: Proxy, method: str, request: bytes, context: grpc.aio.ServicerContext,
+                 trailers: Metadata = ()) -> None:
         self._proxy = proxy
         self._method = method
         self._request = request
         self._context = context
+        self._trailers = trailers  # the router's own, added to the backend's
 
     async def run(self) -> bytes:
         proxy, ctl, ctx = self._proxy, self._proxy.controller, self._context
@@ -281,15 +306,15 @@ class UnaryForward:
                      result: tuple[bytes | None, grpc.aio.AioRpcError | None]) -> bytes:
         response, error = result
         if error is not None:
-            trailing = error.trailing_metadata()
+            trailing = (*forwardable(error.trailing_metadata()), *self._trailers)
             if trailing:
-                self._context.set_trailing_metadata(forwardable(trailing))
+                self._context.set_trailing_metadata(trailing)
             await self._context.abort(error.code(), self._proxy.client_details(error.code(), error.details() or ""))
             raise AssertionError("unreachable")
         assert response is not None
-        trailing = await call.trailing_metadata()
+        trailing = (*forwardable(await call.trailing_metadata()), *self._trailers)
         if trailing:
-            self._context.set_trailing_metadata(forwardable(trailing))
+            self._context.set_trailing_metadata(trailing)
         return response
 
 
@@ -335,6 +360,7 @@ class StreamSession:
         self._side_tries: set[asyncio.Task[None]] = set()
         self._idle: asyncio.TimerHandle | None = None
         self._reading_since: float | None = None  # waiting for the client's next frame since
+        self._defaults_applied: dict[str, int] = {}  # router state -> frames filled in with its defaults
 
     async def run(self) -> AsyncIterator[bytes]:
         """The answers to send the client, in order (an async generator, as gRPC handlers may be)."""
@@ -355,8 +381,10 @@ class StreamSession:
                     core.on_client_took(item.size)
                     self._update_room()
                 elif isinstance(item, st.Finish):
+                    self._set_trailers()
                     return
                 else:
+                    self._set_trailers()
                     code = _CODES.get(item.code, grpc.StatusCode.UNKNOWN)
                     await self._context.abort(code, item.message or self._proxy.unavailable_message())
         finally:
@@ -369,6 +397,11 @@ class StreamSession:
             for task in self._side_tries:
                 task.cancel()
             core.release()
+
+    def _set_trailers(self) -> None:
+        if self._defaults_applied:
+            self._context.set_trailing_metadata(((REQUEST_DEFAULTS_KEY, ",".join(
+                f"{state}={n}" for state, n in self._defaults_applied.items())),))
 
     # -- carrying out decisions --------------------------------------------------------------------
 
@@ -469,11 +502,14 @@ class StreamSession:
         async for data in self._requests:
             self._reading_since = None
             try:
-                fid = request_frame_id(data)
+                parsed = parse_request(data)
             except WireError as e:
                 self._out.put_nowait(st.Abort("INVALID_ARGUMENT", f"malformed DetectRequest: {e}"))
                 return
-            self._apply(core.on_frame(fid, data, self._proxy.clock()))
+            data, applied = self._proxy.fill_defaults(data, parsed)
+            if applied:
+                self._defaults_applied[applied] = self._defaults_applied.get(applied, 0) + 1
+            self._apply(core.on_frame(int(parsed.frame_id), data, self._proxy.clock()))
             while not core.has_room() and not core.finished:
                 await self._room.wait()  # the window is full: stop reading (flow control)
             self._await_frame()

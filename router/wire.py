@@ -20,12 +20,17 @@ class WireError(ValueError):
     """Bytes that are not a well-formed message of the expected type."""
 
 
-def request_frame_id(data: bytes) -> int:
-    """The frame_id of a serialized DetectRequest; WireError if protobuf would not parse it."""
+def parse_request(data: bytes) -> pb.DetectRequest:
+    """A serialized DetectRequest, parsed; WireError if protobuf would not parse it."""
     try:
-        return int(pb.DetectRequest.FromString(data).frame_id)
+        return pb.DetectRequest.FromString(data)
     except DecodeError as e:
         raise WireError(str(e) or "not a DetectRequest") from None
+
+
+def request_frame_id(data: bytes) -> int:
+    """The frame_id of a serialized DetectRequest; WireError if protobuf would not parse it."""
+    return int(parse_request(data).frame_id)
 
 
 def response_frame_id(data: bytes) -> tuple[int, bool]:

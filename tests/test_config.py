@@ -104,6 +104,10 @@ def test_every_router_setting_is_documented() -> None:
       "127.0.0.1:2"], "xds_listen='127.0.0.1:7000': must differ from listen"),
     (["--xds-listen", "127.0.0.1:0", "--xds-name", "a/b", "--primary", "127.0.0.1:1", "--standby", "127.0.0.1:2"],
      "xds_name='a/b': must be a plain name"),
+    (["--primary", "127.0.0.1:1", "--standby", "127.0.0.1:2", "--request-default", "FAILOVER:score=0.4"],
+     "request_defaults.FAILOVER.score: not a request default"),
+    (["--primary", "127.0.0.1:1", "--standby", "127.0.0.1:2", "--request-default", "FAILOVER=0.4"],
+     "--request-default: 'FAILOVER=0.4' is not STATE:FIELD=VALUE"),
 ])
 def test_router_cli_rejects_bad_settings_with_one_line_and_exit_2(args: list[str], message: str) -> None:
     proc = subprocess.run([BIN / "eagleeye-router", *args], capture_output=True, text=True, timeout=60)
@@ -115,6 +119,22 @@ def _router(**overrides: object) -> None:
     from eagleeye.router import config as router_config
 
     router_config.load(None, {"primary": "127.0.0.1:1", "standby": "127.0.0.1:2", **overrides})
+
+
+def test_request_defaults_from_file_environment_and_flags(tmp_path: Path) -> None:
+    from eagleeye.router import config as router_config
+
+    f = tmp_path / "r.toml"
+    f.write_text('primary = "127.0.0.1:1"\nstandby = "127.0.0.1:2"\n'
+                 "[request_defaults.FAILOVER]\nscore_threshold = 0.4\nmax_detections = 200\n")
+    assert router_config.load(f, {}).request_defaults == {"FAILOVER": {"score_threshold": 0.4,
+                                                                       "max_detections": 200.0}}
+    env = {"EAGLEEYE_REQUEST_DEFAULTS": '{"DEGRADED": {"score_threshold": 0.45}}'}
+    assert router_config.load(f, {}, env).request_defaults == {"DEGRADED": {"score_threshold": 0.45}}
+    flags = {"request_defaults": router_config.parse_request_defaults(["recovering:iou_threshold=0.5"])}
+    assert router_config.load(f, flags, env).request_defaults == {"RECOVERING": {"iou_threshold": 0.5}}
+    with pytest.raises(ConfigError, match="EAGLEEYE_REQUEST_DEFAULTS='nope': must be a JSON object"):
+        router_config.load(f, {}, {"EAGLEEYE_REQUEST_DEFAULTS": "nope"})
 
 
 def test_tls_settings_are_checked_before_anything_listens(tmp_path: Path) -> None:

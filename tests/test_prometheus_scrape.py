@@ -68,7 +68,7 @@ def scraped(tmp_path: Path) -> Iterator[tuple[str, LocalCluster]]:
         pytest.fail("prometheus is missing: `make test` installs it (Debian package prometheus)")
     cluster = LocalCluster(worker_args=["--metrics-listen", "127.0.0.1:0"],
                            router_args=["--metrics-listen", "127.0.0.1:0", "--hold-down", "1",
-                                        "--ramp", "1"])
+                                        "--ramp", "1", "--request-default", "FAILOVER:score_threshold=0.4"])
     proc = None
     try:
         cluster.wait_ready()
@@ -125,6 +125,8 @@ def test_every_dashboard_and_rule_expression_works_against_real_data(scraped: tu
     for load in loads:
         load.result()
     wait_until(base, 'sum(eagleeye_router_switches_total{to_state="FAILOVER"}) > 0')
+    # The load's frames sent while the standby served got the FAILOVER request defaults.
+    wait_until(base, 'sum(eagleeye_router_request_defaults_applied_total{state="FAILOVER"}) > 0')
     wait_until(base, 'sum(rate(eagleeye_detector_request_duration_seconds_count[10s])) > 0')
 
     problems = []

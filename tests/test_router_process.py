@@ -33,6 +33,9 @@ hold_down_s = {HOLD_DOWN_S}
 ramp_s = {RAMP_S}
 healthy_checks = 3
 degraded_recover_s = 1.0
+
+[request_defaults.FAILOVER]
+score_threshold = 0.4
 """
 
 
@@ -279,6 +282,36 @@ def test_status_cli_and_admin_actions(cluster: LocalCluster) -> None:
     text = subprocess.run([str(BIN / "eagleeye"), "status", "--target", cluster.admin_address],
                           capture_output=True, text=True, timeout=30).stdout
     assert "NORMAL" in text and "primary" in text and "FAILOVER" in text
+
+
+async def test_request_defaults_apply_in_their_state_only_and_say_so(cluster: LocalCluster) -> None:
+    from eagleeye.router.v1 import router_pb2 as rpb
+    from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+
+    image = encode_png(make_scene(3, (160, 120)).image)
+
+    async def detect(score_threshold: float | None = None) -> dict[str, str | bytes]:
+        async with grpc.aio.insecure_channel(cluster.router_address) as ch:
+            request = pb.DetectRequest(encoded=image, frame_id=1, score_threshold=score_threshold)
+            call = pb_grpc.DetectorStub(ch).Detect(request, timeout=10)
+            await call
+            return dict(await call.trailing_metadata() or ())
+
+    async def stream(frames: int) -> dict[str, str | bytes]:
+        async with grpc.aio.insecure_channel(cluster.router_address) as ch:
+            call = pb_grpc.DetectorStub(ch).DetectStream(
+                iter([pb.DetectRequest(encoded=image, frame_id=i) for i in range(frames)]), timeout=20)
+            assert [a.frame_id async for a in call] == list(range(frames))
+            return dict(await call.trailing_metadata() or ())
+
+    assert "eagleeye-request-defaults" not in await detect()  # NORMAL has no defaults
+    with grpc.insecure_channel(cluster.admin_address) as ch:
+        rpb_grpc.RouterAdminStub(ch).Switch(rpb.SwitchRequest(to=rpb.BACKEND_STANDBY), timeout=5,
+                                            metadata=[("authorization", "Bearer s3cret")])
+    await asyncio.to_thread(cluster.router.wait_for_event, "switch", 30, to_state="FAILOVER")
+    assert (await detect())["eagleeye-request-defaults"] == "FAILOVER=1"
+    assert "eagleeye-request-defaults" not in await detect(score_threshold=0.9)  # the client's own value
+    assert (await stream(3))["eagleeye-request-defaults"] == "FAILOVER=3"
 
 
 def admin_cli(cluster: LocalCluster, *args: str, token: str = "s3cret") -> subprocess.CompletedProcess[str]:

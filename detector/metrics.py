@@ -9,6 +9,9 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from eagleeye.detector.gpu import GpuSample
 
+# What a call carries, as the ScreenFilter deployment counted it: single images, or video frames.
+_KINDS = {"Detect": "image", "DetectStream": "video"}
+
 
 class DetectorMetrics:
     """Instruments, and the callbacks that read gauges from the worker's own state when scraped."""
@@ -59,10 +62,10 @@ class DetectorMetrics:
                                       unit="Cel", description="GPU temperature from NVML, degrees Celsius")
 
     def request(self, method: str, code: str) -> None:
-        self._requests.add(1, {"method": method, "code": code})
+        self._requests.add(1, {"method": method, "kind": _KINDS.get(method, "other"), "code": code})
 
     def frame(self, method: str) -> None:
-        self._frames.add(1, {"method": method})
+        self._frames.add(1, {"method": method, "kind": _KINDS.get(method, "other")})
 
     def objects(self, labels: Iterable[str]) -> None:
         for label in labels:

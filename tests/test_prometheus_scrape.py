@@ -125,6 +125,11 @@ def test_every_dashboard_and_rule_expression_works_against_real_data(scraped: tu
     for load in loads:
         load.result()
     wait_until(base, 'sum(eagleeye_router_switches_total{to_state="FAILOVER"}) > 0')
+    # Per the seed: requests by kind (single images and video frames), objects by the model's classes.
+    wait_until(base, 'sum(eagleeye_detector_frames_total{kind="image", method="Detect"}) > 0')
+    wait_until(base, 'sum(eagleeye_detector_frames_total{kind="video", method="DetectStream"}) > 0')
+    classes = query(base, "count by (class) (eagleeye_detector_objects_total)")["data"]["result"]
+    assert classes and {r["metric"]["class"] for r in classes} <= {"screen", "ellipse", "triangle"}
     # The load's frames sent while the standby served got the FAILOVER request defaults.
     wait_until(base, 'sum(eagleeye_router_request_defaults_applied_total{state="FAILOVER"}) > 0')
     wait_until(base, 'sum(rate(eagleeye_detector_request_duration_seconds_count[10s])) > 0')

@@ -15,9 +15,10 @@ import eagleeye.client.quiet  # noqa: F401  (before grpc loads)
 # isort: on
 import grpc
 
-from eagleeye.client import admin, dial
+from eagleeye.client import admin, annotate, dial
 from eagleeye.client.admin import address_arg, positive_arg, target_arg
 from eagleeye.client.dial import UsageError, add_tls_arguments, add_xds_argument, channel
+from eagleeye.client.progress import Progress
 from eagleeye.common.cli import OneLineParser
 from eagleeye.common.telemetry import Telemetry, tracing_configured
 from eagleeye.common.telemetry import setup as telemetry_setup
@@ -51,10 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
                       add_version=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
-    d = sub.add_parser("detect", help="detect objects in image files", description="Detect objects in image files.")
+    d = sub.add_parser("detect", help="detect objects in image files or folders",
+                       description="Detect objects in image files, or in the JPEG and PNG files of folders.")
     d.add_argument("--target", required=True, type=target_arg, metavar="HOST:PORT",
                    help=TARGET_HELP)
-    d.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files")
+    d.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files, or folders of them")
+    d.add_argument("--annotate", type=Path, metavar="DIR",
+                   help="also write each image with its detections drawn into DIR (same file name)")
     d.add_argument("--score-threshold", type=float, metavar="S", help="keep detections scoring at least S")
     d.add_argument("--classes", metavar="A,B", help="only these class labels")
     d.add_argument("--timeout", type=positive_arg, default=10.0, metavar="S", help="deadline per image (default 10)")
@@ -118,35 +122,73 @@ def _print(obj: dict[str, Any], as_json: bool, text: str) -> None:
 
 async def cmd_detect(args: argparse.Namespace) -> int:
     classes = [c for c in (args.classes or "").split(",") if c]
+    images = annotate.expand(args.images)
+    if not images:
+        print(f"{PROG} detect: no JPEG or PNG files in {', '.join(map(str, args.images))}", file=sys.stderr)
+        return 1
+    if args.annotate is not None:
+        try:
+            args.annotate.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            print(f"{PROG} detect: --annotate {args.annotate}: {e.strerror}", file=sys.stderr)
+            return 2
+    progress = Progress("images", len(images)) if len(images) > 1 and sys.stderr.isatty() else None
     failed = 0
     async with channel(args.target, args.tls) as ch:
         stub = pb_grpc.DetectorStub(ch)
-        for path in args.images:
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                print(f"{path}: cannot read: {e.strerror}", file=sys.stderr)
-                failed += 1
-                continue
-            req = pb.DetectRequest(encoded=data, classes=classes)
-            if args.score_threshold is not None:
-                req.score_threshold = args.score_threshold
-            try:
-                resp = await stub.Detect(req, timeout=args.timeout)
-            except grpc.aio.AioRpcError as e:
-                print(f"{path}: {e.code().name}: {e.details()}", file=sys.stderr)
-                failed += 1
-                continue
-            dets = [{"label": d.label, "class_id": d.class_id, "score": round(d.score, 4),
-                     "box": [round(v, 1) for v in (d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max)]}
-                    for d in resp.detections]
-            lines = [f"{path}: {len(dets)} objects ({resp.image_width}x{resp.image_height}, "
-                     f"{resp.timing.total_ms:.1f} ms on {resp.worker})"]
-            lines += [f"  {d['label']:<10} {d['score']:.2f}  box {d['box']}" for d in dets]
-            _print({"image": str(path), "width": resp.image_width, "height": resp.image_height,
-                    "worker": resp.worker, "total_ms": round(resp.timing.total_ms, 2), "detections": dets},
-                   args.json, "\n".join(lines))
+        for path in images:
+            if progress is not None:
+                progress.clear()
+            failed += not await _detect_one(stub, path, classes, args)
+            if progress is not None:
+                progress.step()
+    if progress is not None:
+        progress.done()
     return 1 if failed else 0
+
+
+async def _detect_one(stub: pb_grpc.DetectorStub, path: Path, classes: list[str], args: argparse.Namespace) -> bool:
+    """Detect in one image file and print the result; False (said on stderr) if it failed."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        print(f"{path}: cannot read: {e.strerror}", file=sys.stderr)
+        return False
+    req = pb.DetectRequest(encoded=data, classes=classes)
+    if args.score_threshold is not None:
+        req.score_threshold = args.score_threshold
+    try:
+        resp = await stub.Detect(req, timeout=args.timeout)
+    except grpc.aio.AioRpcError as e:
+        print(f"{path}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return False
+    dets = [{"label": d.label, "class_id": d.class_id, "score": round(d.score, 4),
+             "box": [round(v, 1) for v in (d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max)]}
+            for d in resp.detections]
+    lines = [f"{path}: {len(dets)} objects ({resp.image_width}x{resp.image_height}, "
+             f"{resp.timing.total_ms:.1f} ms on {resp.worker})"]
+    lines += [f"  {d['label']:<10} {d['score']:.2f}  box {d['box']}" for d in dets]
+    _print({"image": str(path), "width": resp.image_width, "height": resp.image_height,
+            "worker": resp.worker, "total_ms": round(resp.timing.total_ms, 2), "detections": dets},
+           args.json, "\n".join(lines))
+    return args.annotate is None or _write_annotated(path, data, resp, args.annotate)
+
+
+def _write_annotated(path: Path, data: bytes, resp: pb.DetectResponse, folder: Path) -> bool:
+    """Write `path`'s image with `resp`'s detections drawn into `folder`; False (said on stderr) if not."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            drawn = annotate.draw(img, resp.detections)
+        target = folder / path.name
+        drawn.save(target, format="PNG" if path.suffix.lower() == ".png" else "JPEG", quality=92)
+        return True
+    except (OSError, ValueError) as e:
+        print(f"{path}: cannot write the annotated image: {e}", file=sys.stderr)
+        return False
 
 
 async def cmd_load(args: argparse.Namespace) -> int:

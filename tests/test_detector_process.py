@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -115,6 +116,40 @@ async def test_detect_cli(worker: Proc, channel: grpc.aio.Channel, tmp_path: Pat
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
     out = await asyncio.to_thread(run_cli, "detect", "--target", worker.address, str(bad))
     assert out.returncode == 1 and "INVALID_ARGUMENT" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_detect_cli_takes_a_folder_and_writes_annotated_images(worker: Proc, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from eagleeye.client.annotate import colour
+
+    folder, drawn = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for seed, name in ((5, "a.png"), (6, "b.jpg")):
+        image = make_scene(seed, size=(320, 240)).image
+        (folder / name).write_bytes(encode_png(image) if name.endswith(".png") else encode_jpeg(image))
+    (folder / "notes.txt").write_text("not an image")  # skipped: only JPEG and PNG files of a folder
+    out = await asyncio.to_thread(run_cli, "detect", "--target", worker.address, str(folder), "--annotate",
+                                  str(drawn), "--json")
+    assert out.returncode == 0, out.stderr
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [Path(r["image"]).name for r in results] == ["a.png", "b.jpg"]
+    for r in results:
+        original = Image.open(folder / Path(r["image"]).name).convert("RGB")
+        annotated = Image.open(drawn / Path(r["image"]).name).convert("RGB")
+        assert annotated.size == original.size and r["detections"]
+        first = r["detections"][0]
+        x0, y0, x1, _ = (round(v) for v in first["box"])
+        want = colour(first["class_id"])
+        pixels = np.asarray(annotated).astype(int)
+        span = slice(max(x0, 0), min(x1, 319))
+        rows = [pixels[min(max(y, 0), 239), span] for y in (y0 - 1, y0, y0 + 1)]
+        near = max(int((np.abs(row - np.array(want)).sum(axis=1) < 90).sum()) for row in rows)
+        assert near > (span.stop - span.start) // 2, want  # the box's top edge, in its class's colour
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = await asyncio.to_thread(run_cli, "detect", "--target", worker.address, str(empty))
+    assert out.returncode == 1 and "no JPEG or PNG files" in out.stderr
 
 
 @pytest.mark.parametrize("mode", ["unary", "stream"])

@@ -29,7 +29,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[detector,dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[detector,video,dev]"
 	@touch $@
 
 # Debian packages the tests use: prometheus (promtool and a server for the alert-rule and scrape

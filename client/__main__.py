@@ -15,7 +15,7 @@ import eagleeye.client.quiet  # noqa: F401  (before grpc loads)
 # isort: on
 import grpc
 
-from eagleeye.client import admin, annotate, dial
+from eagleeye.client import admin, annotate, dial, video
 from eagleeye.client.admin import address_arg, positive_arg, target_arg
 from eagleeye.client.dial import UsageError, add_tls_arguments, add_xds_argument, channel
 from eagleeye.client.progress import Progress
@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the router's control plane (its --xds-listen address), as the clients reach it")
     bo.add_argument("--node-id", metavar="ID",
                     help="how the router lists this client in `eagleeye status` (default: host name and pid)")
+
+    vi = video.add_parser(sub, target_arg, TARGET_HELP)
+    add_tls_arguments(vi)
+    add_xds_argument(vi)
 
     admin.add_admin_parser(sub)
     return p
@@ -269,7 +273,7 @@ async def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"detect": cmd_detect, "load": cmd_load, "eval": cmd_eval, "status": cmd_status, "admin": cmd_admin,
-            "bootstrap": cmd_bootstrap}
+            "bootstrap": cmd_bootstrap, "video": video.cmd_video}
 
 
 def _prog(args: argparse.Namespace) -> str:
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Everything an action needs from files is read and checked before dialing.
         args.tls = dial.tls_from_args(args) if args.command != "bootstrap" else None
-        if args.command in ("detect", "load", "eval"):
+        if args.command in ("detect", "load", "eval", "video"):
             dial.use_xds(args.target, args.xds_server)
         needs_token = args.command == "admin" and args.action in admin.ACTIONS
         args.token = admin.read_token(args, required=needs_token) if args.command in ("admin", "status") else None

@@ -123,3 +123,9 @@ def test_a_worker_without_torch_says_which_extra_it_needs(installed: Path) -> No
     assert done.returncode == 2
     assert done.stderr.startswith("eagleeye-detector: torch is not installed: the worker needs the detector extra")
     assert "Traceback" not in done.stderr
+
+
+def test_the_video_tool_without_pyav_says_which_extra_it_needs(installed: Path) -> None:
+    done = run_in(installed, "import sys; sys.modules['av'] = None; from eagleeye.client.__main__ import main; "
+                             "sys.exit(main(['video', 'clip.mp4', '--target', '127.0.0.1:1']))")
+    assert done.returncode == 2 and "pip install 'eagleeye[video]'" in done.stderr and "Traceback" not in done.stderr

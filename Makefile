@@ -13,7 +13,7 @@ BUF := $(VENV)/buf/node_modules/.bin/buf
 API_RELEASE := protos/api-release.binpb
 PYTEST_ARGS ?=
 
-.PHONY: setup tools protos check-protos lint lint-protos api-release test test-unit demo bench k8s-monitoring train-default-model clean help
+.PHONY: setup tools protos check-protos lint lint-protos api-release test test-unit demo bench export-onnx k8s-monitoring train-default-model clean help
 
 help:
 	@echo "make demo     start a worker and stream synthetic video through it"
@@ -29,7 +29,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[detector,video,dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[detector,onnx,video,dev]"
 	@touch $@
 
 # Debian packages the tests use: prometheus (promtool and a server for the alert-rule and scrape
@@ -102,9 +102,14 @@ bench: setup tools
 	$(PY) -m bench.matrix --out bench/out
 	$(PY) -m bench.faults --out bench/out
 	$(PY) -m bench.check_latency
+	$(PY) -m bench.backends
 	$(PY) -m bench.router_bench --calls 200
 	@echo "fuzz/abuse pass, $(FUZZ_BENCH_EXAMPLES) examples per property"
 	FUZZ_EXAMPLES=$(FUZZ_BENCH_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+
+# The embedded model as ONNX (the ONNX Runtime backend's default), from default.pt2.
+export-onnx: setup
+	$(PY) -m eagleeye.detector.export --out detector/defaultmodel/default.onnx
 
 # The Kubernetes monitoring component's PrometheusRule and dashboard ConfigMap, from observability/.
 k8s-monitoring: setup

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .pt2 (torch.export) or TorchScript model file (default: the embedded model)")
     p.add_argument("--config", metavar="FILE", type=Path, help="a TOML file with any of the settings")
     p.add_argument("--half", action="store_const", const=True, help="run the model in fp16 (CUDA only)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"],
+                   help="torch (.pt2, TorchScript) or onnxruntime (.onnx); default auto: by the model file")
+    p.add_argument("--ort-trt", action="store_const", const=True,
+                   help="onnxruntime on CUDA: TensorRT execution provider first")
     p.add_argument("--worker-id", metavar="NAME", help="name reported in responses (default HOST:PORT)")
     p.add_argument("--torch-threads", type=int, metavar="N",
                    help=f"intra-op threads for CPU inference (default {config_mod.DEFAULT_TORCH_THREADS})")
@@ -100,13 +104,19 @@ def load_and_warm(cfg: DetectorConfig, device: str) -> tuple[Detector, Any, Gold
     import numpy as np
     import torch
 
-    from eagleeye.detector.defaultmodel import DEFAULT_MODEL_PATH
-    from eagleeye.detector.model import load_model
+    from eagleeye.detector.defaultmodel import DEFAULT_MODEL_PATH, DEFAULT_ONNX_PATH
     from eagleeye.scenes import canary_image
 
     torch.set_num_threads(cfg.torch_threads)
-    path = cfg.model or DEFAULT_MODEL_PATH
-    model = load_model(path, device, half=cfg.half and device.startswith("cuda"))
+    model: Detector
+    if cfg.model_backend() == "onnxruntime":
+        from eagleeye.detector.onnxmodel import OnnxDetector
+
+        model = OnnxDetector(cfg.model or DEFAULT_ONNX_PATH, device, cfg.ort_trt, threads=cfg.torch_threads)
+    else:
+        from eagleeye.detector.model import load_model
+
+        model = load_model(cfg.model or DEFAULT_MODEL_PATH, device, half=cfg.half and device.startswith("cuda"))
     canary, _ = letterbox(canary_image(), model.meta.input_size)
     for size in sorted({1, cfg.max_batch}):
         out = model.infer(np.stack([canary] * size))
@@ -211,11 +221,13 @@ async def serve(cfg: DetectorConfig) -> int:
             batcher.start()
             batcher_ref.append(batcher)
             detector.device, detector.half = device, cfg.half and device.startswith("cuda")
+            detector.backend = model.backend
             detector.pipeline = Pipeline(model.meta, batcher,
                                          ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels), latency, tel,
                                          max_decode_bytes=cfg.max_decode_bytes)
             monitor.model_ready(batcher, canary, golden, gpu_expected=device.startswith("cuda"))
             event(log, "model ready", model=model.meta.name, version=model.meta.version, device=device,
+                  backend=model.backend,
                   classes=list(model.meta.classes), torch_threads=cfg.torch_threads)
             await stop.wait()
 

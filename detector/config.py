@@ -20,6 +20,7 @@ DEFAULT_TORCH_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class DetectorConfig:
     device: str = "auto"
     model: Path | None = None           # None: the embedded default model
     half: bool = False
+    # torch (.pt2, TorchScript) or onnxruntime (.onnx); auto: by the model file's suffix (torch for the
+    # embedded model). onnxruntime without a model: the embedded model's ONNX export.
+    backend: str = "auto"
+    ort_trt: bool = False               # onnxruntime on CUDA: try TensorRT first
     worker_id: str = ""                 # "": host:port once bound
     torch_threads: int = DEFAULT_TORCH_THREADS
     max_batch: int = 8
@@ -145,6 +150,21 @@ class DetectorConfig:
                               f"localhost), not listen={self.listen!r}; it lets any caller break this worker")
         if self.model is not None and not self.model.is_file():
             raise ConfigError(f"model={str(self.model)!r}: no such file")
+        settings.one_of("backend", self.backend, BACKENDS)
+        onnx_file = self.model is not None and self.model.suffix == ".onnx"
+        if self.backend == "torch" and onnx_file:
+            raise ConfigError(f"backend='torch': cannot load {str(self.model)!r}; use backend onnxruntime for .onnx")
+        if self.backend == "onnxruntime" and self.model is not None and not onnx_file:
+            raise ConfigError(f"backend='onnxruntime': model={str(self.model)!r} is not a .onnx file")
+        if self.model_backend() == "onnxruntime" and self.half:
+            raise ConfigError("half: fp16 is the torch backend's; with onnxruntime export an fp16 model, "
+                              "or use --ort-trt (TensorRT runs fp16 itself)")
+
+    def model_backend(self) -> str:
+        """torch or onnxruntime, with auto resolved."""
+        if self.backend != "auto":
+            return self.backend
+        return "onnxruntime" if self.model is not None and self.model.suffix == ".onnx" else "torch"
 
 
 def _is_cuda(device: str) -> bool:

@@ -17,27 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from eagleeye.detector.contract import ModelError, ModelMeta, RawDetections
-
-META_FILE = "eagleeye.json"
+from eagleeye.detector.contract import META_FILE, ModelError, ModelMeta, RawDetections, parse_meta
 
 #: The largest batch an exported program must accept (its dynamic batch dimension's bound).
 MAX_EXPORT_BATCH = 64
-
-
-def _parse_meta(text: str, path: Path) -> ModelMeta:
-    try:
-        raw = json.loads(text)
-        classes = tuple(str(c) for c in raw["classes"])
-        h, w = (int(v) for v in raw["input_size"])
-        meta = ModelMeta(name=str(raw["name"]), version=str(raw["version"]), classes=classes,
-                         input_size=(h, w))
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{path}: {META_FILE} is missing or malformed ({e!r}); "
-                         "see docs/model-contract.md") from None
-    if not meta.classes or h <= 0 or w <= 0:
-        raise ModelError(f"{path}: {META_FILE} needs a non-empty class list and a positive input_size")
-    return meta
 
 
 class TorchDetector:
@@ -48,6 +31,7 @@ class TorchDetector:
         self.meta = meta
         self.device = device
         self._dtype = torch.float16 if half else torch.float32
+        self.backend = "torch"
 
     def infer(self, batch: np.ndarray) -> list[RawDetections]:
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
@@ -81,7 +65,7 @@ def load_model(path: Path, device: str, half: bool = False) -> TorchDetector:
     except Exception as e:  # torch raises many types for a bad file; all mean "not a model"
         raise ModelError(f"{path}: not a loadable torch.export (.pt2) or TorchScript file: {e}") from None
     raw_meta: Any = extra[META_FILE]
-    meta = _parse_meta(raw_meta.decode() if isinstance(raw_meta, bytes) else str(raw_meta), path)
+    meta = parse_meta(raw_meta.decode() if isinstance(raw_meta, bytes) else str(raw_meta), path)
     if half:
         module = module.half()
     return TorchDetector(module, meta, device, half)

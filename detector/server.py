@@ -111,6 +111,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         self.pipeline: Pipeline | None = None
         self.device = ""
         self.half = False
+        self.backend = ""
         self.draining = asyncio.Event()
         #: Errors answered, by (method, status code name): bad input is counted, never fatal.
         self.errors: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -285,4 +286,4 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         return pb.GetModelInfoResponse(name=meta.name, version=meta.version, classes=list(meta.classes),
                             input_height=meta.input_size[0], input_width=meta.input_size[1],
                             device=self.device, half_precision=self.half,
-                            max_batch_size=pipeline.max_batch, worker=self.worker_id)
+                            max_batch_size=pipeline.max_batch, worker=self.worker_id, backend=self.backend)

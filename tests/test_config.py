@@ -37,6 +37,12 @@ def test_file_then_flags(tmp_path: Path) -> None:
     ("[health]\ncanary_hang_s = 1", {}, "health.canary_hang_s=1.0: must exceed"),
     ("[health]\nbacklog_fraction = 2", {}, "health.backlog_fraction=2.0: must be in [0, 1]"),
     ("[health]\ntemperature_recover_c = 90", {}, "health.temperature_recover_c=90.0: must be below"),
+    ("backend = 'tensorflow'", {}, "backend='tensorflow': must be one of auto, torch, onnxruntime"),
+    ("backend = 'torch'", {"model": Path(__file__).parent.parent / "detector/defaultmodel/default.onnx"},
+     "use backend onnxruntime for .onnx"),
+    ("backend = 'onnxruntime'", {"model": Path(__file__).parent.parent / "detector/defaultmodel/default.pt2"},
+     "is not a .onnx file"),
+    ("backend = 'onnxruntime'\nhalf = true", {}, "half: fp16 is the torch backend's"),
     ("max_batch = ", {}, "not valid TOML"),
 ])
 def test_invalid_settings_name_field_value_and_rule(

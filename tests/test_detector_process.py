@@ -86,7 +86,7 @@ def test_reflection_lists_and_describes_the_api(worker: Proc) -> None:
 async def test_model_info(channel: grpc.aio.Channel) -> None:
     info = await pb_grpc.DetectorStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
     assert list(info.classes) == ["screen", "ellipse", "triangle"]
-    assert (info.input_height, info.input_width, info.device) == (256, 256, "cpu")
+    assert (info.input_height, info.input_width, info.device, info.backend) == (256, 256, "cpu", "torch")
 
 
 async def test_detections_match_the_scene(channel: grpc.aio.Channel) -> None:

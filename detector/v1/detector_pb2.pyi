@@ -103,7 +103,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("name", "version", "classes", "input_height", "input_width", "device", "half_precision", "max_batch_size", "worker")
+    __slots__ = ("name", "version", "classes", "input_height", "input_width", "device", "half_precision", "max_batch_size", "worker", "backend")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class GetModelInfoResponse(_message.Message):
     HALF_PRECISION_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     classes: _containers.RepeatedScalarFieldContainer[str]
@@ -122,4 +123,5 @@ class GetModelInfoResponse(_message.Message):
     half_precision: bool
     max_batch_size: int
     worker: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., device: _Optional[str] = ..., half_precision: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., worker: _Optional[str] = ...) -> None: ...
+    backend: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., device: _Optional[str] = ..., half_precision: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., worker: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...

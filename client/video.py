@@ -43,6 +43,8 @@ WINDOW = 32             # frames sent and not yet answered, at most
 _FINAL = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
           grpc.StatusCode.UNIMPLEMENTED)
 JPEG_QUALITY = 90
+# Input codecs the output may keep: encoders that take yuv420p at a usable speed (others become H.264).
+_YUV420_CODECS = ("h264", "hevc", "mpeg4", "vp8", "vp9")
 
 
 class VideoError(Exception):
@@ -147,9 +149,10 @@ class Reader(threading.Thread):
 
 
 class Writer:
-    """The annotated output video: the input's frame rate and size (even), H.264 where available."""
+    """The annotated output video: the input's frame rate, size (even) and codec where this FFmpeg can
+    encode it, else H.264, else MPEG-4."""
 
-    def __init__(self, path: Path, rate: Fraction, width: int, height: int) -> None:
+    def __init__(self, path: Path, rate: Fraction, width: int, height: int, codec: str = "") -> None:
         import av
 
         try:
@@ -157,9 +160,9 @@ class Writer:
         except (av.FFmpegError, OSError) as e:
             raise VideoError(f"cannot write {path}: {e}") from None
         stream = None
-        for codec in ("libx264", "h264", "mpeg4"):
+        for name in (*((codec,) if codec else ()), "libx264", "h264", "mpeg4"):
             try:
-                stream = self._container.add_stream(codec, rate=rate)
+                stream = self._container.add_stream(name, rate=rate)
                 break
             except (av.FFmpegError, ValueError):
                 continue
@@ -201,6 +204,8 @@ class Run:
         self._container = source
         stream = source.streams.video[0]
         self._rate = Fraction(stream.average_rate) if stream.average_rate else Fraction(30)
+        name = stream.codec_context.name if stream.codec_context else ""
+        self._codec = name if name in _YUV420_CODECS else ""
         self._expected = args.max_frames or (stream.frames or None)
         if args.max_frames and stream.frames:
             self._expected = min(args.max_frames, stream.frames)
@@ -237,7 +242,7 @@ class Run:
             return
         if self._writer is None:
             h, w = image.shape[:2]
-            self._writer = Writer(self.args.out, self._rate, w, h)
+            self._writer = Writer(self.args.out, self._rate, w, h, self._codec)
         self._writer.write(np.asarray(annotate.draw(Image.fromarray(image), self._latest)))
         self.stats.frames_written += 1
 

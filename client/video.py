@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import queue
 import signal
@@ -37,6 +36,7 @@ from eagleeye.client.progress import Progress
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.harness.stats import percentile
+from eagleeye.scenes import encode_jpeg
 
 WINDOW = 32             # frames sent and not yet answered, at most
 # Errors a new stream would meet again.
@@ -189,12 +189,6 @@ class Writer:
         self._container.close()
 
 
-def _jpeg(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=JPEG_QUALITY)
-    return buf.getvalue()
-
-
 class Run:
     """One video through the Detector API: reading, sending over a stream, ordered writing, statistics."""
 
@@ -288,7 +282,7 @@ class Run:
                 if gap:
                     await asyncio.sleep(max(0.0, next_at - time.monotonic()))  # pacing, as --rate asks
                     next_at = max(next_at + gap, time.monotonic() - gap)
-                req = pb.DetectRequest(encoded=await asyncio.to_thread(_jpeg, item), frame_id=index)
+                req = pb.DetectRequest(encoded=await asyncio.to_thread(encode_jpeg, item, JPEG_QUALITY), frame_id=index)
                 if self.args.score_threshold is not None:
                     req.score_threshold = self.args.score_threshold
                 self._unanswered[index] = (req.SerializeToString(), time.monotonic())

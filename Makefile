@@ -104,6 +104,7 @@ bench: setup tools
 	$(PY) -m bench.check_latency
 	$(PY) -m bench.backends
 	$(PY) -m bench.router_bench --calls 200
+	$(PY) -m bench.hostile --out bench/out
 	@echo "fuzz/abuse pass, $(FUZZ_BENCH_EXAMPLES) examples per property"
 	FUZZ_EXAMPLES=$(FUZZ_BENCH_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 

@@ -182,11 +182,12 @@ def _write_annotated(path: Path, data: bytes, resp: pb.DetectResponse, folder: P
     """Write `path`'s image with `resp`'s detections drawn into `folder`; False (said on stderr) if not."""
     import io
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            drawn = annotate.draw(img, resp.detections)
+            # The worker's boxes are in the upright image (EXIF orientation applied), as a person sees it.
+            drawn = annotate.draw(ImageOps.exif_transpose(img), resp.detections)
         target = folder / path.name
         drawn.save(target, format="PNG" if path.suffix.lower() == ".png" else "JPEG", quality=92)
         return True

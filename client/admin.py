@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToDict
 
 from eagleeye.client.dial import Tls, UsageError, add_tls_arguments, channel
 from eagleeye.common.cli import ConfigError, OneLineParser, is_loopback, parse_host_port
+from eagleeye.common.printable import SHOWN_LIMIT, printable
 from eagleeye.router.v1 import router_pb2 as rpb
 from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 
@@ -33,7 +34,8 @@ ADMIN_DESCRIPTION = """\
 Operate a router through its admin listener: the address the router was started with as
 --admin-listen (not its client port, which does not serve the admin API).
 
-  state and events only read.
+  state and events only read. With a token set, events has it checked and follows as an
+  operator; without one a router serves a few event streams per client (more: RESOURCE_EXHAUSTED).
   drain, undrain and switch change where traffic goes. They need the router's admin token:
   set EAGLEEYE_ADMIN_TOKEN, or pass --token-file FILE (a file holding the token; a trailing
   newline is ignored). The token is sent as 'authorization: Bearer TOKEN'; use --tls-ca so it
@@ -44,8 +46,10 @@ BACKEND is primary or standby."""
 EXIT_CODES = """\
 exit codes: 0 done; 1 the router refused or could not be reached, and the line says why:
 UNAUTHENTICATED (wrong token), PERMISSION_DENIED (the router allows no such action),
-FAILED_PRECONDITION (e.g. the standby is not ready), UNAVAILABLE (no connection, or TLS on one
-side only or with the wrong CA); 2 wrong options or an unreadable file; 130 Ctrl-C."""
+FAILED_PRECONDITION (e.g. the standby is not ready), RESOURCE_EXHAUSTED (a wrong token from this
+address a moment ago: retry after the seconds named; or too many event streams without a token),
+UNAVAILABLE (no connection, or TLS on one side only or with the wrong CA); 2 wrong options or an
+unreadable file; 130 Ctrl-C."""
 
 ADMIN_EPILOG = """\
 examples:
@@ -228,10 +232,11 @@ def print_state(target: str, state: rpb.RouterState, events: int, as_json: bool)
         current = sum(c.endpoints_version == state.xds_endpoints_version for c in state.xds_clients)
         print(f"xDS clients: {len(state.xds_clients)} connected, {current} on assignment "
               f"{state.xds_endpoints_version}")
-        for c in state.xds_clients:
+        for c in state.xds_clients:  # the clients' own text, shown printable and cut (whatever the router sent)
             mark = "current" if c.endpoints_version == state.xds_endpoints_version else \
-                f"on {c.endpoints_version or 'nothing yet'}"
-            print(f"  {c.node_id or '(no node id)'} {c.peer} {mark}" + (f"  - NACK {c.nack}" if c.nack else ""))
+                f"on {printable(c.endpoints_version) or 'nothing yet'}"
+            print(f"  {printable(c.node_id) or '(no node id)'} {printable(c.peer)} {mark}"
+                  + (f"  - NACK {printable(c.nack, 4 * SHOWN_LIMIT)}" if c.nack else ""))
     if recent:
         print("recent switches:")
     for e in recent:

@@ -118,6 +118,7 @@ def setup(service: str, instance: str, metrics_listen: str | None) -> Telemetry:
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     views = [View(instrument_name="*_duration", aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS)),
+             View(instrument_name="*_event_loop_lag", aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS)),
              View(instrument_name="*_batch_size", aggregation=ExplicitBucketHistogramAggregation(BATCH_BUCKETS))]
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=views)
     providers: list[Any] = [meter_provider]

@@ -22,6 +22,7 @@ from eagleeye.common.cli import ConfigError, OneLineParser, parse_host_port, pro
 from eagleeye.common.grpcguard import guarded
 from eagleeye.common.health import HealthServicer
 from eagleeye.common.logs import LOG_FORMATS, event
+from eagleeye.common.looplag import LoopLagMonitor
 from eagleeye.common.names import DETECTOR_SERVICE
 from eagleeye.common.serving import HEALTH_SERVICE, add_listener, health_server, serve_reflection
 from eagleeye.common.tls import ServerTls
@@ -137,7 +138,7 @@ async def serve(cfg: DetectorConfig) -> int:
     port = add_listener(server, "listen", cfg.listen, tls)
     worker_id = cfg.worker_id or f"{socket.gethostname()}:{port}"
 
-    health = HealthServicer(cfg.max_watch_streams)
+    health = HealthServicer(cfg.max_watch_streams, cfg.max_watch_streams_per_peer)
     health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
     probes: grpc.aio.Server | None = None
     if cfg.health_listen:
@@ -181,6 +182,8 @@ async def serve(cfg: DetectorConfig) -> int:
           health=f"{parse_host_port('health_listen', cfg.health_listen)[0]}:{health_port}" if probes else None,
           fault_injection=cfg.fault_injection)
     monitor_task = asyncio.create_task(monitor.run())
+    lag = LoopLagMonitor("detector", tel.meter)
+    lag.start(warn=False)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -226,6 +229,7 @@ async def serve(cfg: DetectorConfig) -> int:
                                          ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels), latency, tel,
                                          max_decode_bytes=cfg.max_decode_bytes)
             monitor.model_ready(batcher, canary, golden, gpu_expected=device.startswith("cuda"))
+            lag.warn = True
             event(log, "model ready", model=model.meta.name, version=model.meta.version, device=device,
                   backend=model.backend,
                   classes=list(model.meta.classes), torch_threads=cfg.torch_threads)
@@ -245,6 +249,7 @@ async def serve(cfg: DetectorConfig) -> int:
     if detector.pipeline is not None:
         detector.pipeline.close()
     monitor_task.cancel()
+    await lag.stop()
     telemetry.close()
     tel.shutdown()
     event(log, "stopped", exit_code=exit_code,

@@ -113,6 +113,9 @@ class DetectorConfig:
     max_concurrent_rpcs: int = 256      # unary calls at once (Detect, GetModelInfo)
     max_concurrent_streams: int = 1000  # DetectStream calls at once
     max_watch_streams: int = 100        # health Watch streams at once (a router holds 2 per worker)
+    # ... and from one client (address host, with mTLS also its identity): room for 4 routers on one
+    # host, while one client can no longer take every slot and lock routers out (issue 20).
+    max_watch_streams_per_peer: int = 8
     shutdown_grace_s: float = 10.0
     fault_injection: bool = False       # the --fault-injection flag only, and only on a loopback `listen`
     log_level: str = "info"
@@ -140,7 +143,8 @@ class DetectorConfig:
         settings.at_least("max_image_pixels", self.max_image_pixels, 64 * 64)
         settings.at_least("max_stream_inflight", self.max_stream_inflight, 1)
         settings.at_least("max_decode_bytes", self.max_decode_bytes, self.max_image_bytes)
-        for name in ("max_concurrent_rpcs", "max_concurrent_streams", "max_watch_streams"):
+        for name in ("max_concurrent_rpcs", "max_concurrent_streams", "max_watch_streams",
+                     "max_watch_streams_per_peer"):
             settings.at_least(name, getattr(self, name), 1)
         settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
         settings.one_of("log_level", self.log_level, LOG_LEVELS)

@@ -12,14 +12,52 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
-# PIL warns between its limit and twice it; the header check refuses those images itself, and a
-# warning on stderr would break the JSON log lines.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# The encoded formats the API accepts (DetectRequest.encoded). PIL is asked to try these parsers only,
+# so no other parser (TIFF, PSD, EPS, ...) ever reads a client's bytes.
+ACCEPTED_FORMATS = ("JPEG", "PNG")
+# PIL's JPEG parser calls a JPEG with a multi-picture index (as phone cameras write) MPO. It is a
+# JPEG all the same; its first picture is the one viewers show, and the only one decoded.
+_DECODED_FORMATS = {"JPEG", "MPO", "PNG"}
+_ACCEPTED = "the accepted formats are JPEG and PNG (or RGB pixels in image.raw)"
 
+# Signatures of other formats, compared as bytes only, to name the format in the refusal.
+_OTHER_SIGNATURES = (
+    (0, b"GIF8", "GIF"), (0, b"BM", "BMP"), (0, b"II*\0", "TIFF"), (0, b"MM\0*", "TIFF"),
+    (0, b"8BPS", "PSD"), (0, b"%!PS", "PostScript/EPS"), (0, b"\xc5\xd0\xd3\xc6", "EPS"),
+    (8, b"WEBP", "WebP"), (4, b"ftypheic", "HEIC"), (4, b"ftypmif1", "HEIF"), (4, b"ftypavif", "AVIF"),
+)
+
+# EXIF Orientation -> the transpose that shows the stored pixels upright, as viewers do (1: as stored).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+_QUARTER_TURNS = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
+                  Image.Transpose.ROTATE_90)
 # Letterbox padding: the mid-grey used by YOLO-family preprocessing; the default model trained on it.
 PAD_VALUE = 114
+
+
+def quiet_pil_warnings() -> None:
+    """Keep PIL's warnings about a client's image off stderr, where they would break the JSON log lines.
+
+    Process-wide, installed on import. PIL warns between its pixel limit and twice it (the header check
+    refuses those images itself), and about broken EXIF or multi-picture data (such an image is used
+    as stored).
+    """
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.(TiffImagePlugin|JpegImagePlugin)$")
+
+
+quiet_pil_warnings()
 
 
 class ImageError(ValueError):
@@ -67,10 +105,15 @@ class Letterbox:
         return out
 
 
-def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
-    """Resize an RGB uint8 image (H x W x 3) to fit `size` (height, width), keeping aspect, padded."""
+def letterbox(image: np.ndarray, size: tuple[int, int],
+              full: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
+    """Resize an RGB uint8 image (H x W x 3) to fit `size` (height, width), keeping aspect, padded.
+
+    `full` (width, height): the image's own size when `image` is a reduced decode of it; the
+    Letterbox then maps boxes to the full image's pixels.
+    """
     th, tw = size
-    h, w = image.shape[:2]
+    w, h = full or (image.shape[1], image.shape[0])
     scale = min(tw / w, th / h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
@@ -81,21 +124,44 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Let
 
 
 def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
-    """Decode a JPEG or PNG into RGB uint8, refusing empty, oversized, bomb and broken files."""
+    """Decode a JPEG or PNG into upright RGB uint8, refusing empty, oversized, bomb, broken and other files.
+
+    A JPEG's EXIF Orientation (2..8) is applied, so the result is the image as viewers show it, and its
+    width and height are swapped for the quarter turns (5..8).
+    """
+    return decode_encoded_to_fit(data, limits, None)[0]
+
+
+def decode_encoded_to_fit(data: bytes, limits: ImageLimits,
+                          fit: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """As decode_encoded, and the upright image's full (width, height); with `fit` (height, width), a
+    JPEG is decoded at the smallest of 1/1, 1/2, 1/4 or 1/8 scale that still covers what letterbox()
+    makes of it at that size.
+
+    The JPEG decoder scales in the frequency domain: a 4096x4096 photo for a 320 px model decodes at
+    1/8 size, about 10x faster, and averages its pixels instead of sampling them.
+    """
     if not data:
         raise ImageError("image is empty: send JPEG/PNG bytes in image.encoded or pixels in image.raw")
     if len(data) > limits.max_bytes:
         raise ImageError(f"image is {len(data)} bytes; the limit is {limits.max_bytes} (max_image_bytes)",
                          too_large=True)
     try:
-        img = Image.open(io.BytesIO(data))
-        # The header gives the size before any pixel is decoded: refuse bombs here.
+        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        # The header gives the size before any pixel is decoded: refuse bombs here. A quarter turn
+        # swaps width and height, so the upright image has the same number of pixels.
         w, h = img.size
         if w * h > limits.max_pixels:
             raise ImageError(f"image is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels} "
                              "(max_image_pixels)", too_large=True)
-        if img.format not in ("JPEG", "PNG"):
-            raise ImageError(f"image format {img.format} is not supported; send JPEG or PNG")
+        if img.format not in _DECODED_FORMATS:
+            raise ImageError(f"image format {img.format} is not supported; {_ACCEPTED}")
+        upright = _upright(img)
+        if fit is not None and img.format in ("JPEG", "MPO"):
+            full_w, full_h = (h, w) if upright in _QUARTER_TURNS else (w, h)
+            scale = min(fit[1] / full_w, fit[0] / full_h)
+            need_w, need_h = max(1, round(full_w * scale)), max(1, round(full_h * scale))
+            img.draft("RGB", (need_h, need_w) if upright in _QUARTER_TURNS else (need_w, need_h))
         img.load()
     except ImageError:
         raise
@@ -107,12 +173,38 @@ def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
         raise ImageError(f"{size} by its header; the limit is {limits.max_pixels} (max_image_pixels)",
                          too_large=True) from None
     except UnidentifiedImageError:
-        raise ImageError("image bytes are not a JPEG or PNG file") from None
+        other = _other_format(data)
+        looks = f" (they look like {other})" if other else ""
+        raise ImageError(f"image bytes are not a JPEG or PNG file{looks}; {_ACCEPTED}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"image could not be decoded (truncated or corrupt?): {e}") from None
     if w == 0 or h == 0:
         raise ImageError(f"image has no pixels ({w}x{h})")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    picture = img if upright is None else img.transpose(upright)
+    full = (h, w) if upright in _QUARTER_TURNS else (w, h)
+    return np.asarray(picture.convert("RGB"), dtype=np.uint8), full
+
+
+def _upright(img: Image.Image) -> Image.Transpose | None:
+    """The transpose a JPEG's EXIF Orientation asks for, or None (no tag, 1, or no valid value)."""
+    exif = img.info.get("exif")
+    if img.format not in ("JPEG", "MPO") or not isinstance(exif, bytes):
+        return None
+    tags = Image.Exif()
+    try:
+        tags.load(exif)
+        orientation = tags.get(ExifTags.Base.Orientation)
+    except Exception:  # PIL raises several types for broken EXIF; viewers show such an image as stored
+        return None
+    return _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+
+
+def _other_format(data: bytes) -> str | None:
+    """The name of the format `data` looks like, by its signature alone, or None."""
+    for offset, signature, name in _OTHER_SIGNATURES:
+        if data[offset:offset + len(signature)] == signature:
+            return name
+    return None
 
 
 def decode_raw(data: bytes, width: int, height: int, limits: ImageLimits) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,14 @@ import numpy as np
 from eagleeye.common.telemetry import Telemetry, disabled
 from eagleeye.detector.batcher import Batcher
 from eagleeye.detector.contract import ModelMeta
-from eagleeye.detector.imaging import ImageLimits, Letterbox, decode_encoded, decode_raw, letterbox, use_pil_guard
+from eagleeye.detector.imaging import (
+    ImageLimits,
+    Letterbox,
+    decode_encoded_to_fit,
+    decode_raw,
+    letterbox,
+    use_pil_guard,
+)
 from eagleeye.detector.postprocess import Detection, Selection, select
 
 
@@ -54,6 +62,18 @@ class Result:
     inference_ms: float
     total_ms: float
     batch_size: int
+
+
+# Nice value of the decode threads (Linux sets it per thread): far enough below the event loop and the
+# inference thread that those win a contended core, while decoding still uses any idle one.
+DECODE_NICE = 10
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICE)
+    except (AttributeError, OSError):
+        pass  # not Linux: the threads keep the process's priority
 
 
 class DecodeBusy(Exception):
@@ -127,14 +147,17 @@ class Pipeline:
         self.max_batch = batcher.max_batch
         self._limits = limits
         self._latency = latency
-        # Decoding and resizing run off the event loop; PIL releases the GIL while it works.
-        self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+        # Decoding and resizing run off the event loop; PIL releases the GIL while it works. The decode
+        # threads run at a lower CPU priority: on a machine with few cores, large images must not take
+        # the core the event loop (health answers) and the inference thread need.
+        self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode",
+                                           initializer=_lower_priority)
 
     def _prepare(self, image: EncodedImage | RawImage) -> tuple[np.ndarray, Letterbox]:
         if isinstance(image, EncodedImage):
-            pixels = decode_encoded(image.data, self._limits)
-        else:
-            pixels = decode_raw(image.data, image.width, image.height, self._limits)
+            pixels, full = decode_encoded_to_fit(image.data, self._limits, self.meta.input_size)
+            return letterbox(pixels, self.meta.input_size, full)
+        pixels = decode_raw(image.data, image.width, image.height, self._limits)
         return letterbox(pixels, self.meta.input_size)
 
     @property

@@ -10,8 +10,9 @@ import signal
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 BIN = Path(sys.executable).parent
 
@@ -21,7 +22,15 @@ class Proc:
 
     `wrapper` is prepended to the command line, e.g. `NetNamespace.command([])` (tests/netns.py) to run the
     program inside a network namespace; the wrapper should exec the program, so signals reach it.
+
+    Every `event loop lag` line the process logs is kept in `lags` (never forgotten), unless it was
+    SIGSTOPped (`frozen`: its loop lagged because it was stopped); the test suite fails a test during
+    which a process's loop lagged (tests/conftest.py). `live` holds the processes not yet collected, and
+    `stopped_lags` the lags of every process stopped so far.
     """
+
+    live: ClassVar[weakref.WeakSet[Proc]] = weakref.WeakSet()
+    stopped_lags: ClassVar[list[tuple[str, dict[str, Any]]]] = []
 
     def __init__(self, program: str, args: list[str], *, ready_event: str = "listening",
                  wrapper: list[str] | None = None, env: dict[str, str] | None = None) -> None:
@@ -34,6 +43,9 @@ class Proc:
         self._changed = threading.Condition()
         self._ready_event = ready_event
         self.address = ""
+        self.lags: list[dict[str, Any]] = []
+        self.frozen = False
+        Proc.live.add(self)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -48,6 +60,8 @@ class Proc:
                     record = None
                 if isinstance(record, dict):
                     self.events.append(record)
+                    if record.get("event") == "event loop lag" and not self.frozen:
+                        self.lags.append(record)
                     if record.get("event") == self._ready_event and not self.address:
                         self.address = record["address"]
                 self._changed.notify_all()
@@ -77,6 +91,8 @@ class Proc:
         return self.address
 
     def signal(self, sig: int) -> None:
+        if sig == signal.SIGSTOP:
+            self.frozen = True
         self.popen.send_signal(sig)
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -89,6 +105,8 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait(10)
         self._reader.join(10)  # every line the process wrote is in `events` before stop() returns
+        Proc.stopped_lags.extend((self.program, lag) for lag in self.lags)
+        self.lags = []
         return self.popen.returncode
 
 

@@ -18,11 +18,14 @@ from eagleeye.common.cli import OneLineParser, parse_host_port, probe_bind, run_
 from eagleeye.common.grpcguard import guarded
 from eagleeye.common.health import HealthServicer
 from eagleeye.common.logs import LOG_FORMATS, event
+from eagleeye.common.looplag import LoopLagMonitor
+from eagleeye.common.memory import return_large_buffers
 from eagleeye.common.names import DETECTOR_SERVICE
 from eagleeye.common.serving import HEALTH_SERVICE, add_listener, health_server, serve_reflection
 from eagleeye.common.tls import ServerTls
 from eagleeye.router import config as config_mod
 from eagleeye.router.admin import AdminServicer
+from eagleeye.router.adminaccess import ADMIN_MAX_CALLS
 from eagleeye.router.config import RouterConfig
 from eagleeye.router.controller import Controller
 from eagleeye.router.fleet import Backend
@@ -36,8 +39,6 @@ from eagleeye.router.xds.server import XdsPublisher
 log = logging.getLogger("eagleeye.router")
 PROG = "eagleeye-router"
 ADMIN_TOKEN_ENV = settings.env_name("admin_token")
-# Operators, not clients: a few dozen calls at once (event followers included) is plenty.
-ADMIN_MAX_CALLS = 64
 ADMIN_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterAdmin"].full_name
 
 
@@ -82,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ramp", type=float, metavar="S", dest="ramp_s",
                    help="how long the ramp back to the primary takes (default 30)")
     p.add_argument("--admin-token", metavar="TOKEN",
-                   help=f"credential for maintenance actions (drain, switch); better: set {ADMIN_TOKEN_ENV}, "
-                        "which `ps` does not show")
+                   help="credential for maintenance actions (drain, switch), at least 32 bytes (openssl rand "
+                        f"-hex 32); better: set {ADMIN_TOKEN_ENV}, which `ps` does not show")
     p.add_argument("--config", metavar="FILE", type=Path, help="a TOML file with any of the settings")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=list(LOG_FORMATS),
@@ -102,6 +103,10 @@ def client_connection_options(cfg: RouterConfig) -> list[tuple[str, int]]:
         # replica; calls in flight get the grace period to end.
         ("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)),
         ("grpc.max_connection_age_grace_ms", int(cfg.max_connection_age_grace_s * 1000)),
+        # Without BDP probing a stream's receive window stays at 64 KiB: what a client sends before the
+        # router reads it waits in the client, not in the router (gRPC still opens the window for a
+        # message the router has started to read, so large frames are not slowed).
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 
@@ -111,12 +116,13 @@ def _bound(field: str, address: str, port: int) -> str:
 
 async def serve(cfg: RouterConfig) -> int:
     loop = asyncio.get_running_loop()
+    return_large_buffers()
     if cfg.listen:
         host, wanted = parse_host_port("listen", cfg.listen)
         probe_bind("listen", host, wanted)
     tel = telemetry.setup("eagleeye-router", cfg.listen or cfg.xds_listen, cfg.metrics_listen or None)
     tls = ServerTls.of(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-    health = HealthServicer(cfg.max_watch_streams)
+    health = HealthServicer(cfg.max_watch_streams, cfg.max_watch_streams_per_peer)
     links = Links(cfg, tel.client_interceptors() if tel.tracing else None)
     watchers = {backend: BackendWatcher(backend.value, address, links.health[backend], cfg)
                 for backend, address in ((Backend.PRIMARY, cfg.primary), (Backend.STANDBY, cfg.standby))}
@@ -125,6 +131,7 @@ async def serve(cfg: RouterConfig) -> int:
     controller = Controller(cfg.policy(), watchers, health, timers, tel.meter)  # subscribes to the watchers
 
     servers: dict[str, tuple[grpc.aio.Server, str]] = {}  # what listens where, by setting
+    proxy: Proxy | None = None
     if cfg.listen:
         server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
                                           *grpcopts.message_size_options(cfg.max_message_bytes),
@@ -148,8 +155,11 @@ async def serve(cfg: RouterConfig) -> int:
     publisher: XdsPublisher | None = None
     if cfg.xds_listen:
         # Its own server: ADS streams are long-lived and few, and a client port's limits do not fit them.
-        xds_server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length",
-                                                                              1024 * 1024)])
+        # Without BDP probing gRPC keeps each stream's receive window at 64 KiB: a client that writes
+        # requests faster than they are handled has at most that much waiting in the router for it.
+        xds_server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
+                                              ("grpc.max_receive_message_length", 1024 * 1024),
+                                              ("grpc.http2.bdp_probe", 0)])
         publisher = XdsPublisher(controller, cfg.xds_name, {Backend.PRIMARY: cfg.primary,
                                                             Backend.STANDBY: cfg.standby},
                                  cfg.xds_num_retries, cfg.xds_max_clients, tel.meter)
@@ -162,7 +172,7 @@ async def serve(cfg: RouterConfig) -> int:
         # limits and interceptors do not apply to operators.
         admin = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length", 65536)],
                                 maximum_concurrent_rpcs=ADMIN_MAX_CALLS)
-        servicer = AdminServicer(controller, cfg.admin_token, cfg.admin_auth_failure_delay_s, publisher)
+        servicer = AdminServicer(controller, cfg.admin_token, cfg.admin_limits(), publisher)
         router_pb2_grpc.add_RouterAdminServicer_to_server(servicer, guarded(admin))
         serve_reflection(admin, ADMIN_SERVICE)
         servers["admin_listen"] = admin, _bound("admin_listen", cfg.admin_listen,
@@ -173,6 +183,8 @@ async def serve(cfg: RouterConfig) -> int:
     for w in watchers.values():
         w.start()
     controller_task = asyncio.create_task(controller.run())
+    lag = LoopLagMonitor("router", tel.meter)
+    lag.start()
     links_task = asyncio.create_task(links.run())
     if publisher is not None:
         xds_tasks.append(asyncio.create_task(publisher.run()))
@@ -191,6 +203,8 @@ async def serve(cfg: RouterConfig) -> int:
 
     event(log, "draining", grace_s=cfg.shutdown_grace_s, streams=controller.active_streams)
     await health.enter_graceful_shutdown()
+    if proxy is not None:
+        proxy.drain()  # streams answer what they read, then end UNAVAILABLE: their clients reconnect
     for task in xds_tasks:
         task.cancel()
     if "xds_listen" in servers:
@@ -203,11 +217,14 @@ async def serve(cfg: RouterConfig) -> int:
         await server.stop(None)
     controller_task.cancel()
     links_task.cancel()
+    await lag.stop()
     for w in watchers.values():
         await w.stop()
     await links.close()
-    event(log, "stopped", switches=dict(controller.switches), retries=controller.retries, hedges=controller.hedges,
-          stream_migrations=controller.stream_migrations, replayed_frames=controller.replayed_frames)
+    event(log, "stopped", frames_read=proxy.frames_read if proxy else 0,
+          frames_answered=proxy.frames_answered if proxy else 0, switches=dict(controller.switches),
+          retries=controller.retries, hedges=controller.hedges, stream_migrations=controller.stream_migrations,
+          replayed_frames=controller.replayed_frames)
     tel.shutdown()
     return 0
 

@@ -1,8 +1,23 @@
 """The admin service: the router's state and switch events, and authenticated maintenance actions.
 
-Served on its own listener (--admin-listen), never on the client port. Every call is logged once with
-the peer, the action and the outcome (never the token); failed authentications are answered one at a
-time, each after `admin_auth_failure_delay_s`, so guessing the token costs hours whatever the concurrency.
+Served on its own listener (--admin-listen), never on the client port. Every call, reads included, is
+logged once at INFO or above with the peer, the action and the outcome (never the token).
+
+Reads need no token: GetState, and WatchEvents, so that dashboards and scripts can follow the switches.
+The actions (SetDrain, Switch) need it, and a WatchEvents that presents one has it checked (it is then
+an operator's stream); GetState ignores it (its answer is the same either way). A wrong token is
+answered after `admin_auth_failure_delay_s` and books its peer a turn that long in one failure slot
+(router/adminaccess.py): the peer's next token is not looked at before that turn ends, so neither a
+short deadline nor concurrency makes guessing faster than one token per delay.
+
+Why event streams without a token are capped rather than refused: following the switches is a read,
+and a read should not need the secret that moves traffic. But such a stream is long-lived, and the
+listener takes only ADMIN_MAX_CALLS calls at once, so 64 of them would have locked operators out.
+They have bounds of their own (`admin_max_anonymous_streams`, at most half the listener's calls, and
+`admin_max_anonymous_streams_per_peer`), past which a new one is refused with RESOURCE_EXHAUSTED naming
+the setting. Operators' streams (with the token) and unary calls are not counted against them, so
+they always find a slot. A WatchEvents that presents a wrong token is refused, not served as one
+without: otherwise a full anonymous bound would tell a right token from a wrong one at once.
 """
 
 from __future__ import annotations
@@ -10,11 +25,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from eagleeye.common.admission import Full, Slots, peer_key
 from eagleeye.common.logs import event
+from eagleeye.common.printable import printable
+from eagleeye.router.adminaccess import AdminLimits, FailurePacing
 from eagleeye.router.controller import Controller, SwitchEvent
 from eagleeye.router.fleet import Backend
 from eagleeye.router.v1 import router_pb2 as pb
@@ -38,13 +57,15 @@ def event_pb(e: SwitchEvent) -> pb.SwitchEvent:
 class AdminServicer(pb_grpc.RouterAdminServicer):
     """Reads need nothing; actions need the token given to the router (--admin-token)."""
 
-    def __init__(self, controller: Controller, token: str, failed_auth_delay_s: float,
-                 xds: XdsPublisher | None = None) -> None:
+    def __init__(self, controller: Controller, token: str, limits: AdminLimits,
+                 xds: XdsPublisher | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._ctl = controller
         self._xds = xds
         self._token = token
-        self._failed_auth_delay_s = failed_auth_delay_s
-        self._failed_auth = asyncio.Lock()  # failed attempts are answered one at a time
+        self._limits = limits
+        self._clock = clock
+        self._pacing = FailurePacing(limits.auth_failure_delay_s)
+        self._anonymous = Slots(limits.max_anonymous_streams, limits.max_anonymous_streams_per_peer)
 
     def state(self) -> pb.RouterState:
         ctl, d = self._ctl, self._ctl.decision
@@ -65,54 +86,94 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
             state.xds_endpoints_version = snap.versions[xds.ENDPOINTS] if snap else ""
             for c in self._xds.clients.values():
                 eds = c.session.types.get(xds.ENDPOINTS)
-                state.xds_clients.append(pb.XdsClient(
-                    node_id=c.session.node_id, peer=c.peer, user_agent=c.session.user_agent,
-                    connected_unix=c.connected_unix, endpoints_version=eds.acked_version if eds else "",
-                    nack="; ".join(f"{xds.SHORT[t]}: {s.nack}" for t, s in c.session.types.items() if s.nack)))
+                state.xds_clients.append(pb.XdsClient(  # a client's own text: printable and cut
+                    node_id=printable(c.session.node_id), peer=c.peer, user_agent=printable(c.session.user_agent),
+                    connected_unix=c.connected_unix, endpoints_version=printable(eds.acked_version) if eds else "",
+                    nack="; ".join(f"{xds.SHORT[t]}: {printable(s.nack)}" for t, s in c.session.types.items()
+                                   if s.nack)))
         return state
 
     async def _authorize(self, context: grpc.aio.ServicerContext, action: str) -> None:
+        """Return only for the router's token; refuse anything else (a wrong token after the delay)."""
         if not self._token:
             _audit(context, action, "refused: no admin token configured")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "maintenance actions are disabled: start the router with --admin-token")
+        peer, now = _peer(context), self._clock()
+        wait = self._pacing.may_check(peer, now)
+        if wait is not None:
+            why = ("too many clients with a failed admin authentication" if wait.crowded else
+                   "a failed admin authentication from this client")
+            _audit(context, action, f"refused: {why} (token not checked)", logging.WARNING)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{why} is still being paced (one per {self._limits.auth_failure_delay_s:g} s, "
+                                f"setting admin_auth_failure_delay_s): token not checked; retry in "
+                                f"{max(wait.until - now, 0.0):.1f} s")
         given = dict(context.invocation_metadata() or ()).get("authorization", "")
-        if not hmac.compare_digest(str(given).encode(), f"Bearer {self._token}".encode()):
-            _audit(context, action, "refused: missing or wrong token", logging.WARNING)
-            async with self._failed_auth:
-                await asyncio.sleep(self._failed_auth_delay_s)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing or wrong admin token (metadata 'authorization: Bearer TOKEN')")
+        if hmac.compare_digest(str(given).encode(), f"Bearer {self._token}".encode()):
+            return
+        # The turn is booked before any await: a caller that stops waiting still spends it.
+        answer_at = self._pacing.failed(peer, now)
+        _audit(context, action, "refused: missing or wrong token", logging.WARNING)
+        await asyncio.sleep(max(answer_at - self._clock(), 0.0))
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            "missing or wrong admin token (metadata 'authorization: Bearer TOKEN')")
 
-    async def _backend(self, value: int, context: grpc.aio.ServicerContext) -> Backend:
+    async def _backend(self, value: int, context: grpc.aio.ServicerContext, action: str) -> Backend:
         backend = _BACKENDS.get(value)
         if backend is None:
+            _audit(context, action, "refused: backend must be PRIMARY or STANDBY")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "backend must be PRIMARY or STANDBY")
             raise AssertionError("unreachable")
         return backend
 
     async def GetState(self, request: pb.GetStateRequest, context: grpc.aio.ServicerContext) -> pb.GetStateResponse:
-        _audit(context, "GetState", "ok", logging.DEBUG)
+        _audit(context, "GetState", "ok")
         return pb.GetStateResponse(state=self.state())
 
     async def WatchEvents(self, request: pb.WatchEventsRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEventsResponse]:
-        _audit(context, "WatchEvents", "ok", logging.DEBUG)
-        queue = self._ctl.subscribe()
+        action, peer = "WatchEvents", _peer(context)
+        anonymous = "authorization" not in dict(context.invocation_metadata() or ())
+        if not anonymous:
+            await self._authorize(context, action)
+        elif (full := self._anonymous.take(peer)) is not None:
+            why = self._stream_refusal(full, peer)
+            _audit(context, action, f"refused: {why}")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{why}; present the admin token (metadata 'authorization: Bearer TOKEN'), or "
+                                "close an event stream and retry")
+        queue: asyncio.Queue[SwitchEvent] | None = None
         try:
+            _audit(context, action, "following, without a token" if anonymous else "following")
+            queue = self._ctl.subscribe()
             recent = list(self._ctl.events)[-request.replay_recent:] if request.replay_recent else []
             for e in recent:
                 yield pb.WatchEventsResponse(event=event_pb(e))
             while True:
                 yield pb.WatchEventsResponse(event=event_pb(await queue.get()))
         finally:
-            self._ctl.unsubscribe(queue)
+            if queue is not None:
+                self._ctl.unsubscribe(queue)
+            if anonymous:
+                self._anonymous.give_back(peer)
+
+    def _stream_refusal(self, full: Full, peer: str) -> str:
+        """Why an event stream without a token is refused, naming the bound it met."""
+        limits = self._limits
+        if limits.max_anonymous_streams == 0:
+            return "event streams need the admin token on this router (setting admin_max_anonymous_streams = 0)"
+        if full is Full.PEER:
+            return (f"too many event streams without a token from one client ({peer} holds "
+                    f"{limits.max_anonymous_streams_per_peer}, setting admin_max_anonymous_streams_per_peer)")
+        return (f"too many event streams without a token on this router (limit {limits.max_anonymous_streams}, "
+                "setting admin_max_anonymous_streams)")
 
     async def SetDrain(self, request: pb.SetDrainRequest,
                        context: grpc.aio.ServicerContext) -> pb.SetDrainResponse:
         action = f"{'drain' if request.drained else 'undrain'} {_backend_name(request.backend)}"
         await self._authorize(context, action)
-        backend = await self._backend(request.backend, context)
+        backend = await self._backend(request.backend, context, action)
         self._ctl.set_drain(backend, request.drained)
         _audit(context, action, "done", logging.WARNING)
         return pb.SetDrainResponse(state=self.state())
@@ -120,7 +181,7 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
     async def Switch(self, request: pb.SwitchRequest, context: grpc.aio.ServicerContext) -> pb.SwitchResponse:
         action = f"switch {_backend_name(request.to)}{' (forced)' if request.force else ''}"
         await self._authorize(context, action)
-        backend = await self._backend(request.to, context)
+        backend = await self._backend(request.to, context, action)
         if backend is Backend.STANDBY and not request.force:
             view = self._ctl.watchers[Backend.STANDBY].view()
             if not view.ready:
@@ -138,6 +199,11 @@ def _backend_name(value: int) -> str:
     """`primary`, `standby`, or the number a peer sent that names no backend."""
     backend = _BACKENDS.get(value)
     return backend.value if backend is not None else f"backend {value}"
+
+
+def _peer(context: grpc.aio.ServicerContext) -> str:
+    """What a caller counts as for the admin API's bounds (common/admission.peer_key)."""
+    return peer_key(context.peer(), context.peer_identities())
 
 
 def _audit(context: grpc.aio.ServicerContext, action: str, outcome: str, level: int = logging.INFO) -> None:

@@ -11,7 +11,9 @@ from eagleeye.common import settings, tls
 from eagleeye.common.cli import ConfigError, parse_host_port
 from eagleeye.common.logs import LOG_FORMATS
 from eagleeye.router import requestpolicy
+from eagleeye.router.adminaccess import MAX_ANONYMOUS_STREAMS, AdminLimits
 from eagleeye.router.budget import BudgetConfig
+from eagleeye.router.fleet import RequestCost
 from eagleeye.router.policy import PolicyConfig
 from eagleeye.router.stream import StreamConfig
 from eagleeye.router.unary import UnaryConfig
@@ -19,6 +21,8 @@ from eagleeye.router.unary import UnaryConfig
 _U, _S, _B = UnaryConfig, StreamConfig, BudgetConfig  # the data path's defaults live beside its rules
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# 32 bytes: 128 bits or more from `openssl rand -hex 32` (or -hex 16), beyond guessing at any rate.
+ADMIN_TOKEN_MIN_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -68,22 +72,37 @@ class RouterConfig:
     eject_after_failures: int = 3       # consecutive retriable failures of real calls
     max_stream_pending: int = _S.max_frames          # frames a stream may hold unanswered (then flow control)
     max_stream_pending_bytes: int = _S.max_bytes     # ... and bytes
-    max_pending_bytes_total: int = 512 * 1024 * 1024  # bytes all streams together may hold
+    # Bytes all calls and streams together may hold, every copy counted: with what gRPC and Python add,
+    # the router's memory stays under 512 MiB, its Kubernetes limit (docs/configuration.md, measured).
+    max_pending_bytes_total: int = 256 * 1024 * 1024
+    max_pending_bytes_per_peer: int = 128 * 1024 * 1024  # ... and one client's calls and streams together
     stream_backend_window: int = _S.backend_window   # frames outstanding on a backend stream at once
     stall_multiplier: float = _S.stall_multiplier    # stall time: this x the recent p99 wait for an answer ...
     stall_min_s: float = _S.stall_min_s              # ... within these bounds
     stall_max_s: float = _S.stall_max_s
+    # A request's expected cost by size, added to its per-try timeout, hedge delay and stall time.
+    request_cost_s_per_mib: float = RequestCost.s_per_mib
+    stream_leg_stall_s: float = _S.leg_stall_s      # a stream's own frames unanswered this long: moved, no blame
     reconnect_backoff_s: float = 0.1    # Watch reconnection starts here ...
     reconnect_backoff_max_s: float = 1.0  # ... and doubles up to this
-    admin_token: str = ""               # required with admin_listen
-    # A wrong token is answered after this, one failed attempt at a time: guessing costs hours.
-    admin_auth_failure_delay_s: float = 1.0
+    admin_token: str = field(default="", repr=False)  # required with admin_listen; ADMIN_TOKEN_MIN_BYTES or more
+    # A wrong token is answered after this, and its peer's next token waits as long, in one failure
+    # slot shared by all peers (router/adminaccess.py): guessing costs hours whatever the deadline.
+    admin_auth_failure_delay_s: float = AdminLimits.auth_failure_delay_s
+    # Admin event streams without a token (WatchEvents), all peers together and from one peer.
+    admin_max_anonymous_streams: int = AdminLimits.max_anonymous_streams
+    admin_max_anonymous_streams_per_peer: int = AdminLimits.max_anonymous_streams_per_peer
     # The worker's limit (its max_image_bytes plus 64 KiB), so that nothing the router accepts is
     # refused by a worker for its size; counted after decompression.
     max_message_bytes: int = 32 * 1024 * 1024 + 64 * 1024
     max_concurrent_rpcs: int = 1000     # unary calls at once, all clients together
     max_concurrent_streams: int = 1000  # DetectStream calls at once, all clients together
+    # ... and from one client (its address, with mTLS also its certificate identity): a quarter, so that
+    # one client (or a burst of its cameras reconnecting) cannot hold the router and, through it, the workers.
+    max_concurrent_rpcs_per_peer: int = 250
+    max_concurrent_streams_per_peer: int = 250
     max_watch_streams: int = 100        # health Watch streams at once
+    max_watch_streams_per_peer: int = 8  # ... and from one client (address host, with mTLS its identity)
     # Client connections: a peer pinging more often than this is sent GOAWAY (gRPC's keepalive
     # enforcement); every connection is closed gracefully after an age (with +-10 % jitter) so that
     # clients spread over new router replicas after a scale-out: new calls reconnect at once, while
@@ -110,6 +129,13 @@ class RouterConfig:
         if self.admin_listen and not self.admin_token:
             raise ConfigError("admin_token: required with admin_listen (--admin-token or EAGLEEYE_ADMIN_TOKEN); "
                               "the admin service moves traffic and must not be open to anyone")
+        if self.admin_token and len(self.admin_token.encode()) < ADMIN_TOKEN_MIN_BYTES:
+            # Never the token itself in the message: it goes to logs and terminals.
+            raise ConfigError(f"admin_token: must be at least {ADMIN_TOKEN_MIN_BYTES} bytes (the one given has "
+                              f"{len(self.admin_token.encode())}); make one with: openssl rand -hex 32")
+        if self.admin_token and not (self.admin_token.isascii() and self.admin_token.isprintable()):
+            raise ConfigError("admin_token: must be printable ASCII on one line (it travels in a gRPC header); "
+                              "make one with: openssl rand -hex 32")
         if self.admin_listen and self.admin_listen == self.listen and parse_host_port("listen", self.listen)[1]:
             raise ConfigError(f"admin_listen={self.admin_listen!r}: must differ from listen, so that "
                               "network policy can keep clients away from it")
@@ -139,7 +165,8 @@ class RouterConfig:
                      "check_timeout_s", "per_try_timeout_s", "default_deadline_s", "hedge_delay_min_s",
                      "stall_min_s", "stall_multiplier", "retry_budget_window_s",
                      "reconnect_backoff_s", "reconnect_backoff_max_s", "keepalive_min_interval_s",
-                     "max_connection_age_s", "max_connection_age_grace_s", "stream_idle_timeout_s"):
+                     "max_connection_age_s", "max_connection_age_grace_s", "stream_idle_timeout_s",
+                     "stream_leg_stall_s"):
             settings.positive(name, getattr(self, name))
         if self.hold_down_max_s < self.hold_down_s:
             raise ConfigError(f"hold_down_max_s={self.hold_down_max_s}: must be >= hold_down_s={self.hold_down_s}")
@@ -155,16 +182,24 @@ class RouterConfig:
         settings.at_least("max_stream_pending", self.max_stream_pending, 1)
         settings.at_least("max_stream_pending_bytes", self.max_stream_pending_bytes, 1)
         settings.at_least("max_pending_bytes_total", self.max_pending_bytes_total, 1)
+        settings.at_least("max_pending_bytes_per_peer", self.max_pending_bytes_per_peer, 1)
         settings.at_least("stream_backend_window", self.stream_backend_window, 1)
         settings.in_range("hedge_quantile", self.hedge_quantile, 0.5, 1.0)
         settings.at_least("retry_budget_ratio", self.retry_budget_ratio, 0)
         settings.at_least("retry_budget_min_per_s", self.retry_budget_min_per_s, 0)
+        settings.at_least("request_cost_s_per_mib", self.request_cost_s_per_mib, 0)
         for low, high in (("hedge_delay_min_s", "hedge_delay_max_s"), ("stall_min_s", "stall_max_s")):
             if getattr(self, high) < getattr(self, low):
                 raise ConfigError(f"{high}={getattr(self, high)}: must be >= {low}={getattr(self, low)}")
         settings.at_least("max_message_bytes", self.max_message_bytes, 1024 * 1024)
         settings.at_least("admin_auth_failure_delay_s", self.admin_auth_failure_delay_s, 0)
-        for name in ("max_concurrent_rpcs", "max_concurrent_streams", "max_watch_streams"):
+        if not 0 <= self.admin_max_anonymous_streams <= MAX_ANONYMOUS_STREAMS:
+            raise ConfigError(f"admin_max_anonymous_streams={self.admin_max_anonymous_streams}: must be in "
+                              f"[0, {MAX_ANONYMOUS_STREAMS}] (half the admin listener's calls at most, so that "
+                              "operators always find one; 0: event streams need the token)")
+        settings.at_least("admin_max_anonymous_streams_per_peer", self.admin_max_anonymous_streams_per_peer, 1)
+        for name in ("max_concurrent_rpcs", "max_concurrent_streams", "max_watch_streams",
+                     "max_watch_streams_per_peer", "max_concurrent_rpcs_per_peer", "max_concurrent_streams_per_peer"):
             settings.at_least(name, getattr(self, name), 1)
         settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
         settings.one_of("log_level", self.log_level, LOG_LEVELS)
@@ -180,16 +215,24 @@ class RouterConfig:
                             degraded_recover_max_s=self.degraded_recover_max_s)
 
 
+    def admin_limits(self) -> AdminLimits:
+        """The admin API's share of the settings."""
+        return AdminLimits(auth_failure_delay_s=self.admin_auth_failure_delay_s,
+                           max_anonymous_streams=self.admin_max_anonymous_streams,
+                           max_anonymous_streams_per_peer=self.admin_max_anonymous_streams_per_peer)
+
     def unary(self) -> UnaryConfig:
         """The unary decisions' share of the settings."""
         return UnaryConfig(per_try_timeout_s=self.per_try_timeout_s, hedge_quantile=self.hedge_quantile,
-                           hedge_delay_min_s=self.hedge_delay_min_s, hedge_delay_max_s=self.hedge_delay_max_s)
+                           hedge_delay_min_s=self.hedge_delay_min_s, hedge_delay_max_s=self.hedge_delay_max_s,
+                           cost=RequestCost(self.request_cost_s_per_mib))
 
     def stream(self) -> StreamConfig:
         """The stream decisions' share of the settings."""
         return StreamConfig(max_frames=self.max_stream_pending, max_bytes=self.max_stream_pending_bytes,
                             backend_window=self.stream_backend_window, stall_multiplier=self.stall_multiplier,
-                            stall_min_s=self.stall_min_s, stall_max_s=self.stall_max_s)
+                            stall_min_s=self.stall_min_s, stall_max_s=self.stall_max_s,
+                            cost=RequestCost(self.request_cost_s_per_mib), leg_stall_s=self.stream_leg_stall_s)
 
     def budget(self) -> BudgetConfig:
         """The retry budget's share of the settings."""

@@ -89,6 +89,7 @@ class Controller:
         self.stream_migrations = 0
         self.replayed_frames = 0
         self.active_streams = 0       # client DetectStreams open now (the proxy counts them)
+        self._progress_at = dict.fromkeys(Backend, float("-inf"))  # last answer of any kind, per backend
         self._dirty = asyncio.Event()
         self._decision_listeners: list[Callable[[], None]] = []
         self.metrics = RouterMetrics(
@@ -198,6 +199,9 @@ class Controller:
     def stall_s(self, backend: Backend) -> float:
         return self.timers[backend].stall_s()
 
+    def progress_at(self, backend: Backend) -> float:
+        return self._progress_at[backend]
+
     def usable(self, backend: Backend) -> bool:
         """Ready by every signal (a retry or a stream may go there even at weight 0)."""
         return self.watchers[backend].view().ready
@@ -205,8 +209,11 @@ class Controller:
     def record(self, backend: Backend, ok: bool, latency_s: float | None = None) -> None:
         """A real call's outcome (ok, or a failure of the backend) and its latency."""
         self.watchers[backend].record_call(ok)
-        if ok and latency_s is not None:
-            self.latency.add(self._clock(), latency_s * 1000)
+        if ok:
+            now = self._clock()
+            self._progress_at[backend] = now
+            if latency_s is not None:
+                self.latency.add(now, latency_s * 1000)
 
     def unary_answered(self, backend: Backend, latency_s: float) -> None:
         self.record(backend, True, latency_s)

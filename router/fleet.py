@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
@@ -31,3 +32,30 @@ class Fleet(Protocol):
 
     def stall_s(self, backend: Backend) -> float:
         """How long `backend` may hold a stream's frames without answering any before it counts as stalled."""
+
+    def progress_at(self, backend: Backend) -> float:
+        """When `backend` last answered anything (a call, a frame, even a refusal); -inf if never.
+
+        Slowness is blamed on a backend only when it made no progress on anything meanwhile: a backlog
+        or a heavy request being worked through is load, not a fault.
+        """
+
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RequestCost:
+    """What a request's size adds to the time it may take before it is hedged, retried or called stalled.
+
+    Decoding is proportional to an image's bytes: a 12 MB JPEG takes seconds on a busy CPU worker
+    where a 50 KB frame takes milliseconds, and that is the request's cost, not the backend failing.
+    """
+
+    s_per_mib: float = 0.1   # 10 MiB/s: a 2-core CPU worker decoding several large JPEGs at once
+    # The learned timers already cover the frames a backend usually gets (video frames are tens to
+    # hundreds of KB): only bytes past this add to them.
+    free_bytes: int = MIB
+
+    def seconds(self, size: int) -> float:
+        return self.s_per_mib * max(0, size - self.free_bytes) / MIB

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from eagleeye.common.admission import Full, Slots, peer_key
 from eagleeye.common.errors import IncidentLog
 from eagleeye.common.grpcopts import REQUEST_DEFAULTS_KEY, RETRY_ELSEWHERE_KEY
 from eagleeye.common.logs import event
@@ -49,6 +50,8 @@ _BACKEND_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEAD
 # On a stream, UNKNOWN and INTERNAL say the backend or the transport broke, not the frames.
 _STREAM_FAILURES = _BACKEND_FAILURES | {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 _CODES = {c.name: c for c in grpc.StatusCode}
+DRAIN_MESSAGE = ("router shutting down: every frame it read has been answered; reconnect (to another router "
+                 "replica) and send the frames after the last answer")
 
 
 def forwardable(metadata: Sequence[Any] | None, tracing: bool = False) -> Metadata:
@@ -97,10 +100,18 @@ class Proxy:
         self.budget = RetryBudget(cfg.budget())
         self.pool = st.BytePool(cfg.max_pending_bytes_total)
         self.pool.on_freed = self._pool_freed
+        self._peer_pools: dict[str, st.BytePool] = {}  # each client's share, while it has calls or streams
         self._pool_waiters: set[asyncio.Event] = set()
         self.use_channels(unary_channels, stream_channels)
         self.clock = clock or asyncio.get_running_loop().time
-        self.active_unary = 0
+        # Calls and streams held, in total and per client (address, with mTLS also its identity): one
+        # client reaching its share is refused while the others notice nothing.
+        self.unary_slots = Slots(cfg.max_concurrent_rpcs, cfg.max_concurrent_rpcs_per_peer)
+        self.stream_slots = Slots(cfg.max_concurrent_streams, cfg.max_concurrent_streams_per_peer)
+        self._sessions: set[StreamSession] = set()
+        self.frames_read = 0          # stream frames read from clients ...
+        self.frames_answered = 0      # ... and answers handed to them: equal once every stream has ended
+        self.draining = False
         self.incidents = IncidentLog(log, where="router")
         self.request_policy = RequestPolicy(cfg.request_defaults)
 
@@ -150,6 +161,25 @@ class Proxy:
             return details
         return self.incidents.report(f"detector worker call failed ({code.name})", details, logging.WARNING)
 
+    def drain(self) -> None:
+        """Shutting down: every stream stops reading frames, gets the answers to those it sent already,
+        then ends UNAVAILABLE with a message to reconnect; new streams are refused the same way."""
+        self.draining = True
+        for session in list(self._sessions):
+            session.drain(DRAIN_MESSAGE)
+
+    def peer_pool(self, peer: str) -> st.BytePool:
+        """`peer`'s share of the router's bytes (max_pending_bytes_per_peer), while it holds a call or stream."""
+        pool = self._peer_pools.get(peer)
+        if pool is None:
+            pool = self._peer_pools[peer] = st.BytePool(self.cfg.max_pending_bytes_per_peer, self.pool)
+        return pool
+
+    def peer_done(self, peer: str) -> None:
+        """`peer` gave back a call or stream: forget its share once it holds none."""
+        if not self.unary_slots.held_by(peer) and not self.stream_slots.held_by(peer):
+            self._peer_pools.pop(peer, None)
+
     def wait_for_pool(self, room: asyncio.Event) -> None:
         """Set `room` when the router-wide window has space again."""
         self._pool_waiters.add(room)
@@ -164,13 +194,15 @@ class Proxy:
     def _make_unary(self, method: str) -> Any:
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             started = self.clock()
-            size = len(request)
+            # The request, and gRPC's copy in the call to a backend (a hedge's or retry's replaces it).
+            held = st.COPIES_WHILE_SENT * len(request)
             try:
-                refusal = self._admit_unary(size)
+                peer = peer_key(context.peer(), context.peer_identities())
+                refusal = self._admit_unary(peer, held)
                 if refusal:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-                self.active_unary += 1
-                self.pool.take(size)  # held for retries and hedges until the call ends
+                pool = self.peer_pool(peer)
+                pool.take(held)  # held for retries and hedges until the call ends
                 applied = ""
                 if method == "Detect":
                     request, applied = self.fill_defaults(request)
@@ -178,8 +210,9 @@ class Proxy:
                 try:
                     response = await UnaryForward(self, method, request, context, trailers).run()
                 finally:
-                    self.active_unary -= 1
-                    self.pool.give(size)
+                    pool.give(held)
+                    self.unary_slots.give_back(peer)
+                    self.peer_done(peer)
             except BaseException:
                 code = context.code() if hasattr(context, "code") else None
                 self.controller.metrics.request(method, _code_name(code))
@@ -188,31 +221,52 @@ class Proxy:
             return response
         return handle
 
-    def _admit_unary(self, size: int) -> str:
-        """Why a new unary call is refused ("" when it is not)."""
-        if self.active_unary >= self.cfg.max_concurrent_rpcs:
+    def _admit_unary(self, peer: str, size: int) -> str:
+        """Why a new unary call is refused ("" when it is not, and its slot is taken)."""
+        own = self._peer_pools.get(peer)
+        if own is not None and own.used and own.used + size > own.capacity:
+            return (f"too many request bytes from one client: {peer} holds {own.used} bytes of unanswered "
+                    f"requests and this one needs {size} (max_pending_bytes_per_peer {own.capacity}); wait "
+                    "for answers before sending more")
+        if not self.pool.room_for(size):
+            return (f"router busy: {self.pool.used} bytes of unanswered requests held, and this one needs {size} "
+                    f"(max_pending_bytes_total {self.pool.capacity}); retry with backoff")
+        full = self.unary_slots.take(peer)
+        if full is Full.PEER:
+            return (f"too many unary calls from one client: {peer} has {self.cfg.max_concurrent_rpcs_per_peer} "
+                    "in flight (max_concurrent_rpcs_per_peer); wait for answers before sending more")
+        if full is Full.TOTAL:
             return (f"router busy: {self.cfg.max_concurrent_rpcs} unary calls in flight (max_concurrent_rpcs); "
                     "retry with backoff")
-        if self.pool.used + size > self.pool.capacity:
-            return (f"router busy: {self.pool.used} bytes of unanswered requests held, and this one is {size} "
-                    f"(max_pending_bytes_total {self.pool.capacity}); retry with backoff")
         return ""
 
     # -- streams -----------------------------------------------------------------------------------
 
     async def _detect_stream(self, requests: AsyncIterator[bytes],
                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        if self.controller.active_streams >= self.cfg.max_concurrent_streams:
+        if self.draining:
+            self.controller.metrics.request(STREAM_METHOD, "UNAVAILABLE")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAIN_MESSAGE)
+        peer = peer_key(context.peer(), context.peer_identities())
+        full = self.stream_slots.take(peer)
+        if full is not None:
             self.controller.metrics.request(STREAM_METHOD, "RESOURCE_EXHAUSTED")
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"router busy: {self.cfg.max_concurrent_streams} streams open "
-                                "(max_concurrent_streams); retry with backoff")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                f"too many streams from one client: {peer} has {self.cfg.max_concurrent_streams_per_peer} open "
+                "(max_concurrent_streams_per_peer); close idle streams or spread them over router replicas"
+                if full is Full.PEER else f"router busy: {self.cfg.max_concurrent_streams} streams open "
+                "(max_concurrent_streams); retry with backoff"))
         self.controller.active_streams += 1
+        session = StreamSession(self, requests, context, self.peer_pool(peer))
+        self._sessions.add(session)
         try:
-            async for answer in StreamSession(self, requests, context).run():
+            async for answer in session.run():
                 yield answer
         finally:
+            self._sessions.discard(session)
             self.controller.active_streams -= 1
+            self.stream_slots.give_back(peer)
+            self.peer_done(peer)
 
 
 async def _settle(call: grpc.aio.UnaryUnaryCall[bytes, bytes]) -> tuple[bytes | None, grpc.aio.AioRpcError | None]:
@@ -242,7 +296,7 @@ class UnaryForward:
         if picked is None:
             await ctx.abort(grpc.StatusCode.UNAVAILABLE, proxy.unavailable_message())
             raise AssertionError("unreachable")
-        core = un.UnaryCall(proxy.unary_cfg, ctl, proxy.budget, deadline)
+        core = un.UnaryCall(proxy.unary_cfg, ctl, proxy.budget, deadline, size=len(self._request))
         metadata = forwardable(ctx.invocation_metadata(), proxy.tracing)
         calls: list[tuple[Backend, grpc.aio.UnaryUnaryCall[bytes, bytes]]] = []
         results: dict[int, tuple[bytes | None, grpc.aio.AioRpcError | None]] = {}
@@ -342,7 +396,8 @@ class StreamSession:
     the client took); the window bounds that queue.
     """
 
-    def __init__(self, proxy: Proxy, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, proxy: Proxy, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext,
+                 pool: st.BytePool) -> None:
         self._proxy = proxy
         self._ctl = proxy.controller
         self._requests = requests
@@ -350,7 +405,7 @@ class StreamSession:
         self._metadata = forwardable(context.invocation_metadata(), proxy.tracing)
         remaining = context.time_remaining()
         self._deadline = None if remaining is None else proxy.clock() + remaining
-        self._core = st.StreamCore(proxy.stream_cfg, proxy.controller, proxy.budget, proxy.pool,
+        self._core = st.StreamCore(proxy.stream_cfg, proxy.controller, proxy.budget, pool,
                                    affinity=random.random() * 100, deadline=self._deadline)
         self._legs: dict[int, _Leg] = {}
         self._out: asyncio.Queue[st.Deliver | st.Abort | st.Finish] = asyncio.Queue()
@@ -359,7 +414,10 @@ class StreamSession:
         self._timer_at = 0.0
         self._side_tries: set[asyncio.Task[None]] = set()
         self._idle: asyncio.TimerHandle | None = None
-        self._reading_since: float | None = None  # waiting for the client's next frame since
+        self._reading_since: float | None = None  # waiting for the client (a frame, or to take answers) since
+        self._handler: asyncio.Task[object] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._delivering = False
         self._defaults_applied: dict[str, int] = {}  # router state -> frames filled in with its defaults
 
     async def run(self) -> AsyncIterator[bytes]:
@@ -372,13 +430,18 @@ class StreamSession:
             await self._context.abort(grpc.StatusCode.UNAVAILABLE, self._proxy.unavailable_message())
         assert target is not None
         self._apply(core.begin(target, self._proxy.clock()))
-        reader = asyncio.create_task(self._read_client())
+        self._handler = asyncio.current_task()
+        reader = self._reader = asyncio.create_task(self._read_client())
         try:
             while True:
                 item = await self._out.get()
                 if isinstance(item, st.Deliver):
-                    yield item.data
+                    self._delivering = True
+                    yield item.data  # gRPC sends it before it asks for the next: a client not reading holds us here
+                    self._delivering = False
                     core.on_client_took(item.size)
+                    if self._reading_since is not None:
+                        self._reading_since = self._proxy.clock()  # the client took an answer: not idle
                     self._update_room()
                 elif isinstance(item, st.Finish):
                     self._set_trailers()
@@ -398,6 +461,13 @@ class StreamSession:
                 task.cancel()
             core.release()
 
+    def drain(self, message: str) -> None:
+        """Read no more frames (a frame half-received is not read: the client sends it again); answer the
+        ones read, then end with UNAVAILABLE and `message`."""
+        if self._reader is not None:
+            self._reader.cancel()
+        self._apply(self._core.on_drain(message, self._proxy.clock()))
+
     def _set_trailers(self) -> None:
         if self._defaults_applied:
             self._context.set_trailing_metadata(((REQUEST_DEFAULTS_KEY, ",".join(
@@ -411,6 +481,7 @@ class StreamSession:
                 self._legs[a.gen].outbox.put_nowait(a.data)
             elif isinstance(a, st.Deliver):
                 self._out.put_nowait(a)
+                self._proxy.frames_answered += 1
                 self._ctl.metrics.request(STREAM_METHOD, "OK", a.latency_s)
             elif isinstance(a, st.Answered):
                 self._ctl.stream_answered(a.backend, a.latency_s, a.waited_s)
@@ -456,12 +527,32 @@ class StreamSession:
               frm=a.frm.value, to=a.to.value, replayed=a.replayed)
 
     def _update_room(self) -> None:
-        if self._core.has_room() or self._core.finished:
-            self._room.set()
-        else:
+        """Something changed that may give the reader room: it looks again (clear, check, wait)."""
+        self._room.set()
+
+    async def _wait_for_room(self) -> bool:
+        """Until the window may take another frame (True), or the stream is over (False).
+
+        The event only says "look again": it is cleared before every check, so a wake-up for another
+        reason (the router-wide pool freed while this stream's own window is still full) is a wait, not
+        a spin. While the window is full because the client does not take its answers, the idle clock
+        runs as it does while the router waits for a frame.
+        """
+        core = self._core
+        while True:
             self._room.clear()
-            if self._proxy.pool.full():
+            if core.finished:
+                return False
+            if core.has_room():
+                return True
+            if core.blocked_by_pool():
                 self._proxy.wait_for_pool(self._room)
+            if core.waiting_on_client():
+                if self._reading_since is None:
+                    self._await_client()
+            else:
+                self._reading_since = None
+            await self._room.wait()
 
     def _arm_timer(self) -> None:
         at = self._core.next_timer()
@@ -478,8 +569,9 @@ class StreamSession:
 
     # -- tasks -------------------------------------------------------------------------------------
 
-    def _await_frame(self) -> None:
-        """The router now waits for the client's next frame: end the stream if none comes in time."""
+    def _await_client(self) -> None:
+        """The router now waits for the client (its next frame, or to take answers): end the stream if
+        the client does nothing for stream_idle_timeout_s."""
         self._reading_since = self._proxy.clock()
         if self._idle is None:
             self._idle = asyncio.get_running_loop().call_at(
@@ -488,33 +580,56 @@ class StreamSession:
     def _on_idle(self) -> None:
         self._idle = None
         if self._reading_since is None:
-            return  # not waiting for the client (its window is full, or it finished sending)
+            return  # not waiting for the client (the backend holds its frames, or it finished sending)
         limit = self._proxy.cfg.stream_idle_timeout_s
-        if self._proxy.clock() - self._reading_since >= limit * 0.999:
-            self._out.put_nowait(st.Abort("DEADLINE_EXCEEDED", f"stream idle: no frame for {limit:g} s "
-                                          "(stream_idle_timeout_s); open a new stream when frames resume"))
-        else:
+        if self._proxy.clock() - self._reading_since < limit * 0.999:
             self._idle = asyncio.get_running_loop().call_at(self._reading_since + limit, self._on_idle)
+            return
+        if self._delivering and self._handler is not None:
+            # gRPC holds the handler in a send the client does not read: only cancelling ends it (the
+            # client is not reading a status either); its window's bytes are freed at once.
+            event(log, "stream ended", logging.INFO, reason=f"client took no answer for {limit:g} s "
+                  "(stream_idle_timeout_s)", frames_held=self._core.held())
+            self._handler.cancel()
+            return
+        self._out.put_nowait(st.Abort("DEADLINE_EXCEEDED", f"stream idle: no frame for {limit:g} s "
+                                      "(stream_idle_timeout_s); open a new stream when frames resume"))
 
     async def _read_client(self) -> None:
         core = self._core
-        self._await_frame()
-        async for data in self._requests:
-            self._reading_since = None
-            try:
-                parsed = parse_request(data)
-            except WireError as e:
-                self._out.put_nowait(st.Abort("INVALID_ARGUMENT", f"malformed DetectRequest: {e}"))
+        frames = aiter(self._requests)
+        while True:
+            # Room first, then read: a frame is read only when the window may hold it (the first one too).
+            if not await self._wait_for_room():
                 return
-            data, applied = self._proxy.fill_defaults(data, parsed)
-            if applied:
-                self._defaults_applied[applied] = self._defaults_applied.get(applied, 0) + 1
-            self._apply(core.on_frame(int(parsed.frame_id), data, self._proxy.clock()))
-            while not core.has_room() and not core.finished:
-                await self._room.wait()  # the window is full: stop reading (flow control)
-            self._await_frame()
+            self._await_client()
+            try:
+                data = await anext(frames)
+            except StopAsyncIteration:
+                break
+            self._reading_since = None
+            if not self._take_frame(data):
+                return
+            del data  # the window holds the frame now; no other copy waits here with the next read
         self._reading_since = None
         self._apply(core.on_client_end(self._proxy.clock()))
+
+    def _take_frame(self, data: bytes) -> bool:
+        """Hand a frame read from the client to the core (False: it was malformed, the stream ends).
+
+        The parsed message (a copy of the image) lives only in this call.
+        """
+        try:
+            parsed = parse_request(data)
+        except WireError as e:
+            self._out.put_nowait(st.Abort("INVALID_ARGUMENT", f"malformed DetectRequest: {e}"))
+            return False
+        data, applied = self._proxy.fill_defaults(data, parsed)
+        if applied:
+            self._defaults_applied[applied] = self._defaults_applied.get(applied, 0) + 1
+        self._proxy.frames_read += 1
+        self._apply(self._core.on_frame(int(parsed.frame_id), data, self._proxy.clock()))
+        return True
 
     async def _send(self, leg: _Leg) -> None:
         try:

@@ -5,14 +5,20 @@ The shell (router.proxy) carries out what these methods return: it opens and clo
 ("legs"), writes frames, hands answers to the client, and wakes `on_timer` at `next_timer()`.
 
 Frames, from the client's read to the client's receipt of the answer, are held in a window bounded
-in frames and bytes per stream and in bytes for the whole router (`BytePool`); while it is full the
-shell stops reading from the client, so HTTP/2 flow control pushes back instead of the router
-buffering. At most `backend_window` frames are outstanding on a leg; the rest wait their turn, which
-also paces a replay to the new worker, and while any waits the client is not read either.
+in frames and bytes per stream and in bytes for the whole router (`BytePool`); room is judged before
+a frame is read, for a frame as large as the stream's recent ones, and while there is none the shell
+stops reading from the client, so HTTP/2 flow control pushes back instead of the router buffering.
+The bytes counted are every copy the router keeps: a frame written to a worker counts twice. The
+bytes are one client's share (`BytePool` with the router's as parent) as well as the router's. At most
+`backend_window` frames are outstanding on a leg; the rest wait their turn, which also paces a replay
+to the new worker, and while any waits the client is not read either.
 
-A leg is *stalled* when it has frames outstanding and has answered none of them for the stall time
-(a multiple of the backend's recent wait for progress, within a floor and a ceiling): a backlog that
-is being answered is load, not a fault. A stalled leg, a leg that fails, or a backend health calls
+A leg is *stalled* when it has frames outstanding and its backend has answered nothing, on this leg
+or anything else, for the stall time (a multiple of the backend's recent wait for progress, within a
+floor and a ceiling, plus the oldest frame's expected cost by size): a backlog that is being answered
+is load, not a fault, and a burst of new streams or a heavy frame does not eject a worker. A leg that
+answers none of its own frames for `leg_stall_s` while its backend answers others is moved too, but
+without blaming the backend. A stalled leg, a leg that fails, or a backend health calls
 unusable: a new leg on the other backend, and the unanswered frames replayed there. A frame the
 worker refused because its queue was full is tried once on the other worker (a unary Detect), its
 answer slotted back in order. When the weights want a running stream elsewhere (the ramp back to the
@@ -24,11 +30,11 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from eagleeye.router.budget import RetryBudget
-from eagleeye.router.fleet import Backend, Fleet
+from eagleeye.router.fleet import Backend, Fleet, RequestCost
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ class StreamConfig:
 
     max_frames: int = 64                   # per stream, answered-but-not-received ones included
     max_bytes: int = 64 * 1024 * 1024      # per stream (a frame may be as large as a message)
+    # Room a stream needs before its first frame is read (then: its largest recent frame). A first
+    # frame larger than this may pass the bounds by the difference, once per stream.
+    min_frame_reserve: int = 256 * 1024
     backend_window: int = 16               # outstanding on a leg: the worker's own default per stream
     # Stall time: `stall_multiplier` x the backend's recent p99 wait for an answer, within bounds.
     # The floor keeps a scheduling hiccup on a busy host from moving streams; the ceiling bounds what
@@ -48,7 +57,17 @@ class StreamConfig:
     # backends, and a replay storm must not take both down.
     max_frame_attempts: int = 3
     placement_check_s: float = 0.1         # how often health and weights are looked at
+    cost: RequestCost = field(default_factory=RequestCost)      # a frame's size adds to the stall time
+    # A leg whose own frames go unanswered this long while its backend answers others is moved (not
+    # blamed): a stream lost inside a worker that is otherwise fine still gets its answers.
+    leg_stall_s: float = 10.0
 
+
+# How many of a stream's last frames size the room it needs for the next one.
+RECENT_FRAMES = 8
+# A frame written to a worker is held twice until answered: in the window (for a replay) and in
+# gRPC's send buffer until the worker's transport has taken it. Both count against the bounds.
+COPIES_WHILE_SENT = 2
 
 # A leg carries the client's deadline, so it ends by itself at about that instant (gRPC's timer and the
 # router's clock may disagree by a millisecond or so): a leg ending this close to the deadline ended
@@ -57,24 +76,32 @@ DEADLINE_SLACK_S = 0.01
 
 
 class BytePool:
-    """The bytes all streams of the router may hold at once; `on_freed` is called when it has room again."""
+    """Bytes that may be held at once: the router's, or one client's share of it (`parent`: what is
+    taken here is taken there too). `on_freed` is called whenever bytes come back to the router's (a
+    stream waits for room for a frame of its own size, not only for the pool to be below full)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, parent: BytePool | None = None) -> None:
         self.capacity = capacity
+        self.parent = parent
         self.used = 0
         self.on_freed: Callable[[], None] = lambda: None
 
-    def full(self) -> bool:
-        return self.used >= self.capacity
+    def room_for(self, n: int) -> bool:
+        """Whether `n` more bytes fit here and in the parent (an empty pool takes anything: a frame
+        larger than the pool would otherwise wait for ever)."""
+        fits = self.used + n <= self.capacity or self.used == 0
+        return fits and (self.parent is None or self.parent.room_for(n))
 
     def take(self, n: int) -> None:
         self.used += n
+        if self.parent is not None:
+            self.parent.take(n)
 
     def give(self, n: int) -> None:
-        was_full = self.full()
         self.used -= n
-        if was_full and not self.full():
-            self.on_freed()
+        if self.parent is not None:
+            self.parent.give(n)
+        self.on_freed()
 
 
 class _State(Enum):
@@ -213,6 +240,7 @@ class StreamCore:
         self._inflight: collections.deque[_Frame] = collections.deque()   # written, unanswered
         self._handed = 0              # delivered to the shell, not yet taken by the client
         self._bytes = 0               # charged by this stream (also in the pool)
+        self._recent_sizes: collections.deque[int] = collections.deque(maxlen=RECENT_FRAMES)
         self.backend: Backend | None = None
         self._gen = 0
         self._ended_gen = 0           # the leg EndWrites went to
@@ -220,6 +248,7 @@ class StreamCore:
         self._progress_at = 0.0
         self._next_check = 0.0
         self._client_done = False
+        self._drain_message = ""      # set by on_drain: how the stream ends once its frames are answered
         self.finished = False
 
     # -- events ------------------------------------------------------------------------------------
@@ -235,16 +264,38 @@ class StreamCore:
         then held back by flow control as it would be calling the worker directly, instead of
         queueing in the router and adding that queue to every frame's latency.
         """
-        if self._queued:
-            return False
+        return not self._queued and self._own_room() and self._pool_room()
+
+    def blocked_by_pool(self) -> bool:
+        """Whether only the router-wide pool keeps the next frame from being read."""
+        return not self._queued and self._own_room() and not self._pool_room()
+
+    def _expected_frame(self) -> int:
+        """Room is judged for the frame about to be read, before it is: as large as the largest of this
+        stream's recent frames (a camera's frames are alike), so the bounds hold with it, not after."""
+        return COPIES_WHILE_SENT * max(self._recent_sizes, default=self._cfg.min_frame_reserve)
+
+    def _own_room(self) -> bool:
         count = len(self._frames) + self._handed
-        own = count == 0 or (count < self._cfg.max_frames and self._bytes < self._cfg.max_bytes)
-        return own and not self._pool.full()
+        return count == 0 or (count < self._cfg.max_frames
+                              and self._bytes + self._expected_frame() <= self._cfg.max_bytes)
+
+    def _pool_room(self) -> bool:
+        return self._pool.room_for(self._expected_frame())
+
+    def waiting_on_client(self) -> bool:
+        """Whether the window is full only because the client has not taken answers it was handed."""
+        return self._handed > 0 and not self._queued and not self._inflight
+
+    def held(self) -> int:
+        """Frames the stream holds: read and not yet taken by the client."""
+        return len(self._frames) + self._handed
 
     def on_frame(self, fid: int, data: bytes, now: float) -> list[Action]:
         if self.finished:
             return []
         f = _Frame(fid, data, now, 0)
+        self._recent_sizes.append(len(data))
         self._charge(f, len(data))
         self._frames.append(f)
         self._queued.append(f)
@@ -301,6 +352,16 @@ class StreamCore:
         self._client_done = True
         return self._pump(now) + self._maybe_finish()
 
+    def on_drain(self, message: str, now: float) -> list[Action]:
+        """The router is shutting down: no more frames are read; answer those read, then end the stream
+        with UNAVAILABLE and `message` (the client reconnects, to another replica)."""
+        if self.finished:
+            return []
+        if not self._client_done:  # a client that already sent its last frame gets its OK end
+            self._client_done = True
+            self._drain_message = message
+        return self._pump(now) + self._maybe_finish()
+
     def on_client_took(self, size: int) -> None:
         """An answer has gone to the client: its bytes and slot are free."""
         self._handed -= 1
@@ -312,7 +373,7 @@ class StreamCore:
             return None
         at = self._next_check
         if self._inflight:
-            at = min(at, self._progress_at + self._fleet.stall_s(self.backend))
+            at = min(at, self._backend_quiet_since() + self._stall_s(), self._progress_at + self._cfg.leg_stall_s)
         if self._deadline is not None:
             at = min(at, self._deadline)
         return at
@@ -327,10 +388,14 @@ class StreamCore:
         b = self.backend
         if not self._fleet.usable(b):
             return self._fail_over(f"{b.value} not ready", False, now)
-        stall = self._fleet.stall_s(b)
-        if self._inflight and now - self._progress_at >= stall:
-            return self._fail_over(f"{b.value} answered none of {len(self._inflight)} frames for "
-                                   f"{now - self._progress_at:.2f} s (stall time {stall:.2f} s)", True, now)
+        if self._inflight:
+            stall, quiet = self._stall_s(), now - self._backend_quiet_since()
+            if quiet >= stall:
+                return self._fail_over(f"{b.value} answered nothing for {quiet:.2f} s with {len(self._inflight)} "
+                                       f"frames of this stream outstanding (stall time {stall:.2f} s)", True, now)
+            if now - self._progress_at >= self._cfg.leg_stall_s:
+                return self._fail_over(f"{b.value} answered none of this stream's {len(self._inflight)} frames "
+                                       f"for {now - self._progress_at:.2f} s while answering others", False, now)
         wanted = self._fleet.placement(self.affinity)
         if self._moving_to is None and wanted is not None and wanted is not b and self._fleet.usable(wanted):
             self._moving_to = wanted
@@ -348,6 +413,16 @@ class StreamCore:
         self._inflight.clear()
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _backend_quiet_since(self) -> float:
+        """Since when neither this leg nor anything else on its backend has been answered."""
+        assert self.backend is not None
+        return max(self._progress_at, self._fleet.progress_at(self.backend))
+
+    def _stall_s(self) -> float:
+        assert self.backend is not None
+        oldest = len(self._inflight[0].request) if self._inflight else 0
+        return self._fleet.stall_s(self.backend) + self._cfg.cost.seconds(oldest)
 
     def _charge(self, f: _Frame, size: int) -> None:
         delta = size - f.charged
@@ -394,6 +469,7 @@ class StreamCore:
         while self._queued and len(self._inflight) < window:
             f = self._queued.popleft()
             f.state, f.sent_at = _State.SENT, now
+            self._charge(f, COPIES_WHILE_SENT * len(f.request))
             if not self._inflight:
                 self._progress_at = now
             self._inflight.append(f)
@@ -428,6 +504,7 @@ class StreamCore:
         replay = len(self._inflight)
         for f in reversed(self._inflight):
             f.state = _State.QUEUED
+            self._charge(f, len(f.request))  # the old leg's copy is gone with it
             self._queued.appendleft(f)
         self._inflight.clear()
         self._moving_to = None
@@ -445,7 +522,7 @@ class StreamCore:
 
     def _maybe_finish(self) -> list[Action]:
         if self._client_done and not self._frames and not self.finished:
-            return self._end(Finish())
+            return self._end(Abort("UNAVAILABLE", self._drain_message) if self._drain_message else Finish())
         return []
 
     def _end(self, last: Action, before: list[Action] | None = None) -> list[Action]:

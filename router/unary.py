@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from eagleeye.router.budget import RetryBudget
-from eagleeye.router.fleet import Backend, Fleet
+from eagleeye.router.fleet import Backend, Fleet, RequestCost
 
 
 class Outcome(Enum):
@@ -44,6 +44,8 @@ class UnaryConfig:
     hedge_quantile: float = 0.95
     hedge_delay_min_s: float = 0.05
     hedge_delay_max_s: float = 0.3
+    # Added to the per-try timeout and the hedge delay, by the request's size.
+    cost: RequestCost = field(default_factory=RequestCost)
 
 
 # What the shell is asked to do.
@@ -79,8 +81,10 @@ class Expire:
 class Observe:
     """A real call's outcome for the backend's passive health and latency estimate.
 
-    `ok=False` for a failure, a per-try timeout, or an attempt a hedge overtook: a backend that is
-    beaten by its hedge again and again with no answer in between is as good as hung.
+    `ok=False` for a failure (connection lost, UNAVAILABLE), and for a per-try timeout or an attempt a
+    hedge overtook only when the backend answered nothing else since the attempt began: a backend
+    beaten by its hedge with no answer to anything in between is as good as hung, while one that is
+    answering other calls meanwhile is busy with this one (its size, a queue), not failing.
     """
 
     backend: Backend
@@ -114,6 +118,7 @@ class UnaryCall:
     fleet: Fleet
     budget: RetryBudget
     deadline: float
+    size: int = 0                 # the request's bytes: its expected cost
     attempts: list[_Attempt] = field(default_factory=list)
     done: bool = False
     _extra_used: bool = False
@@ -121,8 +126,22 @@ class UnaryCall:
 
     def start(self, backend: Backend, now: float) -> list[Action]:
         self.budget.note_call(now)
-        self._hedge_at = now + self.fleet.hedge_delay_s(backend)
+        self._hedge_at = now + self.fleet.hedge_delay_s(backend) + self._cost_s
         return [self._send(backend, now, "first")]
+
+    @property
+    def _cost_s(self) -> float:
+        return self.cfg.cost.seconds(self.size)
+
+    @property
+    def _per_try_s(self) -> float:
+        return self.cfg.per_try_timeout_s + self._cost_s
+
+    def _stuck(self, a: _Attempt) -> Observe | None:
+        """The slow attempt `a` as evidence against its backend: only if the backend answered nothing since."""
+        if self.fleet.progress_at(a.backend) > a.started:
+            return None
+        return Observe(a.backend, False)
 
     def next_timer(self) -> float | None:
         """When to call `on_timer` next (None: only when an attempt ends)."""
@@ -133,7 +152,7 @@ class UnaryCall:
             at = min(at, self._hedge_at)
         for a in self.attempts:
             if a.running and not a.per_try_checked:
-                at = min(at, a.started + self.cfg.per_try_timeout_s)
+                at = min(at, a.started + self._per_try_s)
         return at
 
     def on_timer(self, now: float) -> list[Action]:
@@ -143,7 +162,7 @@ class UnaryCall:
             return self._finish([Expire()])
         out: list[Action] = []
         for a in self.attempts:
-            if a.running and not a.per_try_checked and now >= a.started + self.cfg.per_try_timeout_s:
+            if a.running and not a.per_try_checked and now >= a.started + self._per_try_s:
                 a.per_try_checked = True
                 self._per_try_expired(a, now, out)
         if self._hedge_at is not None and now >= self._hedge_at:
@@ -162,12 +181,14 @@ class UnaryCall:
         if outcome is Outcome.OK:
             out.append(Observe(a.backend, True, now - a.started))
             for b in self.attempts:
-                if b.running and b.started < a.started:
-                    out.append(Observe(b.backend, False))  # overtaken by its hedge
+                if b.running and b.started < a.started and (stuck := self._stuck(b)) is not None:
+                    out.append(stuck)  # overtaken by its hedge, with nothing else answered meanwhile
             return self._finish([*out, Reply(attempt)])
         if outcome is Outcome.FINAL:
             out.append(Observe(a.backend, True))  # the backend works; the request does not
             return self._finish([*out, Reply(attempt)])
+        if outcome is Outcome.OVERLOADED:
+            out.append(Observe(a.backend, True))  # busy, and saying so at once: answering, not failing
         if now >= self.deadline:
             return self._finish([Expire()])  # out of time: the caller's deadline, not the backend's fault
         if outcome is Outcome.FAILED:
@@ -185,7 +206,8 @@ class UnaryCall:
         if hedge_running or self._extra(a.backend.other, now, "retry", out):
             a.running = False
             out.insert(0, Cancel(self.attempts.index(a)))
-            out.insert(1, Observe(a.backend, False))
+            if (stuck := self._stuck(a)) is not None:
+                out.insert(1, stuck)
             self._hedge_at = None
         # else: nowhere to go; it may still answer before the caller's deadline
 

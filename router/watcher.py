@@ -3,6 +3,10 @@
 Three signals, because each alone misses something: Watch pushes changes at once but a hung process
 keeps its connection and says nothing; an active Check with a short deadline sees the hang; real
 calls failing in a row eject a backend that health still calls fine, until a Check confirms it.
+
+A worker that refuses a Watch (RESOURCE_EXHAUSTED: its Watch slots are taken; UNIMPLEMENTED) has
+answered, so it is up: its readiness and headroom then come from Checks while the Watch is retried.
+Any other end of a Watch (connection lost, UNAVAILABLE) still means "unknown" at once.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import grpc
@@ -27,6 +32,23 @@ log = logging.getLogger("eagleeye.watcher")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class WatchEnd(Enum):
+    """What the end of a Watch stream means for the backend's status."""
+
+    REFUSED = "refused"  # the worker answered "not for you": it is up; ask it by Check instead
+    BROKEN = "broken"    # connection lost, stream ended, any other error: unknown at once
+
+
+# Status codes by which a live worker turns a Watch away: its Watch slots are taken, or it has no Watch.
+WATCH_REFUSALS = frozenset({"RESOURCE_EXHAUSTED", "UNIMPLEMENTED"})
+
+
+def watch_end(code: str, received: bool) -> WatchEnd:
+    """What a Watch that ended with status `code` ("" for a clean end) means; `received`: it had
+    delivered a status. Only a refusal at the start is one: a stream that broke off later is broken."""
+    return WatchEnd.REFUSED if code in WATCH_REFUSALS and not received else WatchEnd.BROKEN
 
 
 def backend_channel(address: str, cfg: RouterConfig, interceptors: list[Any] | None = None) -> grpc.aio.Channel:
@@ -65,8 +87,11 @@ class BackendStatus:
 
     watch_connected: bool = False
     watch_error: str = ""
+    watch_refused: str = ""                  # the code the worker refused the readiness Watch with; "": not refused
+    headroom_refused: str = ""               # ... the headroom Watch; then headroom_status comes from Checks
     ready_status: int | None = None          # last readiness status on Watch
     headroom_status: int | None = None
+    check_ready_status: int | None = None    # last readiness status a Check answered (None since a Watch broke)
     check_failures: int = 0
     check_error: str = ""
     healthy_checks: int = 0
@@ -106,15 +131,28 @@ class BackendWatcher:
             listener()
 
     def view(self) -> BackendView:
-        """All signals combined into what the policy needs."""
+        """All signals combined into what the policy needs.
+
+        While the worker refuses the readiness Watch, the last Check's answer stands in for it (and the
+        reason says so even when ready); a Watch down for any other reason is "not ready" at once.
+        """
         s, cfg = self.status, self._cfg
-        reasons = []
+        reasons, notes = [], []
         if s.drained:
             reasons.append("drained by operator")
-        if not s.watch_connected:
+        if s.watch_connected:
+            if s.ready_status != SERVING:
+                reasons.append("readiness NOT_SERVING" if s.ready_status == NOT_SERVING else "readiness unknown")
+        elif s.watch_refused:
+            refused = f"Watch refused ({s.watch_refused}): status from Checks"
+            if s.check_ready_status == SERVING:
+                notes.append(refused)
+            elif s.check_ready_status == NOT_SERVING:
+                reasons.append(f"{refused}; readiness NOT_SERVING")
+            else:
+                reasons.append(f"{refused}; no Check answered yet")
+        else:
             reasons.append(f"Watch stream down ({s.watch_error or 'connecting'})")
-        elif s.ready_status != SERVING:
-            reasons.append("readiness NOT_SERVING" if s.ready_status == NOT_SERVING else "readiness unknown")
         if s.check_failures >= cfg.check_failures:
             reasons.append(f"{s.check_failures} Checks failed in a row ({s.check_error})")
         if s.ejected_at is not None:
@@ -125,7 +163,7 @@ class BackendWatcher:
         if ready and not headroom:
             reasons.append("headroom NOT_SERVING")
         return BackendView(ready=ready, headroom=headroom, healthy_checks=s.healthy_checks,
-                           last_ok_at=s.last_ok_at, reason="; ".join(reasons), been_ready=s.been_ready)
+                           last_ok_at=s.last_ok_at, reason="; ".join(reasons + notes), been_ready=s.been_ready)
 
     def start(self) -> None:
         """Watch readiness and headroom, and Check on an interval."""
@@ -147,45 +185,71 @@ class BackendWatcher:
         backoff = self._cfg.reconnect_backoff_s
         while True:
             call = self._stub.Watch(health_pb2.HealthCheckRequest(service=service))
+            received = False
             try:
                 async for resp in call:
-                    if service == READINESS:
-                        self.status.watch_connected = True
-                        self.status.watch_error = ""
+                    if not received:
+                        received = True
+                        self._watch_accepted(service)
                     backoff = self._cfg.reconnect_backoff_s
                     self._set_watch(service, resp.status)
                     self._changed()
-                error = "stream ended"
+                code, error = "", "stream ended"
             except grpc.aio.AioRpcError as e:
-                error = f"{e.code().name}: {e.details()}"
-            # A broken stream means "unknown" at once; the next one is tried after a backoff.
-            if service == READINESS:
-                was = self.status.watch_connected
-                self.status.watch_connected = False
-                self.status.watch_error = error
-                if was:
-                    event(log, "watch stream broken", logging.WARNING, backend=self.name, error=error)
-            self._set_watch(service, None)
+                code, error = e.code().name, f"{e.code().name}: {e.details()}"
+            self._watch_ended(service, watch_end(code, received), code, error)
             self._changed()
+            # A refused Watch is retried too: the worker may have a slot free by then.
             await asyncio.sleep(backoff)  # reconnection backoff, not a synchronisation stand-in
             backoff = min(backoff * 2, self._cfg.reconnect_backoff_max_s)
+
+    def _watch_accepted(self, service: str) -> None:
+        s = self.status
+        if service != READINESS:
+            s.headroom_refused = ""
+            return
+        if s.watch_refused:
+            event(log, "watch stream accepted after refusals", backend=self.name)
+        s.watch_connected, s.watch_error, s.watch_refused = True, "", ""
+
+    def _watch_ended(self, service: str, end: WatchEnd, code: str, error: str) -> None:
+        s = self.status
+        refused = code if end is WatchEnd.REFUSED else ""
+        if service != READINESS:
+            s.headroom_refused = refused
+            if not refused:
+                s.headroom_status = None
+            return  # when refused, what Checks learned of headroom stands
+        if refused and not s.watch_refused:
+            event(log, "watch refused: status from Checks", logging.WARNING, backend=self.name, error=error)
+        elif not refused and (s.watch_connected or s.watch_refused):
+            event(log, "watch stream broken", logging.WARNING, backend=self.name, error=error)
+        s.watch_connected, s.watch_error, s.watch_refused = False, error, refused
+        s.ready_status = None
+        if not refused:
+            # "unknown" at once: the process behind the address may be another by the next answer.
+            s.check_ready_status = None
 
     async def check_once(self) -> None:
         """One active Check with a short deadline."""
         started = self._clock()
         s = self.status
         timeout = self._cfg.check_timeout_s
+        answered = False
         try:
             # The router's own timer as well as gRPC's deadline: behind a dead connection the
             # deadline may not fire until keepalive gives up, seconds later (FACTS.md).
             async with asyncio.timeout(timeout):
                 resp = await self._stub.Check(health_pb2.HealthCheckRequest(service=READINESS), timeout=timeout)
+            answered, s.check_ready_status = True, resp.status
             ok = resp.status == SERVING
             error = "" if ok else "NOT_SERVING"
         except grpc.aio.AioRpcError as e:
             ok, error = False, e.code().name
         except TimeoutError:
             ok, error = False, "DEADLINE_EXCEEDED"
+        if s.headroom_refused and answered:  # a worker that did not answer is not asked twice a period
+            await self._check_headroom()
         if ok:
             s.check_failures, s.check_error = 0, ""
             s.healthy_checks += 1
@@ -199,6 +263,20 @@ class BackendWatcher:
             s.check_error = error
             s.healthy_checks = 0
         self._changed()
+
+    async def _check_headroom(self) -> None:
+        """Headroom by Check, while the worker refuses this router a Watch on it."""
+        timeout = self._cfg.check_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await self._stub.Check(health_pb2.HealthCheckRequest(service=HEADROOM), timeout=timeout)
+            self.status.headroom_status = resp.status
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                self.status.headroom_status = None  # a worker without the name is not penalised
+            # Otherwise no answer: the last one stands (the readiness Check judges the worker itself).
+        except TimeoutError:
+            pass
 
     async def _check_loop(self) -> None:
         while True:

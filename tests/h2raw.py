@@ -14,10 +14,11 @@ import threading
 import time
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x4, 0x6, 0x7
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
 NO_ERROR, ENHANCE_YOUR_CALM = 0x0, 0xB  # GOAWAY codes: a graceful close; "too many pings"
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
 SETTINGS_INITIAL_WINDOW_SIZE = 0x4
+MAX_FRAME = 16384  # SETTINGS_MAX_FRAME_SIZE's default: the largest DATA payload a peer may send
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
@@ -39,12 +40,17 @@ def grpc_message(body: bytes) -> bytes:
 class StalledPeer:
     """One connection carrying `streams` calls of `path` with request `body`, whose answers it never takes.
 
-    With `body` None the calls send nothing at all and stay open (an idle client stream).
+    With `body` None the calls send nothing at all and stay open (an idle client stream); otherwise each
+    sends `body` `frames` times and half-closes. `source`: the local address to connect from, e.g.
+    127.0.0.2 to be another peer than a client on 127.0.0.1 (Linux routes all of 127.0.0.0/8 to the
+    loopback interface). The calls the server ends (a refusal, say) are counted in `ended`.
     """
 
-    def __init__(self, address: str, path: str, body: bytes | None, streams: int) -> None:
+    def __init__(self, address: str, path: str, body: bytes | None, streams: int, frames: int = 1,
+                 source: str = "") -> None:
         host, _, port = address.rpartition(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.sock = socket.create_connection((host, int(port)), timeout=10,
+                                             source_address=(source, 0) if source else None)
         self.opened_at = time.monotonic()
         self.goaway_at: float | None = None
         headers = b"".join(_literal(k, v) for k, v in (
@@ -55,10 +61,15 @@ class StalledPeer:
             sid = 1 + 2 * i
             out.append(_frame(HEADERS, END_HEADERS, sid, headers))
             if body is not None:
-                out.append(_frame(DATA, END_STREAM, sid, grpc_message(body)))
+                data = grpc_message(body) * frames
+                chunks = [data[i:i + MAX_FRAME] for i in range(0, len(data), MAX_FRAME)]
+                out += [_frame(DATA, END_STREAM if i == len(chunks) - 1 else 0, sid, chunk)
+                        for i, chunk in enumerate(chunks)]
         self.sock.sendall(b"".join(out))
         self.goaway: int | None = None  # the error code of a GOAWAY the server sent
         self.goaway_seen = threading.Event()
+        self.ended: set[int] = set()  # ids of the streams the server ended
+        self._ended_changed = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -81,7 +92,11 @@ class StalledPeer:
                 length = int.from_bytes(head[:3], "big")
                 kind, flags = head[3], head[4]
                 payload = self._read(length) if length else b""
-                if kind == SETTINGS and not flags & ACK:
+                if (kind == HEADERS and flags & END_STREAM) or kind == RST_STREAM:
+                    with self._ended_changed:
+                        self.ended.add(int.from_bytes(head[5:9], "big") & 0x7FFFFFFF)
+                        self._ended_changed.notify_all()
+                elif kind == SETTINGS and not flags & ACK:
                     self.sock.sendall(_frame(SETTINGS, ACK, 0, b""))
                 elif kind == PING and not flags & ACK:
                     self.sock.sendall(_frame(PING, ACK, 0, payload))
@@ -91,6 +106,11 @@ class StalledPeer:
                     self.goaway_seen.set()
         except OSError:
             pass
+
+    def wait_ended(self, count: int, timeout: float) -> bool:
+        """Until the server has ended `count` of the calls; False if it has not within `timeout` s."""
+        with self._ended_changed:
+            return self._ended_changed.wait_for(lambda: len(self.ended) >= count, timeout)
 
     def ping(self) -> None:
         """Send a PING (an abusive client sends many)."""
@@ -103,4 +123,56 @@ class StalledPeer:
         except OSError:
             pass
         self.sock.close()
+        self._thread.join(5)
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 whose connections reach `target` from another local address (`source`,
+    e.g. 127.0.0.2): a grpcio client connected through it is another client to the server."""
+
+    def __init__(self, target: str, source: str) -> None:
+        host, _, port = target.rpartition(":")
+        self._target = (host, int(port))
+        self._source = source
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(self._target, timeout=10, source_address=(self._source, 0))
+            except OSError:
+                return
+            server.settimeout(None)
+            with self._lock:
+                self._sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(1 << 20):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
         self._thread.join(5)

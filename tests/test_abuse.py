@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -77,9 +78,10 @@ async def detect(address: str, request: pb.DetectRequest, compression: grpc.Comp
 
 @pytest.fixture(scope="module")
 def hostile_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    """A worker with room for 1001 Watch streams: 1000 for the stalled peers, one for the good client."""
-    proc = start_detector("--fault-injection", "--config",
-                          fast_config(tmp_path_factory.mktemp("abuse"), {"max_watch_streams": 1001}))
+    """A worker with room for 1001 Watch streams: 1000 for the stalled peers, one for the good client (all
+    from 127.0.0.1, so the per-client bound is raised with it)."""
+    proc = start_detector("--fault-injection", "--config", fast_config(
+        tmp_path_factory.mktemp("abuse"), {"max_watch_streams": 1001, "max_watch_streams_per_peer": 1001}))
     proc.wait_for_event("model ready")
     yield proc
     proc.stop()
@@ -119,6 +121,86 @@ async def test_watch_streams_that_never_read_cannot_hold_up_a_health_change(host
             p.close()
 
 
+async def test_one_client_is_held_to_its_share_of_watch_streams_and_another_still_gets_one(tmp_path: Path) -> None:
+    worker = start_detector("--config", fast_config(tmp_path))  # the defaults: 100 Watch streams, 8 per client
+    body = health_pb2.HealthCheckRequest(service="readiness").SerializeToString()
+    hog = await asyncio.to_thread(StalledPeer, worker.address, WATCH, body, 100, source="127.0.0.2")
+    try:
+        # Without the per-client bound the hog would hold all 100 and nobody else would get a Watch.
+        assert await asyncio.to_thread(hog.wait_ended, 92, 30), f"{len(hog.ended)} of 100 streams refused"
+        async with grpc.aio.insecure_channel(worker.address, options=OWN) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            mine = [stub.Watch(health_pb2.HealthCheckRequest(service="readiness")) for _ in range(8)]
+            for call in mine:
+                await call.read()  # a status: this client got its Watch
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Watch(health_pb2.HealthCheckRequest(service="readiness")).read()
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_watch_streams_per_peer" in (refused.value.details() or ""), refused.value.details()
+            for call in mine:
+                call.cancel()
+    finally:
+        hog.close()
+        worker.stop()
+
+
+async def test_a_router_starting_while_another_client_holds_every_watch_slot_keeps_the_primary(
+        tmp_path: Path) -> None:
+    """Issue 20: a client holds all 100 Watch slots of the primary (here a worker without the per-client
+    bound), then a router starts. The refusal is not a failure: the router keeps the primary by its Checks,
+    says so, and takes a Watch once a slot frees."""
+    from eagleeye.router.v1 import router_pb2 as rpb
+    from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "standby").mkdir()
+    primary = start_detector("--worker-id", "primary", "--config",
+                             fast_config(tmp_path / "primary", {"max_watch_streams_per_peer": 100}))
+    standby = start_detector("--worker-id", "standby", "--config", fast_config(tmp_path / "standby"))
+    router: Proc | None = None
+    hog: StalledPeer | None = None
+    try:
+        for worker in (primary, standby):
+            await asyncio.to_thread(worker.wait_for_event, "model ready", 120)
+        body = health_pb2.HealthCheckRequest(service="readiness").SerializeToString()
+        hog = await asyncio.to_thread(StalledPeer, primary.address, WATCH, body, 105, source="127.0.0.2")
+        assert await asyncio.to_thread(hog.wait_ended, 5, 30), "the primary's 100 Watch slots were not all taken"
+
+        router = Proc("eagleeye-router", ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                                          "--primary", primary.address, "--standby", standby.address],
+                      env={"EAGLEEYE_ADMIN_TOKEN": secrets.token_hex(32)})
+        admin = (await asyncio.to_thread(router.wait_for_event, "listening"))["admin"]
+        await asyncio.to_thread(router.wait_for_event, "switch", 60, to_state="NORMAL")
+        refused = router.wait_for_event("watch refused: status from Checks", 10, backend="primary")
+        assert "RESOURCE_EXHAUSTED" in refused["error"] and "max_watch_streams" in refused["error"], refused
+        router.forget_events()
+        with pytest.raises(RuntimeError):  # 3 s, 15 Check periods: no switch at all
+            await asyncio.to_thread(router.wait_for_event, "switch", 3.0)
+
+        async def state() -> tuple[str, rpb.BackendHealth, list[str]]:
+            async with grpc.aio.insecure_channel(admin) as ch:
+                s = (await rpb_grpc.RouterAdminStub(ch).GetState(rpb.GetStateRequest(), timeout=10)).state
+            p = next(b for b in s.backends if b.backend == rpb.BACKEND_PRIMARY)
+            return s.state, p, [e.to_state for e in s.recent_events]
+
+        now, p, switched = await state()
+        assert now == "NORMAL" and switched[switched.index("NORMAL"):] == ["NORMAL"], (now, switched)
+        assert p.ready and not p.watch_connected, p  # ready by its Checks (one may fail on a busy machine)
+        assert p.reason == "Watch refused (RESOURCE_EXHAUSTED): status from Checks", p.reason
+
+        hog.close()  # a slot frees: the router's retried Watch is accepted
+        await asyncio.to_thread(router.wait_for_event, "watch stream accepted after refusals", 30, backend="primary")
+        now, p, switched = await state()
+        assert now == "NORMAL" and switched[switched.index("NORMAL"):] == ["NORMAL"], (now, switched)
+        assert p.ready and p.watch_connected and p.reason == "", p
+    finally:
+        if hog is not None:
+            hog.close()
+        for proc in (router, primary, standby):
+            if proc is not None:
+                proc.stop()
+
+
 async def test_oversized_images_and_compressed_requests_are_refused_and_others_served(
         hostile_worker: Proc) -> None:
     address = hostile_worker.address
@@ -139,7 +221,11 @@ async def test_oversized_images_and_compressed_requests_are_refused_and_others_s
 
 async def test_two_thousand_idle_streams_get_the_stream_bound_and_unary_clients_are_served(
         tmp_path: Path) -> None:
-    cluster = LocalCluster(worker_args=["--config", fast_config(tmp_path)])
+    # Every peer here connects from 127.0.0.1: the share of one client is raised to the router's bound,
+    # which is what this test reaches (tests/test_hostile_clients.py tests the share).
+    router_toml = tmp_path / "router.toml"
+    router_toml.write_text("max_concurrent_streams_per_peer = 2000\n")
+    cluster = LocalCluster(worker_args=["--config", fast_config(tmp_path)], router_args=["--config", str(router_toml)])
     peers: list[StalledPeer] = []
     try:
         cluster.wait_normal()

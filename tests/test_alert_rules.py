@@ -66,6 +66,17 @@ CASES = [
          {f'eagleeye_detector_request_duration_seconds_bucket{{{DET}, le="0.025"}}': "0+60x15",
           f'eagleeye_detector_request_duration_seconds_bucket{{{DET}, le="0.5"}}': "0+60x15",
           f'eagleeye_detector_request_duration_seconds_bucket{{{DET}, le="+Inf"}}': "0+60x15"}, "12m", None),
+    # 600 probes a minute: all in the 0.25 s bucket (p99 ~ 0.25 s) versus all under 5 ms.
+    Case("EagleEyeEventLoopLagging",
+         {f'eagleeye_router_event_loop_lag_seconds_bucket{{{ROUTER}, le="0.005"}}': "0x15",
+          f'eagleeye_router_event_loop_lag_seconds_bucket{{{ROUTER}, le="0.25"}}': "0+600x15",
+          f'eagleeye_router_event_loop_lag_seconds_bucket{{{ROUTER}, le="+Inf"}}': "0+600x15"}, "12m",
+         {"job": JOB, "instance": "r1:9101"}),
+    Case("EagleEyeEventLoopLagging",
+         {f'eagleeye_detector_event_loop_lag_seconds_bucket{{{DET}, le="0.005"}}': "0+594x15",
+          f'eagleeye_detector_event_loop_lag_seconds_bucket{{{DET}, le="0.25"}}': "0+600x15",
+          f'eagleeye_detector_event_loop_lag_seconds_bucket{{{DET}, le="+Inf"}}': "0+600x15"}, "12m",
+         None),  # one probe in a hundred late: a hiccup, not a starved process
     Case("EagleEyeThroughputLow", {f'eagleeye_router_requests_total{{{ROUTER}, method="Detect", code="OK"}}':
                                    "0+30x30"}, "25m", {}),
     Case("EagleEyeThroughputLow", {f'eagleeye_router_requests_total{{{ROUTER}, method="Detect", code="OK"}}':

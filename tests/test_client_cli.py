@@ -25,7 +25,7 @@ from eagleeye.router.v1 import router_pb2 as rpb
 from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-of-32-bytes-or-more"  # as long as a router accepts
 
 
 # --- certificates -------------------------------------------------------------------------------

@@ -167,12 +167,46 @@ def test_tls_settings_are_checked_before_anything_listens(tmp_path: Path) -> Non
         _router(backend_tls_server_name="worker")
 
 
+ADMIN_TOKEN = "0123456789abcdef0123456789abcdef"  # 32 bytes, the least accepted
+
+
 def test_admin_listener_needs_a_token_and_a_port_of_its_own() -> None:
     with pytest.raises(ConfigError, match="admin_token: required with admin_listen"):
         _router(admin_listen="127.0.0.1:9")
     with pytest.raises(ConfigError, match=r"admin_listen='127\.0\.0\.1:50050': must differ from listen"):
-        _router(admin_listen="127.0.0.1:50050", admin_token="t")
-    _router(admin_listen="127.0.0.1:9", admin_token="t")
+        _router(admin_listen="127.0.0.1:50050", admin_token=ADMIN_TOKEN)
+    _router(admin_listen="127.0.0.1:9", admin_token=ADMIN_TOKEN)
+
+
+@pytest.mark.parametrize(("token", "message"), [
+    ("s3cret", "admin_token: must be at least 32 bytes (the one given has 6)"),
+    (ADMIN_TOKEN[:-1], "admin_token: must be at least 32 bytes (the one given has 31)"),
+    ("é" * 16, "admin_token: must be printable ASCII"),       # 32 bytes, but not a gRPC header value
+    (ADMIN_TOKEN + "\n", "admin_token: must be printable ASCII"),
+])
+def test_a_short_or_unprintable_admin_token_is_refused_without_showing_it(token: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _router(admin_listen="127.0.0.1:9", admin_token=token)
+    assert message in str(err.value) and token.strip() not in str(err.value)
+    with pytest.raises(ConfigError, match="admin_token: must be"):  # a token is checked even if unused yet
+        _router(admin_token=token)
+
+
+def test_admin_limits_leave_operators_room() -> None:
+    from eagleeye.router import config as router_config
+    from eagleeye.router.adminaccess import MAX_ANONYMOUS_STREAMS, AdminLimits
+
+    cfg = router_config.load(None, {"primary": "127.0.0.1:1", "standby": "127.0.0.1:2"})
+    assert cfg.admin_limits() == AdminLimits()
+    assert ADMIN_TOKEN not in repr(router_config.load(None, {"primary": "127.0.0.1:1", "standby": "127.0.0.1:2",
+                                                           "admin_token": ADMIN_TOKEN}))
+    _router(admin_max_anonymous_streams=0)  # event streams need the token
+    _router(admin_max_anonymous_streams=MAX_ANONYMOUS_STREAMS)
+    too_many = MAX_ANONYMOUS_STREAMS + 1
+    with pytest.raises(ConfigError, match=rf"admin_max_anonymous_streams={too_many}: must be in \[0, {too_many - 1}\]"):
+        _router(admin_max_anonymous_streams=too_many)
+    with pytest.raises(ConfigError, match="admin_max_anonymous_streams_per_peer=0: must be >= 1"):
+        _router(admin_max_anonymous_streams_per_peer=0)
 
 
 def test_fault_injection_only_from_the_flag_and_only_on_loopback(tmp_path: Path) -> None:
@@ -224,8 +258,8 @@ def test_every_setting_has_one_variable_and_the_router_reads_them() -> None:
     cfg = router_config.load(None, {"listen": "127.0.0.1:0"},
                              {"EAGLEEYE_PRIMARY": "127.0.0.1:1", "EAGLEEYE_STANDBY": "127.0.0.1:2",
                               "EAGLEEYE_WEIGHTS": "90,10", "EAGLEEYE_ADMIN_LISTEN": "127.0.0.1:9",
-                              "EAGLEEYE_ADMIN_TOKEN": "secret"})
-    assert cfg.weights == (90.0, 10.0) and cfg.admin_token == "secret" and cfg.primary == "127.0.0.1:1"
+                              "EAGLEEYE_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert cfg.weights == (90.0, 10.0) and cfg.admin_token == ADMIN_TOKEN and cfg.primary == "127.0.0.1:1"
 
 
 def test_a_worker_started_with_a_bad_variable_says_which_and_exits_2() -> None:

@@ -54,7 +54,8 @@ HEALTH_PORTS = {DETECTOR_PORT: 50061, ROUTER_PORT: 50060}  # the plaintext --hea
 ADMIN_PORT = 50059
 ADMIN_ACCESS_LABEL = {"eagleeye.io/admin-access": "true"}
 # What compose refuses to start without; values used by the tests.
-REQUIRED_ENV = {"EAGLEEYE_ADMIN_TOKEN": "test-admin-token", "GRAFANA_ADMIN_PASSWORD": "test-grafana-password"}
+REQUIRED_ENV = {"EAGLEEYE_ADMIN_TOKEN": "test-admin-token-0123456789abcdef",  # 32 bytes or more, as the router wants
+                "GRAFANA_ADMIN_PASSWORD": "test-grafana-password"}
 
 
 def setup_id(files: tuple[Path, ...]) -> str:

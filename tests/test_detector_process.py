@@ -104,6 +104,28 @@ async def test_detections_match_the_scene(channel: grpc.aio.Channel) -> None:
             assert abs(x - tx) <= 8
 
 
+async def test_a_sideways_phone_jpeg_is_answered_in_upright_coordinates(channel: grpc.aio.Channel) -> None:
+    upright = make_scene(123_456_789, size=(320, 240)).image
+    # Stored as a phone held sideways writes it: turned a quarter, EXIF Orientation 6 to undo it.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(upright[:, ::-1].transpose(1, 0, 2))).save(
+        buf, format="JPEG", quality=95, exif=exif.tobytes())
+    stub = pb_grpc.DetectorStub(channel)
+    sideways = await stub.Detect(pb.DetectRequest(encoded=buf.getvalue(), score_threshold=0.5), timeout=10)
+    plain = await stub.Detect(pb.DetectRequest(encoded=encode_jpeg(upright, quality=95), score_threshold=0.5),
+                              timeout=10)
+    assert (sideways.image_width, sideways.image_height) == (plain.image_width, plain.image_height) == (320, 240)
+
+    def boxes(resp: pb.DetectResponse) -> list[tuple[int, float, float, float, float]]:
+        return sorted((d.class_id, d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max) for d in resp.detections)
+
+    assert plain.detections and [b[0] for b in boxes(sideways)] == [b[0] for b in boxes(plain)]
+    for turned, straight in zip(boxes(sideways), boxes(plain)):
+        assert turned[1:] == pytest.approx(straight[1:], abs=4)
+
+
 async def test_detect_cli(worker: Proc, channel: grpc.aio.Channel, tmp_path: Path) -> None:
     img = tmp_path / "frame.jpg"
     img.write_bytes(encode_jpeg(make_scene(5, size=(320, 240)).image))

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from eagleeye.detector.imaging import (
     ImageError,
     ImageLimits,
     decode_encoded,
+    decode_encoded_to_fit,
     decode_raw,
     letterbox,
+    quiet_pil_warnings,
     use_pil_guard,
 )
 from eagleeye.scenes import encode_jpeg, encode_png
@@ -45,11 +48,41 @@ def test_bad_encoded_images_are_refused_with_a_reason(data: bytes, too_large: bo
     assert message in str(err.value)
 
 
-def test_other_formats_are_refused() -> None:
+def _saved(fmt: str) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(IMG).save(buf, format="BMP")
-    with pytest.raises(ImageError, match="BMP is not supported"):
-        decode_encoded(buf.getvalue(), LIMITS)
+    Image.fromarray(IMG).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# Bodies in formats PIL could read but the API does not accept, and what the refusal calls them.
+OTHER_FORMATS = {
+    "TIFF": (_saved("TIFF"), "(they look like TIFF)"),
+    "GIF": (_saved("GIF"), "(they look like GIF)"),
+    "BMP": (_saved("BMP"), "(they look like BMP)"),
+    "WebP": (_saved("WEBP"), "(they look like WebP)"),
+    "PPM": (_saved("PPM"), "file; the accepted"),
+    "EPS": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 48\n%%EndComments\n", "(they look like PostScript/EPS)"),
+    "PSD": (b"8BPS\0\x01" + b"\0" * 6 + b"\0\x03\0\0\0\x30\0\0\0\x40\0\x08\0\x03", "(they look like PSD)"),
+    "HEIC": (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "(they look like HEIC)"),
+}
+
+
+@pytest.mark.parametrize(("data", "named"), OTHER_FORMATS.values(), ids=OTHER_FORMATS.keys())
+def test_other_formats_are_refused_naming_the_accepted_ones(
+        data: bytes, named: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.init()  # every plugin registered, so that a parser that ran would be one of those fenced off
+
+    def fenced(*args: object) -> bool:
+        raise AssertionError("a parser other than JPEG's or PNG's read the bytes")
+
+    monkeypatch.setattr(Image, "OPEN", {name: opener if name in ("JPEG", "PNG") else (fenced, fenced)
+                                        for name, opener in Image.OPEN.items()})
+    with pytest.raises(ImageError) as err:
+        decode_encoded(data, LIMITS)
+    assert not err.value.too_large
+    assert str(err.value).startswith("image bytes are not a JPEG or PNG file")
+    assert named in str(err.value)
+    assert str(err.value).endswith("the accepted formats are JPEG and PNG (or RGB pixels in image.raw)")
 
 
 @pytest.mark.parametrize("encode", [encode_png, encode_jpeg])
@@ -62,6 +95,107 @@ def test_grey_png_becomes_rgb() -> None:
     buf = io.BytesIO()
     Image.new("L", (10, 7), 200).save(buf, format="PNG")
     assert decode_encoded(buf.getvalue(), LIMITS).shape == (7, 10, 3)
+
+
+# An upright 64 x 48 picture with a white block at its top-left corner and a red one at its top-right:
+# the two blocks tell every one of the eight orientations apart.
+UPRIGHT = np.zeros((48, 64, 3), np.uint8)
+UPRIGHT[:16, :16] = 255
+UPRIGHT[:16, -16:] = (255, 0, 0)
+
+# EXIF Orientation: how the stored pixels are laid out, in the words of the EXIF standard ("row 0 is
+# the visual top, column 0 the visual left"), as the stored array made from the upright one.
+STORED: dict[int, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
+    1: ("row 0 top, column 0 left", lambda u: u),
+    2: ("row 0 top, column 0 right", lambda u: u[:, ::-1]),
+    3: ("row 0 bottom, column 0 right", lambda u: u[::-1, ::-1]),
+    4: ("row 0 bottom, column 0 left", lambda u: u[::-1, :]),
+    5: ("row 0 left, column 0 top", lambda u: u.transpose(1, 0, 2)),
+    6: ("row 0 right, column 0 top", lambda u: u[:, ::-1].transpose(1, 0, 2)),
+    7: ("row 0 right, column 0 bottom", lambda u: u[::-1, ::-1].transpose(1, 0, 2)),
+    8: ("row 0 left, column 0 bottom", lambda u: u[::-1, :].transpose(1, 0, 2)),
+}
+
+
+def _jpeg(pixels: np.ndarray, orientation: int | None = None, exif: bytes | None = None) -> bytes:
+    buf = io.BytesIO()
+    tags = Image.Exif()
+    if orientation is not None:
+        tags[ExifTags.Base.Orientation] = orientation
+    Image.fromarray(np.ascontiguousarray(pixels)).save(
+        buf, format="JPEG", quality=95, subsampling=0, exif=exif if exif is not None else tags.tobytes())
+    return buf.getvalue()
+
+
+def _corners(image: np.ndarray) -> list[tuple[int, ...]]:
+    """Mean colour of the four 16 x 16 corners (top-left, top-right, bottom-left, bottom-right), rounded."""
+    return [tuple(85 * round(float(c) / 85) for c in image[rows, cols].reshape(-1, 3).mean(axis=0))
+            for rows in (slice(0, 16), slice(-16, None)) for cols in (slice(0, 16), slice(-16, None))]
+
+
+UPRIGHT_CORNERS = [(255, 255, 255), (255, 0, 0), (0, 0, 0), (0, 0, 0)]
+
+
+@pytest.mark.parametrize("orientation", STORED.keys(), ids=[f"{o}: {w}" for o, (w, _) in STORED.items()])
+def test_a_jpeg_is_turned_upright_by_its_exif_orientation(orientation: int) -> None:
+    stored = STORED[orientation][1](UPRIGHT)
+    assert stored.shape == ((64, 48, 3) if orientation >= 5 else (48, 64, 3))
+    assert _corners(stored) != UPRIGHT_CORNERS or orientation == 1  # the file really is turned
+    out = decode_encoded(_jpeg(stored, orientation), LIMITS)
+    assert out.shape == (48, 64, 3)
+    assert _corners(out) == UPRIGHT_CORNERS
+
+
+TURNED_AS_STORED = {
+    "no EXIF": _jpeg(UPRIGHT, exif=b""),
+    "EXIF without Orientation": _jpeg(UPRIGHT),
+    "Orientation 0 (not a valid value)": _jpeg(UPRIGHT, 0),
+    "Orientation 9 (not a valid value)": _jpeg(UPRIGHT, 9),
+    "broken EXIF": _jpeg(UPRIGHT, exif=b"Exif\0\0MM\0*\0\0\0\x08\0\x05\x01\x12\0\x03"),
+    "EXIF that is not TIFF data": _jpeg(UPRIGHT, exif=b"Exif\0\0garbage"),
+}
+
+
+@pytest.mark.parametrize("data", TURNED_AS_STORED.values(), ids=TURNED_AS_STORED.keys())
+def test_a_jpeg_without_a_valid_orientation_is_used_as_stored_without_a_word(data: bytes) -> None:
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")  # anything the worker's filters let through is seen
+        quiet_pil_warnings()  # in front, as in the worker (pytest gives each test its own filters)
+        out = decode_encoded(data, LIMITS)
+    assert out.shape == (48, 64, 3) and _corners(out) == UPRIGHT_CORNERS
+    assert [str(w.message) for w in said] == []  # nothing on stderr to break the JSON log lines
+
+
+def test_a_png_is_used_as_stored_whatever_its_exif_says() -> None:
+    tags = Image.Exif()
+    tags[ExifTags.Base.Orientation] = 6
+    buf = io.BytesIO()
+    Image.fromarray(UPRIGHT).save(buf, format="PNG", exif=tags.tobytes())
+    assert (decode_encoded(buf.getvalue(), LIMITS) == UPRIGHT).all()
+
+
+def test_a_multi_picture_jpeg_from_a_phone_decodes_its_first_picture_upright() -> None:
+    first, second = (Image.fromarray(np.ascontiguousarray(STORED[6][1](UPRIGHT))),
+                     Image.new("RGB", (48, 64), (0, 0, 255)))
+    tags = Image.Exif()
+    tags[ExifTags.Base.Orientation] = 6
+    buf = io.BytesIO()
+    first.save(buf, format="MPO", save_all=True, append_images=[second], exif=tags.tobytes(), quality=95,
+               subsampling=0)
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    out = decode_encoded(buf.getvalue(), LIMITS)
+    assert out.shape == (48, 64, 3) and _corners(out) == UPRIGHT_CORNERS
+
+
+@pytest.mark.parametrize(("size", "refused"), [((800, 1250), False), ((801, 1250), True)])
+def test_the_pixel_limit_holds_for_a_turned_image(size: tuple[int, int], refused: bool) -> None:
+    data = _jpeg(np.zeros((size[1], size[0], 3), np.uint8), 6)  # stored 800 wide, upright 1250 wide
+    if refused:
+        with pytest.raises(ImageError, match="801x1250 = 1001250 pixels; the limit is 1000000") as err:
+            decode_encoded(data, LIMITS)
+        assert err.value.too_large
+    else:
+        assert decode_encoded(data, LIMITS).shape == (800, 1250, 3)
 
 
 @pytest.mark.parametrize(("data", "w", "h", "too_large", "message"), [
@@ -112,3 +246,22 @@ def test_pils_own_bomb_guard_is_on_at_the_configured_limit(
         decode_encoded(_bomb_png(*size), LIMITS)
     assert err.value.too_large
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_that_still_covers_the_model_input(orientation: int) -> None:
+    rng = np.random.default_rng(3)
+    stored = rng.integers(0, 256, (1000, 2400, 3), dtype=np.uint8)   # 2400 wide, 1000 high as stored
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+    limits = ImageLimits(1 << 24, 1 << 24)
+    full_pixels = decode_encoded(buf.getvalue(), limits)
+    pixels, full = decode_encoded_to_fit(buf.getvalue(), limits, (256, 320))
+    assert full == (full_pixels.shape[1], full_pixels.shape[0])       # the upright image's own size
+    assert pixels.shape[0] < full_pixels.shape[0]                     # decoded smaller ...
+    _, lb = letterbox(pixels, (256, 320), full)
+    _, lb_full = letterbox(full_pixels, (256, 320))
+    assert lb == lb_full                                              # ... and boxes map to the same pixels
+    assert pixels.shape[1] >= round(full[0] * lb.scale) and pixels.shape[0] >= round(full[1] * lb.scale)

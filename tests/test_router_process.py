@@ -28,6 +28,7 @@ from tests.procs import NOT_SERVING, SERVING, check, reflect
 pytestmark = pytest.mark.integration
 
 HOLD_DOWN_S, RAMP_S = 2.0, 2.0
+ADMIN_TOKEN = "s3cret-admin-token-for-the-tests"  # 32 bytes, the least the router accepts
 ROUTER_TOML = f"""
 hold_down_s = {HOLD_DOWN_S}
 ramp_s = {RAMP_S}
@@ -73,7 +74,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     router_cfg = tmp_path / "router.toml"
     router_cfg.write_text(ROUTER_TOML)
     c = LocalCluster(worker_args=["--fault-injection", "--config", fast_config(tmp_path)],
-                     router_args=["--config", str(router_cfg), "--admin-token", "s3cret"])
+                     router_args=["--config", str(router_cfg), "--admin-token", ADMIN_TOKEN])
     try:
         c.wait_normal()
         c.router.forget_events()  # the tests look at what their fault causes, not at start-up
@@ -273,7 +274,7 @@ def test_status_cli_and_admin_actions(cluster: LocalCluster) -> None:
             admin.Switch(rpb.SwitchRequest(to=rpb.BACKEND_STANDBY), timeout=5,
                          metadata=[("authorization", "Bearer nope")])
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        auth = [("authorization", "Bearer s3cret")]
+        auth = [("authorization", f"Bearer {ADMIN_TOKEN}")]
         admin.Switch(rpb.SwitchRequest(to=rpb.BACKEND_STANDBY), timeout=5, metadata=auth)
         cluster.router.wait_for_event("switch", to_state="FAILOVER")
         assert "drained by operator" in switches(cluster)[-1]["reason"]
@@ -307,14 +308,14 @@ async def test_request_defaults_apply_in_their_state_only_and_say_so(cluster: Lo
     assert "eagleeye-request-defaults" not in await detect()  # NORMAL has no defaults
     with grpc.insecure_channel(cluster.admin_address) as ch:
         rpb_grpc.RouterAdminStub(ch).Switch(rpb.SwitchRequest(to=rpb.BACKEND_STANDBY), timeout=5,
-                                            metadata=[("authorization", "Bearer s3cret")])
+                                            metadata=[("authorization", f"Bearer {ADMIN_TOKEN}")])
     await asyncio.to_thread(cluster.router.wait_for_event, "switch", 30, to_state="FAILOVER")
     assert (await detect())["eagleeye-request-defaults"] == "FAILOVER=1"
     assert "eagleeye-request-defaults" not in await detect(score_threshold=0.9)  # the client's own value
     assert (await stream(3))["eagleeye-request-defaults"] == "FAILOVER=3"
 
 
-def admin_cli(cluster: LocalCluster, *args: str, token: str = "s3cret") -> subprocess.CompletedProcess[str]:
+def admin_cli(cluster: LocalCluster, *args: str, token: str = ADMIN_TOKEN) -> subprocess.CompletedProcess[str]:
     import os
 
     return subprocess.run([str(BIN / "eagleeye"), "admin", *args, "--target", cluster.admin_address],

@@ -35,6 +35,7 @@ class FakeFleet:
     usable_set: set[Backend] = field(default_factory=lambda: {P, S})
     wanted: Backend | None = None
     stall: float = 0.2
+    progress: dict[Backend, float] = field(default_factory=dict)   # the backend's last answer to anything
 
     def usable(self, backend: Backend) -> bool:
         return backend in self.usable_set
@@ -44,6 +45,9 @@ class FakeFleet:
 
     def hedge_delay_s(self, backend: Backend) -> float:
         return 0.05
+
+    def progress_at(self, backend: Backend) -> float:
+        return self.progress.get(backend, float("-inf"))
 
     def stall_s(self, backend: Backend) -> float:
         return self.stall
@@ -268,21 +272,25 @@ def test_the_window_is_bounded_in_frames_until_the_client_takes_its_answers() ->
     assert h.core.has_room()
 
 
-def test_the_window_is_bounded_in_bytes_per_stream_and_for_the_router() -> None:
+def test_the_window_is_bounded_in_bytes_per_stream_and_for_the_router_before_a_frame_is_read() -> None:
+    # A frame written to a worker counts twice (the window's copy and gRPC's): 200 bytes hold 400.
     h = started()
-    h.core.on_frame(1, b"x" * 600, 0.0)
-    assert h.core.has_room()
-    h.core.on_frame(2, b"x" * 600, 0.0)
-    assert not h.core.has_room()                     # 1200 of 1000 bytes: one frame past the bound at most
+    h.core.on_frame(1, b"x" * 200, 0.0)
+    assert h.core.has_room()                         # 400 held, and another 400 would fit in 1000
+    h.core.on_frame(2, b"x" * 200, 0.0)
+    assert not h.core.has_room()                     # 800 held: a third frame like them would not fit
     pool = BytePool(1000)
     freed: list[int] = []
     pool.on_freed = lambda: freed.append(pool.used)
     a, b = started(Harness(pool=pool)), started(Harness(pool=pool))
-    a.core.on_frame(1, b"x" * 999, 0.0)
-    b.core.on_frame(1, b"x" * 1, 0.0)
-    assert not b.core.has_room() and not a.core.has_room()
-    a.answer(1, 1)                                   # the 999-byte request is replaced by its 4-byte answer
+    a.core.on_frame(1, b"x" * 490, 0.0)
+    b.core.on_frame(1, b"x" * 6, 0.0)
+    assert pool.used == 992
+    assert not b.core.has_room() and not a.core.has_room()   # no room for another 12 or 980
+    a.answer(1, 1)                                   # the 490-byte request is replaced by its 4-byte answer
     assert b.core.has_room() and freed
+    b.core.on_frame(2, b"x" * 20, 0.0)
+    assert not a.core.has_room()                     # 52 used: a waits for room for a frame like its last
     a.core.release()
     b.core.release()
     assert pool.used == 0
@@ -334,3 +342,75 @@ def test_a_stream_faster_than_its_worker_is_not_read_while_a_frame_waits_for_the
     assert not h.core.has_room()                     # and the client is held back by flow control
     h.answer(1, 1)
     assert h.core.has_room()                         # the waiting frame went to the worker
+
+
+def test_a_leg_waiting_while_its_backend_answers_others_is_load_not_a_stall() -> None:
+    fleet = FakeFleet(stall=0.2)
+    h = started(Harness(fleet))
+    h.send(1)
+    for now in (0.15, 0.3, 0.45, 0.6):          # the backend answers other streams every 0.15 s
+        fleet.progress[P] = now
+        assert h.core.on_timer(now + 0.01) == [], now
+    assert h.core.on_timer(0.79) == []
+    out = h.core.on_timer(0.8)                  # 0.2 s after the backend's last answer: a stall, blamed
+    assert out[:2] == [Close(1), Failed(P, 1)]
+
+
+def test_a_leg_answered_by_nobody_for_leg_stall_s_moves_without_blame() -> None:
+    fleet = FakeFleet(stall=0.2)
+    h = started(Harness(fleet, cfg=StreamConfig(backend_window=4, max_frames=8, max_bytes=1000, leg_stall_s=2.0)))
+    h.send(1)
+    fleet.progress[P] = 1.99                    # the backend answers others, never this stream's frame
+    out = h.core.on_timer(2.0)
+    assert Failed(P, 1) not in out
+    assert out[0] == Close(1) and Open(2, S) in out and Write(2, frame(1)) in out
+
+
+def test_a_large_frame_adds_its_expected_cost_to_the_stall_time() -> None:
+    mib = 1024 * 1024
+    h = started(Harness(FakeFleet(stall=0.2), cfg=StreamConfig(backend_window=4, max_frames=8, max_bytes=64 * mib)))
+    h.core.on_frame(1, b"x" * (6 * mib), 0.0)   # 5 MiB past the first at 0.1 s/MiB: 0.5 s more stall time
+    assert h.core.next_timer() == pytest.approx(0.1)   # the placement check comes first
+    assert h.core.on_timer(0.69) == []
+    assert h.core.on_timer(0.7)[:2] == [Close(1), Failed(P, 1)]
+
+
+def test_a_client_that_does_not_take_its_answers_is_what_the_window_waits_on() -> None:
+    h = started()
+    h.take = False
+    h.send(*range(8))
+    assert not h.core.waiting_on_client()        # the backend holds the frames
+    h.answer(1, 0, 1, 2, 3)
+    h.answer(1, 4, 5, 6, 7)
+    assert h.core.waiting_on_client() and h.core.held() == 8
+
+
+def test_a_draining_router_answers_every_frame_it_read_then_ends_the_stream_unavailable() -> None:
+    h = started()
+    h.send(1, 2, 3)
+    assert h.core.on_drain("reconnect", 0.1) == [EndWrites(1)]   # nothing more for the worker
+    h.answer(1, 1, 2)
+    out = h.answer(1, 3)
+    assert out[-1] == Abort("UNAVAILABLE", "reconnect")
+    assert h.delivered == [answer(1), answer(2), answer(3)]
+
+
+def test_a_client_that_already_half_closed_gets_its_ok_end_when_the_router_drains() -> None:
+    h = started()
+    h.send(1)
+    h.core.on_client_end(0.0)
+    h.core.on_drain("reconnect", 0.1)
+    assert h.answer(1, 1)[-1] == Finish()
+
+
+def test_a_first_frame_needs_room_for_the_reserve_and_an_empty_pool_always_has_room() -> None:
+    pool = BytePool(1000)
+    cfg = StreamConfig(backend_window=4, max_frames=8, max_bytes=1000, min_frame_reserve=600)
+    a, b = started(Harness(pool=pool, cfg=cfg)), started(Harness(pool=pool, cfg=cfg))
+    assert a.core.has_room() and b.core.has_room()
+    a.core.on_frame(1, b"x" * 250, 0.0)
+    assert not b.core.has_room()                      # 500 used + a first frame's 2 x 600 > 1000
+    a.answer(1, 1)
+    assert b.core.has_room()
+    big = started(Harness(pool=BytePool(100), cfg=cfg))
+    assert big.core.has_room()                        # a reserve larger than the pool: not stuck for ever

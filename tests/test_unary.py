@@ -23,6 +23,7 @@ def approx(x: float) -> float:
 class FakeFleet:
     usable_set: set[Backend] = field(default_factory=lambda: {P, S})
     hedge: float = 0.05
+    progress: dict[Backend, float] = field(default_factory=dict)   # the backend's last answer to anything
 
     def usable(self, backend: Backend) -> bool:
         return backend in self.usable_set
@@ -32,6 +33,9 @@ class FakeFleet:
 
     def hedge_delay_s(self, backend: Backend) -> float:
         return self.hedge
+
+    def progress_at(self, backend: Backend) -> float:
+        return self.progress.get(backend, float("-inf"))
 
     def stall_s(self, backend: Backend) -> float:
         return 1.0
@@ -78,12 +82,13 @@ CASES: dict[str, tuple[FakeFleet, list[Step]]] = {
         (0.05, "timer", [Send(1, S, "hedge")]),
         (0.06, (0, FINAL), [Cancel(1), Observe(P, True), Reply(0)]),
     ]),
-    "a full queue is tried on the other worker, without blaming the first": (FakeFleet(), [
-        (0.01, (0, OVERLOADED), [Send(1, S, "retry")]),
+    "a full queue is tried on the other worker, without blaming the first (it answered: progress)": (
+        FakeFleet(), [
+        (0.01, (0, OVERLOADED), [Observe(P, True), Send(1, S, "retry")]),
         (0.02, (1, OK), [Observe(S, True, approx(0.01)), Reply(1)]),
     ]),
     "a full queue with no other worker: the caller gets RESOURCE_EXHAUSTED": (FakeFleet({P}), [
-        (0.01, (0, OVERLOADED), [Reply(0)]),
+        (0.01, (0, OVERLOADED), [Observe(P, True), Reply(0)]),
     ]),
     "a failure while the hedge runs: wait for the hedge": (FakeFleet(), [
         (0.05, "timer", [Send(1, S, "hedge")]),
@@ -100,6 +105,19 @@ CASES: dict[str, tuple[FakeFleet, list[Step]]] = {
     "the other backend becomes usable only later: per-try timeout then retry": (FakeFleet({P}), [
         (0.05, "timer", []),
     ]),
+    "a hedge overtook a backend that answered other calls meanwhile: busy, not failing, no blame": (
+        FakeFleet(progress={P: 0.03}), [
+            (0.05, "timer", [Send(1, S, "hedge")]),
+            (0.07, (1, OK), [Cancel(0), Observe(S, True, approx(0.02)), Reply(1)]),
+        ]),
+    "a per-try timeout on a backend that answered other calls meanwhile: retried elsewhere, no blame": (
+        FakeFleet(hedge=5.0, progress={P: 0.5}), [
+            (1.0, "timer", [Cancel(0), Send(1, S, "retry")]),
+        ]),
+    "a per-try timeout on a backend silent since the try began: blamed": (
+        FakeFleet(hedge=5.0, progress={P: -1.0}), [
+            (1.0, "timer", [Cancel(0), Observe(P, False), Send(1, S, "retry")]),
+        ]),
     "the caller's deadline passes while the backend reports DEADLINE_EXCEEDED: not the backend's fault": (
         FakeFleet(), [
             (0.05, "timer", [Send(1, S, "hedge")]),
@@ -162,3 +180,18 @@ def test_the_budget_grows_with_traffic_and_forgets_old_spending() -> None:
     for i in range(100):
         budget.note_call(15.0 + i * 0.01)      # the first 100 calls and their extras left the window
     assert sum(budget.try_spend(16.0) for _ in range(20)) == 10
+
+
+@pytest.mark.parametrize(("size", "hedge_at", "per_try_at"), [
+    (0, 0.05, 1.0),                       # a small frame: the backend's own timers
+    (1024 * 1024, 0.05, 1.0),             # up to 1 MiB: the learned timers cover it
+    (11 * 1024 * 1024, 1.05, 2.0),        # 10 MiB more at 0.1 s/MiB: one more second for both
+])
+def test_a_requests_size_adds_its_expected_cost_to_the_hedge_delay_and_per_try_timeout(
+        size: int, hedge_at: float, per_try_at: float) -> None:
+    c = UnaryCall(UnaryConfig(per_try_timeout_s=1.0), FakeFleet(), RetryBudget(BudgetConfig()), 30.0, size=size)
+    c.start(P, 0.0)
+    assert c.next_timer() == approx(hedge_at)
+    assert c.on_timer(hedge_at - 0.001) == []
+    assert c.on_timer(hedge_at) == [Send(1, S, "hedge")]
+    assert c.next_timer() == approx(per_try_at)

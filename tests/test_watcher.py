@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import pytest
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from eagleeye.common.health import HealthServicer
 from eagleeye.router.config import RouterConfig
-from eagleeye.router.watcher import BackendWatcher, backend_channel
+from eagleeye.router.watcher import BackendStatus, BackendWatcher, WatchEnd, backend_channel, watch_end
+from tests.procs import HealthWatch
 
 CFG = RouterConfig(primary="127.0.0.1:1", standby="127.0.0.1:2", check_failures=2, eject_after_failures=3)
 
@@ -142,3 +144,117 @@ async def test_stop_returns_even_when_it_lands_as_a_check_is_answered(steps: int
     async with asyncio.timeout(5):
         await w.stop()
     await w.channel.close()
+
+
+@pytest.mark.parametrize(("code", "received", "end"), [
+    ("RESOURCE_EXHAUSTED", False, WatchEnd.REFUSED),  # the worker's Watch slots are taken
+    ("UNIMPLEMENTED", False, WatchEnd.REFUSED),       # a server without Watch
+    ("RESOURCE_EXHAUSTED", True, WatchEnd.BROKEN),    # it had delivered: a stream that broke off
+    ("UNIMPLEMENTED", True, WatchEnd.BROKEN),
+    ("UNAVAILABLE", False, WatchEnd.BROKEN),          # connection refused: nobody there
+    ("UNAVAILABLE", True, WatchEnd.BROKEN),           # connection lost
+    ("DEADLINE_EXCEEDED", False, WatchEnd.BROKEN),
+    ("CANCELLED", True, WatchEnd.BROKEN),
+    ("INTERNAL", False, WatchEnd.BROKEN),
+    ("UNKNOWN", True, WatchEnd.BROKEN),
+    ("", True, WatchEnd.BROKEN),                      # the server ended the stream
+    ("", False, WatchEnd.BROKEN),
+])
+def test_only_a_watch_refused_at_the_start_is_not_a_failure(code: str, received: bool, end: WatchEnd) -> None:
+    assert watch_end(code, received) is end
+
+
+S, N = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+LIVE = BackendStatus(watch_connected=True)
+DOWN = BackendStatus(watch_error="UNAVAILABLE: failed to connect")
+REFUSED = BackendStatus(watch_refused="RESOURCE_EXHAUSTED", watch_error="RESOURCE_EXHAUSTED: too many Watch streams")
+
+
+@pytest.mark.parametrize(("status", "ready", "headroom", "reason"), [
+    # Watch delivering: it decides readiness; a Check's answer does not.
+    (replace(LIVE, ready_status=S, check_ready_status=S), True, True, ""),
+    (replace(LIVE, ready_status=N, check_ready_status=S), False, True, "readiness NOT_SERVING"),
+    (replace(LIVE, ready_status=S, headroom_status=N), True, False, "headroom NOT_SERVING"),
+    # Watch broken (not refused): unknown at once, however many Checks succeeded before.
+    (replace(DOWN, check_ready_status=S, healthy_checks=176), False, True, "Watch stream down (UNAVAILABLE"),
+    (BackendStatus(check_ready_status=S, healthy_checks=176), False, True, "Watch stream down (connecting)"),
+    # Watch refused: the Checks decide, and the reason says so even when ready.
+    (replace(REFUSED, check_ready_status=S, healthy_checks=176), True, True,
+     "Watch refused (RESOURCE_EXHAUSTED): status from Checks"),
+    (BackendStatus(watch_refused="UNIMPLEMENTED", check_ready_status=S), True, True,
+     "Watch refused (UNIMPLEMENTED): status from Checks"),
+    (replace(REFUSED, check_ready_status=N), False, True,
+     "Watch refused (RESOURCE_EXHAUSTED): status from Checks; readiness NOT_SERVING"),
+    (REFUSED, False, True, "Watch refused (RESOURCE_EXHAUSTED): status from Checks; no Check answered"),
+    (replace(REFUSED, check_ready_status=S, check_failures=1, check_error="DEADLINE_EXCEEDED"), True, True,
+     "Watch refused"),  # one failure may be noise, as with a Watch
+    (replace(REFUSED, check_ready_status=S, check_failures=2, check_error="DEADLINE_EXCEEDED"), False, True,
+     "2 Checks failed in a row (DEADLINE_EXCEEDED)"),
+    (replace(REFUSED, headroom_refused="RESOURCE_EXHAUSTED", check_ready_status=S, headroom_status=N),
+     True, False, "headroom NOT_SERVING; Watch refused (RESOURCE_EXHAUSTED): status from Checks"),
+    (replace(REFUSED, check_ready_status=S, drained=True), False, True, "drained by operator"),
+])
+async def test_the_view_from_watch_and_checks(status: BackendStatus, ready: bool, headroom: bool, reason: str) -> None:
+    w = BackendWatcher("primary", "127.0.0.1:1", backend_channel("127.0.0.1:1", CFG), CFG)
+    w.status = replace(status)  # view() notes been_ready in the status
+    view = w.view()
+    await w.channel.close()
+    assert (view.ready, view.headroom) == (ready, headroom), view.reason
+    assert view.reason.startswith(reason) if reason else view.reason == ""
+
+
+@pytest.fixture
+async def crowded() -> AsyncIterator[tuple[Backend, grpc.aio.Channel]]:
+    """A worker-like health server whose two Watch slots another client holds before the watcher starts."""
+    server = grpc.aio.server()
+    health = HealthServicer(max_watchers=2, max_per_peer=10)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health.set("readiness", S)
+    await health.set("headroom", S)
+    address = f"127.0.0.1:{port}"
+    other = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    holders = [HealthWatch(other, "readiness") for _ in range(2)]
+    for h in holders:
+        await h.wait_for(S, 10)
+    changes = asyncio.Event()
+    watcher = BackendWatcher("primary", address, backend_channel(address, CFG), CFG, changes.set)
+    yield Backend(server, health, watcher, changes), other
+    await watcher.stop()
+    await watcher.channel.close()
+    await other.close()
+    await server.stop(None)
+
+
+async def test_a_refused_watch_leaves_readiness_and_headroom_to_checks_until_a_watch_is_accepted(
+        crowded: tuple[Backend, grpc.aio.Channel]) -> None:
+    b, other = crowded
+    w = b.watcher
+    w.start()
+    await until(b, lambda: w.status.watch_refused and w.status.headroom_refused and w.view().ready)
+    assert w.view().reason == "Watch refused (RESOURCE_EXHAUSTED): status from Checks"
+    await b.health.set("headroom", N)  # learned by a Check on the headroom name
+    await until(b, lambda: not w.view().headroom)
+    assert w.view().ready
+    await b.health.set("readiness", N)
+    await until(b, lambda: not w.view().ready)
+    assert "readiness NOT_SERVING" in w.view().reason
+    await b.health.set("readiness", S)
+    await b.health.set("headroom", S)
+    await until(b, lambda: w.view().ready and w.view().headroom)
+    assert w.status.watch_refused  # all the while the Watch is retried and refused
+    await other.close()  # the other client goes: the next retries get their streams
+    await until(b, lambda: w.status.watch_connected and not w.status.headroom_refused)
+    assert w.view().ready and w.view().reason == ""
+
+
+async def test_a_refused_watch_does_not_hide_a_dead_worker(crowded: tuple[Backend, grpc.aio.Channel]) -> None:
+    b, _ = crowded
+    w = b.watcher
+    w.start()
+    await until(b, lambda: w.status.watch_refused and w.view().ready)
+    await b.server.stop(None)
+    # The retried Watch now fails to connect: unknown at once, although the last Check said SERVING.
+    await until(b, lambda: "Watch stream down" in w.view().reason)
+    assert not w.view().ready and not w.status.watch_refused

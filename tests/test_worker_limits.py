@@ -357,7 +357,8 @@ CLIENT_ERRORS = [
     (pb.DetectRequest(encoded=SMALL_PNG, score_threshold=1.5), grpc.StatusCode.INVALID_ARGUMENT,
      "score_threshold 1.5 is outside [0, 1]"),
     (pb.DetectRequest(encoded=b"GIF89a not really"), grpc.StatusCode.INVALID_ARGUMENT,
-     "image bytes are not a JPEG or PNG file"),
+     "image bytes are not a JPEG or PNG file (they look like GIF); the accepted formats are JPEG and PNG "
+     "(or RGB pixels in image.raw)"),
     (pb.DetectRequest(), grpc.StatusCode.INVALID_ARGUMENT,
      "request has no image: set `encoded` (JPEG/PNG bytes) or `raw` (RGB pixels)"),
 ]

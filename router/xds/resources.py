@@ -1,4 +1,5 @@
-"""Zero-hop mode, the pure part: the router's decision as xDS resources, and one ADS stream's protocol.
+"""Zero-hop mode, the pure part: the router's decision as xDS resources (router/xds/session.py speaks
+the ADS protocol of one stream with them).
 
 gRPC clients that speak xDS (grpcio, grpc-go, grpc-java, grpc-c++: "proxyless gRPC") take the routing
 decision from the router and call the workers directly. What they get mirrors what drives the proxy:
@@ -17,16 +18,15 @@ workers differently (the router's network is not theirs), so both backends are o
 UNKNOWN and equal weights, and the clients' connectivity decides (a proxy in that state can only
 refuse). A drained backend stays DRAINING in every state: that is the operator's word.
 
-`AdsSession` is the state-of-the-world ADS protocol for one client stream: what to send when a
-request or a new snapshot arrives, ACKs and NACKs. A client gets nothing until the router has a
-snapshot (its view of the workers settled), so it never sees an empty or partial state.
+A client gets nothing until the router has a snapshot (its view of the workers settled), so it
+never sees an empty or partial state.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
@@ -145,78 +145,3 @@ def _version(resources: Mapping[str, any_pb2.Any]) -> str:
         h.update(n.encode())
         h.update(resources[n].SerializeToString(deterministic=True))
     return h.hexdigest()[:12]
-
-
-# -- one ADS stream ----------------------------------------------------------------------------------
-
-
-@dataclass
-class TypeState:
-    """One resource type on one stream: what the client asked for, was sent, and accepted."""
-
-    names: frozenset[str] = frozenset()   # empty: every listener or cluster (a wildcard); no assignment
-    subscribed: bool = False
-    sent_version: str = ""
-    sent_nonce: str = ""
-    acked_version: str = ""
-    nack: str = ""                        # the client's reason, while it refuses the last version sent
-
-
-@dataclass
-class AdsSession:
-    """State of the world ADS for one client stream. Feed it requests and snapshots; send what it returns."""
-
-    node_id: str = ""
-    user_agent: str = ""
-    types: dict[str, TypeState] = field(default_factory=dict)
-    snapshot: Snapshot | None = None
-    nacks: int = 0
-    _nonce: int = 0
-
-    def on_request(self, req: x.DiscoveryRequest) -> tuple[list[x.DiscoveryResponse], str | None]:
-        """What to send for a client's request, and a NACK's reason (None for anything else)."""
-        if req.HasField("node") and not self.node_id:  # sent on a stream's first request only
-            self.node_id = req.node.id
-            self.user_agent = f"{req.node.user_agent_name} {req.node.user_agent_version}".strip()
-        if req.type_url not in TYPES:
-            return [], None  # a type we do not serve (e.g. RouteConfiguration: routes are inline)
-        ts = self.types.setdefault(req.type_url, TypeState())
-        if req.response_nonce and req.response_nonce != ts.sent_nonce:
-            return [], None  # answers an older response; the newer one is on its way or answered
-        nack: str | None = None
-        if req.response_nonce:
-            if req.HasField("error_detail") and (req.error_detail.code or req.error_detail.message):
-                nack = ts.nack = req.error_detail.message or f"code {req.error_detail.code}"
-                self.nacks += 1
-            else:
-                ts.acked_version, ts.nack = req.version_info, ""
-        names = frozenset(req.resource_names)
-        changed = not ts.subscribed or names != ts.names
-        ts.names, ts.subscribed = names, True
-        if changed or (self.snapshot is not None and ts.sent_version != self.snapshot.versions[req.type_url]
-                       and nack is None):
-            return self._send(req.type_url), nack
-        return [], nack
-
-    def on_snapshot(self, snapshot: Snapshot) -> list[x.DiscoveryResponse]:
-        """A new decision: send each subscribed type whose content changed."""
-        self.snapshot = snapshot
-        out: list[x.DiscoveryResponse] = []
-        for type_url, ts in self.types.items():
-            if ts.subscribed and ts.sent_version != snapshot.versions[type_url]:
-                out += self._send(type_url)
-        return out
-
-    def _send(self, type_url: str) -> list[x.DiscoveryResponse]:
-        if self.snapshot is None:
-            return []  # nothing known yet: the client waits rather than see an empty state
-        ts = self.types[type_url]
-        available = self.snapshot.resources[type_url]
-        if ts.names:
-            wanted: Iterable[str] = sorted(n for n in ts.names if n in available)
-        else:  # a wildcard for listeners and clusters; for assignments, no names means none wanted
-            wanted = [] if type_url == ENDPOINTS else sorted(available)
-        self._nonce += 1
-        ts.sent_version, ts.sent_nonce = self.snapshot.versions[type_url], str(self._nonce)
-        return [x.DiscoveryResponse(version_info=ts.sent_version, type_url=type_url, nonce=ts.sent_nonce,
-                                    resources=[available[n] for n in wanted])]

@@ -1,8 +1,10 @@
 """Zero-hop mode, the shell: the ADS service on --xds-listen, fed by the controller's decisions.
 
 After every re-evaluation of the policy the snapshot is rebuilt (router.xds.build, cheap) and, when a
-type's content changed, pushed to every connected client at once. A client that does not read its
-stream holds no queue here: it is sent the latest state when it reads again (pushes coalesce).
+type's content changed, pushed to every connected client at once. Each stream has a reader, which
+takes the client's requests as they come and keeps none, and a writer, which writes one response at a
+time, built when it is written (router/xds/session.py): a client that does not read holds no queue
+here, whatever it writes; it is sent the latest state when it reads again (pushes coalesce).
 Backend host names are resolved to IP addresses here (xDS clients take endpoints as addresses),
 every `RESOLVE_INTERVAL_S` and whenever a backend's readiness changes.
 """
@@ -23,9 +25,11 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from eagleeye.common.cli import parse_host_port
 from eagleeye.common.logs import event
+from eagleeye.common.printable import printable
 from eagleeye.router.controller import Controller
 from eagleeye.router.fleet import Backend
 from eagleeye.router.xds import resources as xds
+from eagleeye.router.xds.session import AdsSession
 from eagleeye.router.xds.v3 import xds_pb2 as x
 
 log = logging.getLogger("eagleeye.xds")
@@ -41,7 +45,7 @@ class ClientInfo:
     """One connected xDS client, as `eagleeye status` and the metrics show it."""
 
     peer: str
-    session: xds.AdsSession
+    session: AdsSession
     connected_unix: float
 
 
@@ -162,49 +166,60 @@ class XdsPublisher:
         if len(self.clients) >= self._max_clients:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"control plane busy: {self._max_clients} xDS clients connected (xds_max_clients)")
-        session = xds.AdsSession()
+        session = AdsSession()
         info = ClientInfo(context.peer(), session, time.time())
         key = id(info)
         self.clients[key] = info
         wake = asyncio.Event()
         self._wakers.add(wake)
-        replies: collections.deque[x.DiscoveryResponse] = collections.deque()
-        reader = asyncio.create_task(self._read(requests, session, replies, wake))
+        reader = asyncio.create_task(self._read(requests, session, info, wake))
         try:
-            while True:
-                while replies:
-                    yield self._count(replies.popleft())
-                if reader.done():
-                    return
-                if self.snapshot is not None and self.snapshot is not session.snapshot:
-                    for r in session.on_snapshot(self.snapshot):
-                        yield self._count(r)
+            while not reader.done():  # the client's requests ended, or one broke a limit
+                wake.clear()  # then check, then wait: a wake from here on is not lost
+                self._sync(session)
+                response = session.next_response()
+                if response is None:
+                    await wake.wait()
                     continue
-                wake.clear()
-                await wake.wait()
+                # Waits while the client does not read; meanwhile requests and snapshots only change what
+                # is due next, so nothing piles up here (one response in gRPC's hands at most).
+                yield self._count(response)
+            refused = "" if reader.cancelled() or reader.exception() is not None else reader.result()
+            if refused:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         finally:
             reader.cancel()
             self._wakers.discard(wake)
             del self.clients[key]
-            event(log, "xds client gone", node=session.node_id, peer=info.peer)
+            event(log, "xds client gone", node=session.node_id, peer=info.peer, nacks=session.nacks)
 
-    async def _read(self, requests: AsyncIterator[x.DiscoveryRequest], session: xds.AdsSession,
-                    replies: collections.deque[x.DiscoveryResponse], wake: asyncio.Event) -> None:
+    def _sync(self, session: AdsSession) -> None:
+        if self.snapshot is not None and self.snapshot is not session.snapshot:
+            session.on_snapshot(self.snapshot)
+
+    async def _read(self, requests: AsyncIterator[x.DiscoveryRequest], session: AdsSession, info: ClientInfo,
+                    wake: asyncio.Event) -> str:
+        """Take the client's requests as they come (none is kept); why the stream must end, or ""."""
         try:
             first = True
             async for req in requests:
-                if session.snapshot is None and self.snapshot is not None:
-                    session.snapshot = self.snapshot
-                out, nack = session.on_request(req)
+                outcome = session.on_request(req, self._clock())
                 if first:
                     first = False
-                    event(log, "xds client", node=session.node_id, user_agent=session.user_agent)
-                if nack is not None:
+                    event(log, "xds client", node=session.node_id, user_agent=session.user_agent, peer=info.peer)
+                if outcome.nack is not None:
                     self.nacks += 1
+                if outcome.log_nack:
                     event(log, "xds nack", logging.WARNING, node=session.node_id, type=xds.SHORT[req.type_url],
-                          version=req.version_info, error=nack)
-                replies.extend(out)
-                wake.set()
+                          version=printable(req.version_info), error=outcome.nack, suppressed=outcome.suppressed)
+                if outcome.refused:
+                    event(log, "xds client refused", logging.WARNING, node=session.node_id, peer=info.peer,
+                          reason=outcome.refused)
+                    return outcome.refused
+                self._sync(session)
+                if session.due():
+                    wake.set()
+            return ""
         finally:
             wake.set()
 

@@ -14,8 +14,9 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from eagleeye.common import grpcopts, settings, telemetry
+from eagleeye.common.admission import Slots
 from eagleeye.common.cli import OneLineParser, parse_host_port, probe_bind, run_service
-from eagleeye.common.grpcguard import guarded
+from eagleeye.common.grpcguard import CallAdmission, guarded
 from eagleeye.common.health import HealthServicer
 from eagleeye.common.logs import LOG_FORMATS, event
 from eagleeye.common.looplag import LoopLagMonitor
@@ -25,7 +26,7 @@ from eagleeye.common.serving import HEALTH_SERVICE, add_listener, health_server,
 from eagleeye.common.tls import ServerTls
 from eagleeye.router import config as config_mod
 from eagleeye.router.admin import AdminServicer
-from eagleeye.router.adminaccess import ADMIN_MAX_CALLS
+from eagleeye.router.adminaccess import ADMIN_MAX_CALLS, ADMIN_MAX_CALLS_PER_PEER, ADMIN_REQUEST_TIMEOUT_S
 from eagleeye.router.config import RouterConfig
 from eagleeye.router.controller import Controller
 from eagleeye.router.fleet import Backend
@@ -162,7 +163,8 @@ async def serve(cfg: RouterConfig) -> int:
                                               ("grpc.http2.bdp_probe", 0)])
         publisher = XdsPublisher(controller, cfg.xds_name, {Backend.PRIMARY: cfg.primary,
                                                             Backend.STANDBY: cfg.standby},
-                                 cfg.xds_num_retries, cfg.xds_max_clients, tel.meter)
+                                 cfg.xds_num_retries, cfg.xds_max_clients, tel.meter,
+                                 max_clients_per_peer=cfg.xds_max_clients_per_peer)
         xds_server.add_generic_rpc_handlers((publisher.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(health, guarded(xds_server))
         servers["xds_listen"] = xds_server, _bound("xds_listen", cfg.xds_listen,
@@ -173,7 +175,10 @@ async def serve(cfg: RouterConfig) -> int:
         admin = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length", 65536)],
                                 maximum_concurrent_rpcs=ADMIN_MAX_CALLS)
         servicer = AdminServicer(controller, cfg.admin_token, cfg.admin_limits(), publisher)
-        router_pb2_grpc.add_RouterAdminServicer_to_server(servicer, guarded(admin))
+        calls = CallAdmission(Slots(ADMIN_MAX_CALLS, ADMIN_MAX_CALLS_PER_PEER), ADMIN_REQUEST_TIMEOUT_S, "admin calls",
+                              f"at most {ADMIN_MAX_CALLS_PER_PEER} per client",
+                              f"at most {ADMIN_MAX_CALLS} in all")
+        router_pb2_grpc.add_RouterAdminServicer_to_server(servicer, guarded(admin, calls))
         serve_reflection(admin, ADMIN_SERVICE)
         servers["admin_listen"] = admin, _bound("admin_listen", cfg.admin_listen,
                                                 add_listener(admin, "admin_listen", cfg.admin_listen, tls))

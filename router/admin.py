@@ -3,6 +3,9 @@
 Served on its own listener (--admin-listen), never on the client port. Every call, reads included, is
 logged once at INFO or above with the peer, the action and the outcome (never the token).
 
+The exception: calls refused unchecked while their peer's failure turn runs (below) are logged once
+per turn, since a guessing loop makes thousands a second and each would be a WARNING line.
+
 Reads need no token: GetState, and WatchEvents, so that dashboards and scripts can follow the switches.
 The actions (SetDrain, Switch) need it, and a WatchEvents that presents one has it checked (it is then
 an operator's stream); GetState ignores it (its answer is the same either way). A wrong token is
@@ -12,7 +15,8 @@ short deadline nor concurrency makes guessing faster than one token per delay.
 
 Why event streams without a token are capped rather than refused: following the switches is a read,
 and a read should not need the secret that moves traffic. But such a stream is long-lived, and the
-listener takes only ADMIN_MAX_CALLS calls at once, so 64 of them would have locked operators out.
+listener takes only ADMIN_MAX_CALLS_PER_PEER calls of one client at once (and ADMIN_MAX_CALLS in all),
+so a dashboard host's followers would have locked its operators out.
 They have bounds of their own (`admin_max_anonymous_streams`, at most half the listener's calls, and
 `admin_max_anonymous_streams_per_peer`), past which a new one is refused with RESOURCE_EXHAUSTED naming
 the setting. Operators' streams (with the token) and unary calls are not counted against them, so
@@ -104,7 +108,9 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
         if wait is not None:
             why = ("too many clients with a failed admin authentication" if wait.crowded else
                    "a failed admin authentication from this client")
-            _audit(context, action, f"refused: {why} (token not checked)", logging.WARNING)
+            if not wait.quiet:  # the first refusal of a turn is logged, the rest of that turn's are not
+                _audit(context, action, f"refused: {why} (token not checked; more such calls until "
+                       f"{max(wait.until - now, 0.0):.1f} s from now are refused without a line)", logging.WARNING)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{why} is still being paced (one per {self._limits.auth_failure_delay_s:g} s, "
                                 f"setting admin_auth_failure_delay_s): token not checked; retry in "

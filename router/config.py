@@ -11,7 +11,7 @@ from eagleeye.common import settings, tls
 from eagleeye.common.cli import ConfigError, parse_host_port
 from eagleeye.common.logs import LOG_FORMATS
 from eagleeye.router import requestpolicy
-from eagleeye.router.adminaccess import MAX_ANONYMOUS_STREAMS, AdminLimits
+from eagleeye.router.adminaccess import MAX_ANONYMOUS_STREAMS, MAX_ANONYMOUS_STREAMS_PER_PEER, AdminLimits
 from eagleeye.router.budget import BudgetConfig
 from eagleeye.router.fleet import RequestCost
 from eagleeye.router.policy import PolicyConfig
@@ -37,6 +37,7 @@ class RouterConfig:
     xds_name: str = "eagleeye-detector"  # the resource name clients dial: xds:///NAME
     xds_num_retries: int = 2            # the route's retries of UNAVAILABLE calls on xDS clients
     xds_max_clients: int = 1000         # ADS streams at once
+    xds_max_clients_per_peer: int = 100  # ... from one client (address; with mTLS, identity at that address)
     tls_cert: Path | None = None        # with tls_key: TLS on `listen` and `admin_listen`
     tls_key: Path | None = None
     tls_client_ca: Path | None = None   # require client certificates signed by this CA (mTLS)
@@ -73,7 +74,7 @@ class RouterConfig:
     max_stream_pending: int = _S.max_frames          # frames a stream may hold unanswered (then flow control)
     max_stream_pending_bytes: int = _S.max_bytes     # ... and bytes
     # Bytes all calls and streams together may hold, every copy counted: with what gRPC and Python add,
-    # the router's memory stays under 512 MiB, its Kubernetes limit (docs/configuration.md, measured).
+    # the router's memory stays under 768 MiB, its Kubernetes limit (docs/configuration.md, the formula).
     max_pending_bytes_total: int = 256 * 1024 * 1024
     max_pending_bytes_per_peer: int = 128 * 1024 * 1024  # ... and one client's calls and streams together
     stream_backend_window: int = _S.backend_window   # frames outstanding on a backend stream at once
@@ -146,6 +147,7 @@ class RouterConfig:
             raise ConfigError(f"xds_name={self.xds_name!r}: must be a plain name (clients dial xds:///NAME)")
         settings.at_least("xds_num_retries", self.xds_num_retries, 0)
         settings.at_least("xds_max_clients", self.xds_max_clients, 1)
+        settings.at_least("xds_max_clients_per_peer", self.xds_max_clients_per_peer, 1)
         tls.check_server_files(self.tls_cert, self.tls_key, self.tls_client_ca)
         tls.check_client_files("backend_tls", self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key)
         if self.backend_tls_server_name and self.backend_tls_ca is None:
@@ -195,9 +197,12 @@ class RouterConfig:
         settings.at_least("admin_auth_failure_delay_s", self.admin_auth_failure_delay_s, 0)
         if not 0 <= self.admin_max_anonymous_streams <= MAX_ANONYMOUS_STREAMS:
             raise ConfigError(f"admin_max_anonymous_streams={self.admin_max_anonymous_streams}: must be in "
-                              f"[0, {MAX_ANONYMOUS_STREAMS}] (half the admin listener's calls at most, so that "
-                              "operators always find one; 0: event streams need the token)")
-        settings.at_least("admin_max_anonymous_streams_per_peer", self.admin_max_anonymous_streams_per_peer, 1)
+                              f"[0, {MAX_ANONYMOUS_STREAMS}] (so that operators always find a call slot; 0: "
+                              "event streams need the token)")
+        if not 1 <= self.admin_max_anonymous_streams_per_peer <= MAX_ANONYMOUS_STREAMS_PER_PEER:
+            raise ConfigError(f"admin_max_anonymous_streams_per_peer={self.admin_max_anonymous_streams_per_peer}: "
+                              f"must be in [1, {MAX_ANONYMOUS_STREAMS_PER_PEER}] (half the admin calls one client "
+                              "may make at once)")
         for name in ("max_concurrent_rpcs", "max_concurrent_streams", "max_watch_streams",
                      "max_watch_streams_per_peer", "max_concurrent_rpcs_per_peer", "max_concurrent_streams_per_peer"):
             settings.at_least(name, getattr(self, name), 1)

@@ -76,9 +76,14 @@ DEADLINE_SLACK_S = 0.01
 
 
 class BytePool:
-    """Bytes that may be held at once: the router's, or one client's share of it (`parent`: what is
-    taken here is taken there too). `on_freed` is called whenever bytes come back to the router's (a
-    stream waits for room for a frame of its own size, not only for the pool to be below full)."""
+    """Bytes that may be held at once: the router's, or one client's share of it (`parent`).
+
+    What a share holds within its capacity is held in the parent too. What it holds past its capacity
+    (a frame larger than its stream's reserve: gRPC does not tell a message's size before it is read, so
+    one frame per stream can land past the bound) is that client's debt: the client reads nothing more
+    until it is paid back, but it is not counted in the parent, so other clients' room is not taken by it.
+    `on_freed` is called whenever bytes come back (a stream waits for room for a frame of its own size,
+    not only for the pool to be below full)."""
 
     def __init__(self, capacity: int, parent: BytePool | None = None) -> None:
         self.capacity = capacity
@@ -90,17 +95,20 @@ class BytePool:
         """Whether `n` more bytes fit here and in the parent (an empty pool takes anything: a frame
         larger than the pool would otherwise wait for ever)."""
         fits = self.used + n <= self.capacity or self.used == 0
-        return fits and (self.parent is None or self.parent.room_for(n))
+        return fits and (self.parent is None or self.parent.room_for(min(n, self.capacity)))
+
+    def _within(self, used: int) -> int:
+        return min(used, self.capacity)
 
     def take(self, n: int) -> None:
-        self.used += n
+        before, self.used = self.used, self.used + n
         if self.parent is not None:
-            self.parent.take(n)
+            self.parent.take(self._within(self.used) - self._within(before))
 
     def give(self, n: int) -> None:
-        self.used -= n
+        before, self.used = self.used, self.used - n
         if self.parent is not None:
-            self.parent.give(n)
+            self.parent.give(self._within(before) - self._within(self.used))
         self.on_freed()
 
 

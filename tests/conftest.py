@@ -50,15 +50,18 @@ def no_frozen_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test during which any eagleeye process's event loop held itself past LOOP_LAG_LIMIT_MS.
 
     A test that freezes a process on purpose (SIGSTOP) is not failed for that process (`Proc.frozen`);
-    `@pytest.mark.loop_lag_exempt(reason)` exempts a test whose load is meant to exceed the machine.
+    `@pytest.mark.loop_lag_exempt(reason)` exempts a test whose load is meant to exceed the machine;
+    with `programs=(...)`, only those programs' loops are exempt.
     """
     seen = {id(p): len(p.lags) for p in list(Proc.live)}
     stopped = len(Proc.stopped_lags)
     yield
-    if request.node.get_closest_marker("loop_lag_exempt"):
+    exempt = request.node.get_closest_marker("loop_lag_exempt")
+    if exempt and "programs" not in exempt.kwargs:
         return
     lags = [(p.program, lag) for p in list(Proc.live) for lag in p.lags[seen.get(id(p), 0):]]
     lags += Proc.stopped_lags[stopped:]
+    lags = [(program, lag) for program, lag in lags if not exempt or program not in exempt.kwargs["programs"]]
     over = [(program, lag) for program, lag in lags if float(lag["lag_ms"]) > LOOP_LAG_LIMIT_MS
             and float(lag["loop_cpu_ms"]) >= LOOP_HELD_SHARE * float(lag["lag_ms"])]
     assert not over, "event loop held: " + "; ".join(

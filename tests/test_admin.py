@@ -23,9 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eagleeye.common.names import HEADROOM, LIVENESS, READINESS_NAMES
 from eagleeye.harness.processes import BIN, Proc
-from eagleeye.router.adminaccess import ADMIN_MAX_CALLS
+from eagleeye.router.adminaccess import ADMIN_MAX_CALLS_PER_PEER, ADMIN_REQUEST_TIMEOUT_S
 from eagleeye.router.v1 import router_pb2 as rpb
 from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+from tests.h2raw import StalledPeer
 
 pytestmark = pytest.mark.integration
 
@@ -146,11 +147,13 @@ async def test_a_wrong_token_costs_its_turn_whatever_the_callers_deadline(router
     assert all(o == "refused: missing or wrong token" or "token not checked" in o for o in outcomes), set(outcomes)
     assert set(codes) <= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
     assert len(codes) > checked  # the rest were refused without a look at their token
+    # ... and without a line each: one per turn (the guessers share an address, so a peer), not one per call.
+    assert len(outcomes) <= 2 * checked + 2 < len(codes), (len(outcomes), checked, len(codes))
 
 
 @pytest.mark.parametrize(("toml", "held", "setting"), [
     ("", 4, "setting admin_max_anonymous_streams_per_peer"),
-    ("admin_max_anonymous_streams = 8\nadmin_max_anonymous_streams_per_peer = 16\n", 8,
+    ("admin_max_anonymous_streams = 3\nadmin_max_anonymous_streams_per_peer = 8\n", 3,
      "setting admin_max_anonymous_streams)"),
 ])
 async def test_event_streams_without_a_token_cannot_lock_operators_out(
@@ -159,8 +162,9 @@ async def test_event_streams_without_a_token_cannot_lock_operators_out(
     try:
         async with grpc.aio.insecure_channel(router.admin) as ch:
             stub = rpb_grpc.RouterAdminStub(ch)
-            # As many streams as the listener takes calls (the lockout), none with a token.
-            streams = [stub.WatchEvents(rpb.WatchEventsRequest(replay_recent=1)) for _ in range(ADMIN_MAX_CALLS)]
+            # As many streams as the listener takes calls from one client, none with a token.
+            streams = [stub.WatchEvents(rpb.WatchEventsRequest(replay_recent=1))
+                       for _ in range(ADMIN_MAX_CALLS_PER_PEER)]
             answers = await asyncio.gather(*(first(s) for s in streams))
             assert answers.count(None) == held
             refused = [e for e in answers if e is not None]
@@ -169,7 +173,7 @@ async def test_event_streams_without_a_token_cannot_lock_operators_out(
 
             # With those held: unary reads in a burst, the actions, and an operator's own stream.
             states = await asyncio.gather(*(stub.GetState(rpb.GetStateRequest(), timeout=10)
-                                            for _ in range(ADMIN_MAX_CALLS - held - 8)))
+                                            for _ in range(ADMIN_MAX_CALLS_PER_PEER - held - 1)))
             assert {s.state.state for s in states} == {"NORMAL"}
             await stub.SetDrain(rpb.SetDrainRequest(backend=rpb.BACKEND_STANDBY, drained=True), timeout=10,
                                 metadata=AUTH)
@@ -212,3 +216,32 @@ async def test_every_call_reads_included_is_logged_at_info_once_without_the_toke
     ], calls
     assert all(e["peer"].startswith("ipv4:127.0.0.1:") for e in router.audit())
     assert not any(TOKEN in line for line in router.proc.lines), "the token was logged"
+
+
+async def test_calls_that_never_send_their_request_hold_only_their_clients_share_and_only_briefly(
+        router: Router) -> None:
+    # Slowloris: 300 calls from 127.0.0.2 that send their headers and never their request. Before
+    # admission per client, 64 of them refused every operator ("Concurrent RPC limit exceeded").
+    peers = [StalledPeer(router.admin, "/eagleeye.router.v1.RouterAdmin/GetState", None, 100, source="127.0.0.2")
+             for _ in range(3)]
+    try:
+        # All but the client's share are refused at once, without waiting for their request.
+        deadline = time.monotonic() + 10
+        while sum(len(p.ended) for p in peers) < 300 - ADMIN_MAX_CALLS_PER_PEER:
+            assert time.monotonic() < deadline, [len(p.ended) for p in peers]
+            await asyncio.sleep(0.05)
+        async with grpc.aio.insecure_channel(router.admin) as ch:
+            stub = rpb_grpc.RouterAdminStub(ch)
+            assert (await stub.GetState(rpb.GetStateRequest(), timeout=5)).state.state == "NORMAL"
+            await stub.SetDrain(rpb.SetDrainRequest(backend=rpb.BACKEND_STANDBY, drained=True), timeout=5,
+                                metadata=AUTH)
+            followed = stub.WatchEvents(rpb.WatchEventsRequest(replay_recent=1))
+            assert await first(followed) is None
+            followed.cancel()
+        # The share itself is given back when the requests fail to come.
+        started = time.monotonic()
+        assert await asyncio.to_thread(lambda: all(p.wait_ended(100, 3 * ADMIN_REQUEST_TIMEOUT_S) for p in peers))
+        assert time.monotonic() - started < 2 * ADMIN_REQUEST_TIMEOUT_S
+    finally:
+        for p in peers:
+            p.close()

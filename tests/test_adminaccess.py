@@ -19,7 +19,7 @@ CASES: dict[str, list[Step]] = {
     "a wrong token is answered after the delay; its peer's next token waits for the turn's end": [
         (0.0, "a", "check", None), (0.0, "a", "fail", 1.0),
         (0.1, "a", "check", Wait(1.0)),      # the caller gave up at 0.1 s: its turn goes on
-        (0.9, "a", "check", Wait(1.0)),
+        (0.9, "a", "check", Wait(1.0, quiet=True)),  # refused again in that turn: no second log line
         (1.0, "a", "check", None),           # (answered now) the turn is over
     ],
     "another peer's token is checked at once, right or wrong: operators are not slowed by a guesser": [
@@ -39,6 +39,7 @@ CASES: dict[str, list[Step]] = {
         (0.0, "c", "check", None), (0.0, "c", "fail", 1.0),
         (1.0, "a", "check", None), (1.0, "a", "fail", 2.0),   # a's next turn queues behind c's (3.0)
         (1.5, "b", "check", Wait(2.0)), (1.5, "c", "check", Wait(3.0)), (1.5, "a", "check", Wait(4.0)),
+        (1.6, "a", "check", Wait(4.0, quiet=True)),
         (2.0, "b", "check", None),
     ],
     "no delay: nothing is ever paced": [
@@ -69,6 +70,7 @@ def test_past_the_crowd_bound_no_new_peer_is_checked_until_turns_end() -> None:
         assert pacing.may_check(peer, 0.0) is None
         pacing.failed(peer, 0.0)
     assert pacing.may_check("operator", 0.5) == Wait(1.0, crowded=True)  # the first turn's end
+    assert pacing.may_check("other", 0.6) == Wait(1.0, crowded=True, quiet=True)  # one line per delay
     assert pacing.paced == 2
     assert pacing.may_check("operator", 1.0) is None  # a's turn is over: there is room again
     assert pacing.paced == 1

@@ -414,3 +414,27 @@ def test_a_first_frame_needs_room_for_the_reserve_and_an_empty_pool_always_has_r
     assert b.core.has_room()
     big = started(Harness(pool=BytePool(100), cfg=cfg))
     assert big.core.has_room()                        # a reserve larger than the pool: not stuck for ever
+
+
+# Each case: steps on two clients' shares (capacity 100 each) of a router pool of 150, with what the
+# router's pool holds after each and whether client b then has room for 10 more bytes.
+POOL_STEPS: dict[str, list[tuple[str, str, int, int, bool]]] = {
+    "within their shares, both clients count in the router's pool": [
+        ("take", "a", 60, 60, True), ("take", "b", 50, 110, True), ("take", "b", 40, 150, False),
+        ("give", "a", 60, 90, True),
+    ],
+    "a frame past a client's share is its own debt: the router's pool, and b, do not pay for it": [
+        ("take", "a", 90, 90, True), ("take", "a", 400, 100, True),   # a holds 490, 100 of it counted
+        ("take", "b", 40, 140, True), ("give", "a", 300, 140, True),    # a still past its share
+        ("give", "a", 150, 80, True),                                   # a back at 40
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(POOL_STEPS))
+def test_a_clients_share_counts_in_the_routers_pool_only_up_to_its_capacity(name: str) -> None:
+    router = BytePool(150)
+    shares = {"a": BytePool(100, router), "b": BytePool(100, router)}
+    for op, who, n, router_used, b_has_room in POOL_STEPS[name]:
+        getattr(shares[who], op)(n)
+        assert (router.used, shares["b"].room_for(10)) == (router_used, b_has_room), (name, op, who, n)

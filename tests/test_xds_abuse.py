@@ -27,9 +27,10 @@ from eagleeye.harness.processes import Proc
 from eagleeye.router.v1 import router_pb2 as rpb
 from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 from eagleeye.router.xds import resources as xds
-from eagleeye.router.xds.server import ADS_METHOD, ADS_PATH
+from eagleeye.router.xds.server import ADS_METHOD, ADS_PATH, FIRST_REQUEST_TIMEOUT_S
 from eagleeye.router.xds.session import MAX_NAMES_PER_TYPE, NACK_LOG_INTERVAL_S
 from eagleeye.router.xds.v3 import xds_pb2 as x
+from tests.h2raw import StalledPeer
 
 pytestmark = pytest.mark.integration
 
@@ -222,3 +223,20 @@ async def test_clients_that_write_fast_and_never_read_hold_no_memory_and_delay_n
     shown = capsys.readouterr().out
     assert "\x1b" not in shown and "\x9b" not in shown and "\u202e" not in shown and "\r" not in shown
     assert "hostile-" in shown
+
+
+async def test_streams_that_never_ask_hold_only_their_clients_share_and_only_briefly(router: Proc) -> None:
+    # Slowloris on the xDS port: 150 ADS streams from 127.0.0.2 that never send a DiscoveryRequest.
+    # Before the share per client, 1000 such streams (xds_max_clients) locked every zero-hop client out.
+    xds_address = router.wait_for_event("listening")["xds"]
+    assert await subscribe(xds_address, 10) < 10  # the router's view settled: it answers
+    peer = StalledPeer(xds_address, ADS, None, 150, source="127.0.0.2")
+    try:
+        assert await asyncio.to_thread(peer.wait_ended, 50, 10)  # past its share: refused at once
+        assert await subscribe(xds_address, 10) < PROMPT_S        # another client is answered meanwhile
+        started = time.monotonic()
+        # The share itself ends when the requests fail to come (FIRST_REQUEST_TIMEOUT_S after opening).
+        assert await asyncio.to_thread(peer.wait_ended, 150, 2 * FIRST_REQUEST_TIMEOUT_S)
+        assert time.monotonic() - started < 2 * FIRST_REQUEST_TIMEOUT_S
+    finally:
+        peer.close()

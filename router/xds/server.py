@@ -23,6 +23,7 @@ import grpc
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from eagleeye.common.admission import Full, Slots, peer_key
 from eagleeye.common.cli import parse_host_port
 from eagleeye.common.logs import event
 from eagleeye.common.printable import printable
@@ -38,6 +39,9 @@ ADS_PATH = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 ADS_METHOD = "StreamAggregatedResources"
 RESOLVE_INTERVAL_S = 5.0
 SETTLE_LIMIT_S = 2.0      # the longest a client waits for the router's first view of the workers
+# gRPC's xDS clients send their first DiscoveryRequest as they open the stream: a stream without one
+# this long after it opened is a client that holds a slot and asks for nothing, and is ended.
+FIRST_REQUEST_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -54,12 +58,13 @@ class XdsPublisher:
 
     def __init__(self, controller: Controller, name: str, addresses: dict[Backend, str], num_retries: int,
                  max_clients: int, meter: metrics.Meter | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_clients_per_peer: int | None = None) -> None:
         self._ctl = controller
         self.name = name
         self._targets = addresses
         self._num_retries = num_retries
         self._max_clients = max_clients
+        self._slots = Slots(max_clients, max_clients_per_peer or max_clients)
         self._clock = clock
         self._started = clock()
         self._resolved: dict[Backend, tuple[tuple[str, int], ...]] = {}
@@ -163,9 +168,12 @@ class XdsPublisher:
 
     async def _stream(self, requests: AsyncIterator[x.DiscoveryRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[x.DiscoveryResponse]:
-        if len(self.clients) >= self._max_clients:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"control plane busy: {self._max_clients} xDS clients connected (xds_max_clients)")
+        peer = peer_key(context.peer(), context.peer_identities())
+        if (full := self._slots.take(peer)) is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                f"control plane busy: {self._max_clients} xDS clients connected (xds_max_clients)"
+                if full is Full.TOTAL else f"too many xDS streams from one client ({peer} holds "
+                f"{self._slots.held_by(peer)}, xds_max_clients_per_peer)"))
         session = AdsSession()
         info = ClientInfo(context.peer(), session, time.time())
         key = id(info)
@@ -191,6 +199,7 @@ class XdsPublisher:
             reader.cancel()
             self._wakers.discard(wake)
             del self.clients[key]
+            self._slots.give_back(peer)
             event(log, "xds client gone", node=session.node_id, peer=info.peer, nacks=session.nacks)
 
     def _sync(self, session: AdsSession) -> None:
@@ -201,8 +210,14 @@ class XdsPublisher:
                     wake: asyncio.Event) -> str:
         """Take the client's requests as they come (none is kept); why the stream must end, or ""."""
         try:
-            first = True
-            async for req in requests:
+            first, incoming = True, aiter(requests)
+            try:
+                opening = await asyncio.wait_for(anext(incoming), FIRST_REQUEST_TIMEOUT_S)
+            except TimeoutError:  # ("xds client gone" logs it, as for every stream)
+                return f"no DiscoveryRequest within {FIRST_REQUEST_TIMEOUT_S:g} s of opening the stream"
+            except StopAsyncIteration:
+                return ""
+            async for req in _chain(opening, incoming):
                 outcome = session.on_request(req, self._clock())
                 if first:
                     first = False
@@ -226,3 +241,10 @@ class XdsPublisher:
     def _count(self, response: x.DiscoveryResponse) -> x.DiscoveryResponse:
         self.pushes[xds.SHORT[response.type_url]] += 1
         return response
+
+
+async def _chain(first: x.DiscoveryRequest,
+                 rest: AsyncIterator[x.DiscoveryRequest]) -> AsyncIterator[x.DiscoveryRequest]:
+    yield first
+    async for req in rest:
+        yield req

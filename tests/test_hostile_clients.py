@@ -13,6 +13,7 @@ import io
 import statistics
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -33,6 +34,10 @@ OWN = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", 6
        ("grpc.max_receive_message_length", 64 << 20)]
 STREAM = "/eagleeye.detector.v1.Detector/DetectStream"
 SMALL = encode_jpeg(make_scene(3, size=(160, 120)).image)
+# What a grpcio asyncio client reports when its request write races the server's end of the call: the
+# server's status (here the router's RESOURCE_EXHAUSTED refusal) is overwritten (grpc/grpc issue 36066;
+# the sync stack and other gRPC implementations report the server's status).
+AIO_WRITE_RACE = "Internal error from Core"
 # A switch to one of these is a worker judged unable to serve: never right for a client's load.
 SICK = {"FAILOVER", "STANDBY_DOWN", "BOTH_DOWN"}
 
@@ -230,12 +235,9 @@ async def test_heavy_valid_images_are_the_clients_cost_not_a_sick_worker(
     assert not probes[0].failures and not probes[1].failures
 
 
-async def test_a_burst_of_new_streams_meets_flow_control_not_an_ejection(
-        tmp_path: Path, cluster_factory: list[LocalCluster], figures: dict[str, object]) -> None:
-    """1100 DetectStreams opened at once, one small frame each (cameras reconnecting after a network
-    blip): each is answered or refused with RESOURCE_EXHAUSTED (past the client's share); no worker is
-    judged sick."""
-    cluster = start(cluster_factory, tmp_path)
+async def burst_of_streams(address: str, count: int = 1100) -> tuple[dict[str, int], float]:
+    """`count` DetectStreams opened at once on `address` over 11 connections, one small frame each: the
+    outcomes counted ("OK": its one answer), and the seconds it all took."""
     request = pb.DetectRequest(frame_id=1, encoded=SMALL)
     codes: list[str] = []
 
@@ -244,31 +246,41 @@ async def test_a_burst_of_new_streams_meets_flow_control_not_an_ejection(
             answers = [a async for a in stub.DetectStream(iter([request]), timeout=120)]
             codes.append("OK" if [a.frame_id for a in answers] == [1] else f"answers {len(answers)}")
         except grpc.aio.AioRpcError as e:
-            codes.append(e.code().name)
+            codes.append(e.code().name if e.details() != AIO_WRITE_RACE else "INTERNAL (grpcio aio write race)")
 
-    channels = [grpc.aio.insecure_channel(cluster.router_address, options=OWN) for _ in range(11)]
+    channels = [grpc.aio.insecure_channel(address, options=OWN) for _ in range(11)]
     started = time.monotonic()
-    memory = RssPeak(cluster.router.popen.pid)
-    probe = CheckProbe(cluster.router_address)
     try:
         stubs = [pb_grpc.DetectorStub(ch) for ch in channels]
-        await asyncio.gather(*(one(stubs[i % len(stubs)]) for i in range(1100)))
+        await asyncio.gather(*(one(stubs[i % len(stubs)]) for i in range(count)))
     finally:
         for ch in channels:
             await ch.close()
+    return {c: codes.count(c) for c in set(codes)}, time.monotonic() - started
+
+
+async def test_a_burst_of_new_streams_meets_flow_control_not_an_ejection(
+        tmp_path: Path, cluster_factory: list[LocalCluster], figures: dict[str, object]) -> None:
+    """1100 DetectStreams opened at once, one small frame each (cameras reconnecting after a network
+    blip): each is answered or refused with RESOURCE_EXHAUSTED (past the client's share); no worker is
+    judged sick."""
+    cluster = start(cluster_factory, tmp_path)
+    memory = RssPeak(cluster.router.popen.pid)
+    probe = CheckProbe(cluster.router_address)
+    try:
+        counts, took = await burst_of_streams(cluster.router_address)
+    finally:
         await probe.stop()
-    took = time.monotonic() - started
-    counts = {c: codes.count(c) for c in set(codes)}
     figures.update(case="1100 DetectStreams opened at once, one small frame each", client=counts,
                    others=f"router Checks {len(probe.latencies)} answered, {len(probe.failures)} failed",
                    check_p99_ms=round(probe.p99_ms()), router_rss_mib=await memory.stop(),
                    switches=sick_switches(cluster))
     print(f"\n1100 streams at once: {counts} in {took:.1f} s; switches {switches(cluster)}")
-    # CANCELLED, and INTERNAL "Internal error from Core": what gRPC reports for one or two of the hundreds
-    # refused in the same millisecond, its server or the aio client whose request write races the refusal
-    # (tests/test_abuse.py met both); a client retries them as it retries RESOURCE_EXHAUSTED.
-    quirks = counts.get("CANCELLED", 0) + counts.get("INTERNAL", 0)
-    assert set(counts) <= {"OK", "RESOURCE_EXHAUSTED", "CANCELLED", "INTERNAL"} and quirks <= 10, counts
+    # A grpcio aio client whose request write races the router's refusal reports INTERNAL "Internal error
+    # from Core" instead of the RESOURCE_EXHAUSTED the router sent (AIO_WRITE_RACE): up to half the refusals
+    # on a loaded machine. CANCELLED: gRPC's own race for one or two refused in the same millisecond.
+    assert set(counts) <= {"OK", "RESOURCE_EXHAUSTED", "INTERNAL (grpcio aio write race)", "CANCELLED"}, counts
+    assert counts.get("CANCELLED", 0) <= 10, counts
     assert counts.get("OK", 0) >= 250, counts  # the client's share (max_concurrent_streams_per_peer) at least
     assert not sick_switches(cluster), switches(cluster)
     assert not [e for e in cluster.router.events if e.get("event") == "backend ejected"]
@@ -363,6 +375,70 @@ async def test_a_client_holding_its_share_of_streams_leaves_the_others_theirs(
         hog.close()
 
 
+@dataclass
+class LargeFrames:
+    """What nine never-reading streams of large frames from one client did to a proxy and its other clients."""
+
+    frame_mb: float
+    rss_before_mib: float
+    rss_peak_mib: float
+    small: list[str] = field(default_factory=list)        # another client's Detect outcomes
+    latencies: list[float] = field(default_factory=list)  # ... and the OK ones' latencies
+
+    def others(self) -> str:
+        ok = sorted(self.latencies)
+        p99 = f", p99 {1000 * ok[min(len(ok) - 1, int(0.99 * len(ok)))]:.0f} ms" if ok else ""
+        return f"another client's Detect: {self.small.count('OK')} of {len(self.small)} OK{p99}"
+
+
+async def large_frames_never_read(address: str, pids: list[int], frame: bytes, seconds: float = 8.0) -> LargeFrames:
+    """Nine streams of one client (from 127.0.0.2) write `frame` as fast as `address` takes them and never
+    read an answer, while another client (127.0.0.1) makes small Detect calls; `pids`' memory summed."""
+    def rss() -> float:
+        return sum(rss_mib(pid) for pid in pids)
+    result = LargeFrames(len(frame) / 1e6, rss(), rss())
+    until = time.monotonic() + seconds
+
+    async def hog(ch: grpc.aio.Channel) -> None:
+        call = pb_grpc.DetectorStub(ch).DetectStream(timeout=60)
+        fid = 0
+        try:
+            while time.monotonic() < until:
+                fid += 1
+                await call.write(pb.DetectRequest(frame_id=fid, encoded=frame))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the proxy may refuse a stream past the client's share; the others go on
+        finally:
+            call.cancel()
+
+    async def watch_memory() -> None:
+        while time.monotonic() < until:
+            result.rss_peak_mib = max(result.rss_peak_mib, rss())
+            await asyncio.sleep(0.05)  # the sampling period
+
+    async def other_client(ch: grpc.aio.Channel) -> None:
+        stub = pb_grpc.DetectorStub(ch)
+        while time.monotonic() < until:
+            started = time.monotonic()
+            try:
+                await stub.Detect(pb.DetectRequest(encoded=SMALL), timeout=10)
+                result.small.append("OK")
+                result.latencies.append(time.monotonic() - started)
+            except grpc.aio.AioRpcError as e:
+                result.small.append(f"{e.code().name}: {e.details()}")
+
+    relay = Relay(address, "127.0.0.2")
+    channels = [grpc.aio.insecure_channel(relay.address, options=OWN) for _ in range(9)]
+    channels.append(grpc.aio.insecure_channel(address, options=OWN))
+    try:
+        await asyncio.gather(*(hog(ch) for ch in channels[:9]), watch_memory(), other_client(channels[9]))
+    finally:
+        for ch in channels:
+            await ch.close()
+        relay.close()
+    return result
+
+
 @pytest.mark.loop_lag_exempt("nine clients pushing 10 MB frames as fast as they can, and the test's own client, "
                               "on 2 cores: the router's loop is measured late by 0.1-0.3 s inside gRPC's handling "
                               "of large messages; the test asserts its health answers instead")
@@ -374,63 +450,21 @@ async def test_streams_of_large_frames_that_never_read_stay_within_the_routers_m
     (max_pending_bytes_per_peer), and another client is served meanwhile."""
     frame = await asyncio.to_thread(noise_frame, 4096, 2048)
     cluster = start(cluster_factory, tmp_path, {"max_image_bytes": 20 * 1024 * 1024})
-    pid = cluster.router.popen.pid
-    before = rss_mib(pid)
-    peak = before
-    until = time.monotonic() + 8.0
-
-    async def hog(ch: grpc.aio.Channel) -> None:
-        call = pb_grpc.DetectorStub(ch).DetectStream(timeout=60)
-        fid = 0
-        try:
-            while time.monotonic() < until:
-                fid += 1
-                await call.write(pb.DetectRequest(frame_id=fid, encoded=frame))
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass  # the router may refuse a stream past the client's share; the others go on
-        finally:
-            call.cancel()
-
-    async def watch_memory() -> None:
-        nonlocal peak
-        while time.monotonic() < until:
-            peak = max(peak, rss_mib(pid))
-            await asyncio.sleep(0.05)  # the sampling period
-
     probe = CheckProbe(cluster.router_address)
-    small: list[str] = []
-
-    async def other_client(ch: grpc.aio.Channel) -> None:
-        stub = pb_grpc.DetectorStub(ch)
-        while time.monotonic() < until:
-            try:
-                await stub.Detect(pb.DetectRequest(encoded=SMALL), timeout=10)
-                small.append("OK")
-            except grpc.aio.AioRpcError as e:
-                small.append(f"{e.code().name}: {e.details()}")
-
-    relay = Relay(cluster.router_address, "127.0.0.2")
-    channels = [grpc.aio.insecure_channel(relay.address, options=OWN) for _ in range(9)]
-    channels.append(grpc.aio.insecure_channel(cluster.router_address, options=OWN))
     try:
-        await asyncio.gather(*(hog(ch) for ch in channels[:9]), watch_memory(), other_client(channels[9]))
+        r = await large_frames_never_read(cluster.router_address, [cluster.router.popen.pid], frame)
     finally:
-        for ch in channels:
-            await ch.close()
         await probe.stop()
-        relay.close()
-    figures.update(case=f"nine streams of {len(frame) / 1e6:.1f} MB JPEGs from one client that never reads",
-                   client="its streams stop being read at its share",
-                   others=f"another client's Detect: {small.count('OK')} of {len(small)} OK",
-                   check_p99_ms=round(probe.p99_ms()), router_rss_mib=f"{before:.0f} -> {peak:.0f}",
-                   switches=sick_switches(cluster))
-    print(f"\nnine streams of {len(frame) / 1e6:.1f} MB frames that never read: router RSS {before:.0f} -> peak "
-          f"{peak:.0f} MiB; another client's Detect calls {small.count('OK')} OK of {len(small)}; router Checks "
-          f"p99 {probe.p99_ms():.0f} ms")
+    figures.update(case=f"nine streams of {r.frame_mb:.1f} MB JPEGs from one client that never reads",
+                   client="its streams stop being read at its share", others=r.others(),
+                   check_p99_ms=round(probe.p99_ms()),
+                   router_rss_mib=f"{r.rss_before_mib:.0f} -> {r.rss_peak_mib:.0f}", switches=sick_switches(cluster))
+    print(f"\nnine streams of {r.frame_mb:.1f} MB frames that never read: router RSS {r.rss_before_mib:.0f} -> "
+          f"peak {r.rss_peak_mib:.0f} MiB; {r.others()}; router Checks p99 {probe.p99_ms():.0f} ms")
     # The documented bound: max_pending_bytes_total (256 MiB) and what gRPC and Python add to it, well
     # under the router's Kubernetes memory limit of 768 MiB.
-    assert peak < 480, "router memory past its bound (docs/configuration.md)"
-    assert small.count("OK") == len(small) > 0 and not probe.failures, (small, probe.failures)
+    assert r.rss_peak_mib < 480, "router memory past its bound (docs/configuration.md)"
+    assert r.small.count("OK") == len(r.small) > 0 and not probe.failures, (r.small, probe.failures)
     assert probe.p99_ms() < 1000
 
 

@@ -10,6 +10,8 @@ seconds.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -50,6 +52,9 @@ _BACKEND_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEAD
 # On a stream, UNKNOWN and INTERNAL say the backend or the transport broke, not the frames.
 _STREAM_FAILURES = _BACKEND_FAILURES | {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 _CODES = {c.name: c for c in grpc.StatusCode}
+# The longest a unary call waits for room in its client's share and the router's window before it is
+# refused RESOURCE_EXHAUSTED (or its deadline, if sooner): a burst of large requests is slowed, not refused.
+UNARY_ROOM_WAIT_S = 5.0
 DRAIN_MESSAGE = ("router shutting down: every frame it read has been answered; reconnect (to another router "
                  "replica) and send the frames after the last answer")
 
@@ -101,6 +106,7 @@ class Proxy:
         self.pool = st.BytePool(cfg.max_pending_bytes_total)
         self.pool.on_freed = self._pool_freed
         self._peer_pools: dict[str, st.BytePool] = {}  # each client's share, while it has calls or streams
+        self._unary_sizes: dict[str, collections.deque[int]] = {}  # ... and its recent unary requests' sizes
         self._pool_waiters: set[asyncio.Event] = set()
         self.use_channels(unary_channels, stream_channels)
         self.clock = clock or asyncio.get_running_loop().time
@@ -142,7 +148,7 @@ class Proxy:
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler for the Detector service; other services are UNIMPLEMENTED by the server."""
         handlers: dict[str, grpc.RpcMethodHandler] = {
-            m: grpc.unary_unary_rpc_method_handler(self._make_unary(m)) for m in UNARY_METHODS}
+            m: grpc.stream_unary_rpc_method_handler(self._make_unary(m)) for m in UNARY_METHODS}
         handlers[STREAM_METHOD] = grpc.stream_stream_rpc_method_handler(self._detect_stream)
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
@@ -179,6 +185,7 @@ class Proxy:
         """`peer` gave back a call or stream: forget its share once it holds none."""
         if not self.unary_slots.held_by(peer) and not self.stream_slots.held_by(peer):
             self._peer_pools.pop(peer, None)
+            self._unary_sizes.pop(peer, None)
 
     def wait_for_pool(self, room: asyncio.Event) -> None:
         """Set `room` when the router-wide window has space again."""
@@ -192,25 +199,32 @@ class Proxy:
     # -- unary -------------------------------------------------------------------------------------
 
     def _make_unary(self, method: str) -> Any:
-        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """A unary method served as a stream-request one (the same bytes on the wire): grpcio reads a unary
+        request before any code of ours runs, so admission could only come after the bytes were in.
+        Here the call takes its slot, and waits for room in its client's share and the router's window,
+        before its request is read; until then the request waits in the client (HTTP/2 flow control)."""
+        async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
             started = self.clock()
-            # The request, and gRPC's copy in the call to a backend (a hedge's or retry's replaces it).
-            held = st.COPIES_WHILE_SENT * len(request)
             try:
                 peer = peer_key(context.peer(), context.peer_identities())
-                refusal = self._admit_unary(peer, held)
+                refusal = self._take_unary_slot(peer)
                 if refusal:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-                pool = self.peer_pool(peer)
-                pool.take(held)  # held for retries and hedges until the call ends
-                applied = ""
-                if method == "Detect":
-                    request, applied = self.fill_defaults(request)
-                trailers = ((REQUEST_DEFAULTS_KEY, f"{applied}=1"),) if applied else ()
                 try:
-                    response = await UnaryForward(self, method, request, context, trailers).run()
+                    pool = self.peer_pool(peer)
+                    request = await self._read_unary(requests, context, peer, pool)
+                    # The request, and gRPC's copy in the call to a backend (a hedge's or retry's replaces it).
+                    held = st.COPIES_WHILE_SENT * len(request)
+                    pool.take(held)  # held for retries and hedges until the call ends
+                    try:
+                        applied = ""
+                        if method == "Detect":
+                            request, applied = self.fill_defaults(request)
+                        trailers = ((REQUEST_DEFAULTS_KEY, f"{applied}=1"),) if applied else ()
+                        response = await UnaryForward(self, method, request, context, trailers).run()
+                    finally:
+                        pool.give(held)
                 finally:
-                    pool.give(held)
                     self.unary_slots.give_back(peer)
                     self.peer_done(peer)
             except BaseException:
@@ -221,16 +235,44 @@ class Proxy:
             return response
         return handle
 
-    def _admit_unary(self, peer: str, size: int) -> str:
-        """Why a new unary call is refused ("" when it is not, and its slot is taken)."""
-        own = self._peer_pools.get(peer)
-        if own is not None and own.used and own.used + size > own.capacity:
+    async def _read_unary(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, peer: str,
+                          pool: st.BytePool) -> bytes:
+        """Wait for room for a request as large as the client's recent ones, then read it."""
+        sizes = self._unary_sizes.setdefault(peer, collections.deque(maxlen=st.RECENT_FRAMES))
+        expected = st.COPIES_WHILE_SENT * max(sizes, default=self.stream_cfg.min_frame_reserve)
+        remaining = context.time_remaining()
+        limit = self.cfg.default_deadline_s if remaining is None else remaining
+        give_up = self.clock() + min(limit, UNARY_ROOM_WAIT_S)
+        room = asyncio.Event()
+        while True:
+            room.clear()  # then check, then wait: a wake from here on is not lost
+            self.wait_for_pool(room)
+            if pool.room_for(expected):
+                break
+            left = give_up - self.clock()
+            if left <= 0:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._bytes_refusal(peer, pool, expected))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(room.wait(), left)
+        try:
+            request = await asyncio.wait_for(anext(aiter(requests)), limit)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"request message not received within {limit:g} s")
+        except StopAsyncIteration:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+        sizes.append(len(request))
+        return request
+
+    def _bytes_refusal(self, peer: str, own: st.BytePool, size: int) -> str:
+        if own.used and own.used + size > own.capacity:
             return (f"too many request bytes from one client: {peer} holds {own.used} bytes of unanswered "
-                    f"requests and this one needs {size} (max_pending_bytes_per_peer {own.capacity}); wait "
-                    "for answers before sending more")
-        if not self.pool.room_for(size):
-            return (f"router busy: {self.pool.used} bytes of unanswered requests held, and this one needs {size} "
-                    f"(max_pending_bytes_total {self.pool.capacity}); retry with backoff")
+                    f"requests and this one needs room for {size} (max_pending_bytes_per_peer {own.capacity}); "
+                    "wait for answers before sending more")
+        return (f"router busy: {self.pool.used} bytes of unanswered requests held, and this one needs room for "
+                f"{size} (max_pending_bytes_total {self.pool.capacity}); retry with backoff")
+
+    def _take_unary_slot(self, peer: str) -> str:
+        """Why a new unary call is refused ("" when it is not, and its slot is taken)."""
         full = self.unary_slots.take(peer)
         if full is Full.PEER:
             return (f"too many unary calls from one client: {peer} has {self.cfg.max_concurrent_rpcs_per_peer} "

@@ -7,6 +7,19 @@ from __future__ import annotations
 SERVER_BASE_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.so_reuseport", 0),)
 
 
+# Calls one client connection may have open beyond what the process's own limits already allow it
+# (health Checks, reflection): see streams_per_connection.
+CONNECTION_SPARE_CALLS = 16
+
+
+def streams_per_connection(calls: int) -> list[tuple[str, int]]:
+    """HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS for `calls` (what one client may hold at once by the process's
+    own limits) plus CONNECTION_SPARE_CALLS. gRPC keeps state for every call a peer opens, whether or not
+    its request ever comes (about 5 KiB each): without a cap a connection may open any number. Past the cap
+    a well-behaved client's library waits for one of its calls to end; it is not refused."""
+    return [("grpc.max_concurrent_streams", calls + CONNECTION_SPARE_CALLS)]
+
+
 def message_size_options(max_bytes: int) -> list[tuple[str, int]]:
     """Send/receive limits for messages carrying frames of up to `max_bytes`."""
     return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]

@@ -37,13 +37,13 @@ def serve_reflection(server: grpc.aio.Server, *services: str) -> None:
     reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), server)
 
 
-def health_server(health: HealthServicer, address: str,
+def health_server(health: HealthServicer, address: str, watches_per_peer: int,
                   options: Sequence[tuple[str, Any]] = ()) -> tuple[grpc.aio.Server, int]:
     """A plaintext server answering grpc.health.v1 only (the same statuses as the main port), not started.
 
     For kubelet's gRPC probes, which cannot speak TLS: it reveals statuses and nothing else.
     """
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length", 4096),
-                                      *options])
+                                      *grpcopts.streams_per_connection(watches_per_peer), *options])
     health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
     return server, add_listener(server, "health_listen", address, None)

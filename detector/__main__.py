@@ -132,7 +132,12 @@ async def serve(cfg: DetectorConfig) -> int:
     host, wanted = parse_host_port("listen", cfg.listen)
     probe_bind("listen", host, wanted)
     tel = telemetry_mod.setup("eagleeye-detector", cfg.worker_id or cfg.listen, cfg.metrics_listen or None)
-    server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, *grpcopts.message_size_options(frame_limit)],
+    # A router carries all its calls to a worker over a few connections: a connection may hold all the
+    # worker's calls, streams and Watches, but no more.
+    per_connection = grpcopts.streams_per_connection(cfg.max_concurrent_rpcs + cfg.max_concurrent_streams
+                                                     + cfg.max_watch_streams)
+    server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, *grpcopts.message_size_options(frame_limit),
+                                      *per_connection],
                              interceptors=tel.server_interceptors())
     tls = ServerTls.of(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     port = add_listener(server, "listen", cfg.listen, tls)
@@ -142,7 +147,7 @@ async def serve(cfg: DetectorConfig) -> int:
     health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
     probes: grpc.aio.Server | None = None
     if cfg.health_listen:
-        probes, health_port = health_server(health, cfg.health_listen)
+        probes, health_port = health_server(health, cfg.health_listen, cfg.max_watch_streams_per_peer)
     publisher = HealthPublisher(health)
     defaults = Defaults(cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
     batcher_ref: list[Batcher] = []

@@ -108,6 +108,9 @@ def client_connection_options(cfg: RouterConfig) -> list[tuple[str, int]]:
         # router reads it waits in the client, not in the router (gRPC still opens the window for a
         # message the router has started to read, so large frames are not slowed).
         ("grpc.http2.bdp_probe", 0),
+        # A connection carries at most what one client may hold (its own calls, streams and Watches).
+        *grpcopts.streams_per_connection(cfg.max_concurrent_rpcs_per_peer + cfg.max_concurrent_streams_per_peer
+                                         + cfg.max_watch_streams_per_peer),
     ]
 
 
@@ -150,7 +153,7 @@ async def serve(cfg: RouterConfig) -> int:
             watcher.use_channel(links.health[backend])
     links.subscribe(renewed)
     if cfg.health_listen:
-        probes, health_port = health_server(health, cfg.health_listen)
+        probes, health_port = health_server(health, cfg.health_listen, cfg.max_watch_streams_per_peer)
         servers["health_listen"] = probes, _bound("health_listen", cfg.health_listen, health_port)
     xds_tasks: list[asyncio.Task[None]] = []
     publisher: XdsPublisher | None = None
@@ -160,7 +163,9 @@ async def serve(cfg: RouterConfig) -> int:
         # requests faster than they are handled has at most that much waiting in the router for it.
         xds_server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
                                               ("grpc.max_receive_message_length", 1024 * 1024),
-                                              ("grpc.http2.bdp_probe", 0)])
+                                              ("grpc.http2.bdp_probe", 0),
+                                              *grpcopts.streams_per_connection(cfg.xds_max_clients_per_peer
+                                                                               + cfg.max_watch_streams_per_peer)])
         publisher = XdsPublisher(controller, cfg.xds_name, {Backend.PRIMARY: cfg.primary,
                                                             Backend.STANDBY: cfg.standby},
                                  cfg.xds_num_retries, cfg.xds_max_clients, tel.meter,

@@ -21,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from eagleeye.common.grpcopts import CONNECTION_SPARE_CALLS
 from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
 from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
 from eagleeye.detector.v1 import detector_pb2 as pb
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.integration
 IMAGE = encode_png(make_scene(4, size=(128, 96)).image)
 OWN = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", 64 << 20)]
 WATCH = "/grpc.health.v1.Health/Watch"
+CHECK = "/grpc.health.v1.Health/Check"
 STREAM = "/eagleeye.detector.v1.Detector/DetectStream"
 
 
@@ -217,6 +219,35 @@ async def test_oversized_images_and_compressed_requests_are_refused_and_others_s
     assert await detect(address, pb.DetectRequest(encoded=IMAGE)) == (grpc.StatusCode.OK, "")
     print(f"\nafter a 5000x5000 PNG and a 48 MB gzip request: worker RSS {rss_mib(hostile_worker):.0f} MiB")
     assert rss_mib(hostile_worker) < 2048
+
+
+async def test_calls_that_never_send_their_request_are_capped_per_connection(tmp_path: Path) -> None:
+    # One connection opens 3000 calls (health Checks and Detects) and never sends a request: gRPC keeps
+    # state for each call a peer opens, so without a cap per connection this grows without bound. The
+    # router announces what one client may hold (its unary calls, streams and Watches, and 16 more) as
+    # the connection's limit, and refuses the calls past it at once; its memory stays flat.
+    cluster = LocalCluster(worker_args=["--config", fast_config(tmp_path)])
+    peers: list[StalledPeer] = []
+    try:
+        cluster.wait_normal()
+        before = rss_mib(cluster.router)
+        cap = 250 + 250 + 8 + CONNECTION_SPARE_CALLS  # the router's defaults
+        for path in (CHECK, "/eagleeye.detector.v1.Detector/Detect"):
+            peer = await asyncio.to_thread(StalledPeer, cluster.router_address, path, None, 3000, source="127.0.0.2")
+            peers.append(peer)
+            assert await asyncio.to_thread(peer.wait_ended, 3000 - cap, 20), (
+                f"{len(peer.ended)} of 3000 calls ended, expected all but {cap}", cluster.router.lines[-5:])
+            assert len(peer.ended) < 3000
+        for _ in range(3):
+            assert await detect(cluster.router_address, pb.DetectRequest(encoded=IMAGE)) == (grpc.StatusCode.OK, "")
+        after = rss_mib(cluster.router)
+        print(f"\n2 x 3000 calls without a request on one connection each: {len(peers[0].ended)} and "
+              f"{len(peers[1].ended)} refused; router RSS {before:.0f} -> {after:.0f} MiB")
+        assert after - before < 100
+    finally:
+        for p in peers:
+            p.close()
+        cluster.stop()
 
 
 @pytest.mark.loop_lag_exempt("the worker takes the router's 1000 legs in one burst: about 0.15 ms of gRPC's own "

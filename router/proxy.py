@@ -23,6 +23,7 @@ from eagleeye.common.admission import Full, Slots, peer_key
 from eagleeye.common.errors import IncidentLog
 from eagleeye.common.grpcopts import REQUEST_DEFAULTS_KEY, RETRY_ELSEWHERE_KEY
 from eagleeye.common.logs import event
+from eagleeye.common.memory import LargeMessageReclaimer
 from eagleeye.common.names import DETECTOR_SERVICE
 from eagleeye.router import stream as st
 from eagleeye.router import unary as un
@@ -120,6 +121,7 @@ class Proxy:
         self.draining = False
         self.incidents = IncidentLog(log, where="router")
         self.request_policy = RequestPolicy(cfg.request_defaults)
+        self.reclaimer = LargeMessageReclaimer()
 
     def fill_defaults(self, request: bytes, parsed: Any | None = None) -> tuple[bytes, str]:
         """`request` with the current state's request defaults for what it leaves unset, and the state
@@ -210,9 +212,11 @@ class Proxy:
                 refusal = self._take_unary_slot(peer)
                 if refusal:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+                size = 0
                 try:
                     pool = self.peer_pool(peer)
                     request = await self._read_unary(requests, context, peer, pool)
+                    size = len(request)
                     # The request, and gRPC's copy in the call to a backend (a hedge's or retry's replaces it).
                     held = st.COPIES_WHILE_SENT * len(request)
                     pool.take(held)  # held for retries and hedges until the call ends
@@ -227,6 +231,7 @@ class Proxy:
                 finally:
                     self.unary_slots.give_back(peer)
                     self.peer_done(peer)
+                    self.reclaimer.released(size)
             except BaseException:
                 code = context.code() if hasattr(context, "code") else None
                 self.controller.metrics.request(method, _code_name(code))
@@ -254,12 +259,15 @@ class Proxy:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._bytes_refusal(peer, pool, expected))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(room.wait(), left)
+        pool.take(expected)  # reserved while it is read: calls waiting together do not all find the same room
         try:
             request = await asyncio.wait_for(anext(aiter(requests)), limit)
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"request message not received within {limit:g} s")
         except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+        finally:
+            pool.give(expected)  # the caller takes what the request holds, before anything else runs
         sizes.append(len(request))
         return request
 

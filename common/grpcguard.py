@@ -90,7 +90,8 @@ class CallAdmission:
 async def _one_request(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
                        admission: CallAdmission) -> Any:
     try:
-        request = await asyncio.wait_for(anext(aiter(requests)), admission.read_timeout_s)
+        async with asyncio.timeout(admission.read_timeout_s):
+            request = await anext(aiter(requests))
     except TimeoutError:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                             f"request message not received within {admission.read_timeout_s:g} s")

@@ -247,21 +247,25 @@ class Proxy:
         expected = st.COPIES_WHILE_SENT * max(sizes, default=self.stream_cfg.min_frame_reserve)
         remaining = context.time_remaining()
         limit = self.cfg.default_deadline_s if remaining is None else remaining
-        give_up = self.clock() + min(limit, UNARY_ROOM_WAIT_S)
-        room = asyncio.Event()
-        while True:
-            room.clear()  # then check, then wait: a wake from here on is not lost
-            self.wait_for_pool(room)
-            if pool.room_for(expected):
-                break
-            left = give_up - self.clock()
-            if left <= 0:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._bytes_refusal(peer, pool, expected))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(room.wait(), left)
+        if not pool.room_for(expected):  # (the common case, room at once, costs no event and no task)
+            give_up = self.clock() + min(limit, UNARY_ROOM_WAIT_S)
+            room = asyncio.Event()
+            while True:
+                room.clear()  # then check, then wait: a wake from here on is not lost
+                self.wait_for_pool(room)
+                if pool.room_for(expected):
+                    break
+                left = give_up - self.clock()
+                if left <= 0:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                        self._bytes_refusal(peer, pool, expected))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await room.wait()
         pool.take(expected)  # reserved while it is read: calls waiting together do not all find the same room
         try:
-            request = await asyncio.wait_for(anext(aiter(requests)), limit)
+            async with asyncio.timeout(limit):
+                request = await anext(aiter(requests))
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"request message not received within {limit:g} s")
         except StopAsyncIteration:

@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo     start a worker and stream synthetic video through it"
 	@echo "make test     stubs check, lint, type check and the whole test suite"
-	@echo "make bench    figures: fault matrix vs nginx and zero-hop, faults beyond it, proxy overhead, Check latency, long fuzz (~14 min)"
+	@echo "make bench    figures: fault matrix vs nginx and zero-hop, faults beyond it, proxy overhead, Check latency, clients behaving badly, long fuzz (~16 min)"
 	@echo "make setup    create $(VENV) and install the project (editable) with its test tools"
 	@echo "make protos   regenerate the gRPC stubs from protos/ (into detector/ and router/)"
 	@echo "make lint     ruff, mypy, and buf lint + breaking-change check of protos/ (against the last API release)"
@@ -95,7 +95,7 @@ test: setup tools check-protos lint
 demo: setup
 	$(PY) -m eagleeye.client.demo
 
-# Figures, not assertions (docs/benchmarks.md): about 14 minutes on 2 cores. The fault matrix
+# Figures, not assertions (docs/benchmarks.md): about 16 minutes on 2 cores. The fault matrix
 # installs the Debian package nginx if it is missing.
 FUZZ_BENCH_EXAMPLES ?= 1500
 bench: setup tools

@@ -30,8 +30,10 @@ class IncidentLog:
         self._clock = clock
         self._recent: dict[tuple[str, str], tuple[str, float, int]] = {}  # (message, detail) -> id, since, repeats
 
-    def report(self, message: str, detail: str, level: int = logging.ERROR, **fields: Any) -> str:
-        """The client's text for an internal failure: `message` and an id; the log has `detail` under it."""
+    def report(self, message: str, detail: str, level: int = logging.ERROR, *, what: str = "internal error",
+               **fields: Any) -> str:
+        """The client's text for an internal failure: `message` and an id; the log has `detail` under it,
+        as an event named `what` (a failure that is not the server's own fault names itself otherwise)."""
         now = self._clock()
         key = (message, detail)
         seen = self._recent.get(key)
@@ -39,14 +41,14 @@ class IncidentLog:
             self._recent[key] = (seen[0], seen[1], seen[2] + 1)
             return _client_text(message, seen[0], self._where)
         if seen is not None and seen[2]:
-            event(self._log, "internal error repeated", level, error_id=seen[0], repeats=seen[2])
+            event(self._log, f"{what} repeated", level, error_id=seen[0], repeats=seen[2])
         if len(self._recent) >= self._max_kept:
             self._recent = {k: v for k, v in self._recent.items() if now - v[1] < self._window_s}
             if len(self._recent) >= self._max_kept:
                 self._recent.clear()
         error_id = secrets.token_hex(6)
         self._recent[key] = (error_id, now, 0)
-        event(self._log, "internal error", level, error_id=error_id, message=message, detail=detail, **fields)
+        event(self._log, what, level, error_id=error_id, message=message, detail=detail, **fields)
         return _client_text(message, error_id, self._where)
 
 

@@ -160,14 +160,16 @@ class Proxy:
         views = {b.value: w.view() for b, w in self.controller.watchers.items()}
         return self.incidents.report(
             f"no detector worker can serve: router state {self.controller.decision.state.value}",
-            "; ".join(f"{name}: {v.reason or 'ready'}" for name, v in views.items()), logging.WARNING)
+            "; ".join(f"{name}: {v.reason or 'ready'}" for name, v in views.items()), logging.WARNING,
+            what="no worker can serve")
 
     def client_details(self, code: grpc.StatusCode, details: str) -> str:
         """A backend's error text as the client may see it: a transport failure's text (addresses, core
         errors) is replaced by an error id; the worker's own messages pass (its internals carry ids)."""
         if code not in _STREAM_FAILURES or "error id" in details:
             return details
-        return self.incidents.report(f"detector worker call failed ({code.name})", details, logging.WARNING)
+        return self.incidents.report(f"detector worker call failed ({code.name})", details, logging.WARNING,
+                                     what="worker call failed")
 
     def drain(self) -> None:
         """Shutting down: every stream stops reading frames, gets the answers to those it sent already,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from eagleeye.client.admin import positive_arg
 from eagleeye.common import grpcopts
 from eagleeye.common.cli import parse_host_port
 from eagleeye.common.health import HealthServicer
@@ -271,13 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: one the OS assigns)")
     ap.add_argument("--worker-id", default="sim", help="the name answers carry (DetectResponse.worker)")
-    ap.add_argument("--service-ms", type=_positive, default=20.0, help="time one batch takes (default 20)")
+    ap.add_argument("--service-ms", type=positive_arg, default=20.0, help="time one batch takes (default 20)")
     ap.add_argument("--max-batch", type=_count, default=8, help="requests per batch at most (default 8)")
     ap.add_argument("--max-queue", type=_count, default=64,
                     help="requests waiting at most; the next gets RESOURCE_EXHAUSTED (default 64)")
     ap.add_argument("--start-delay-s", type=_non_negative, default=0.0,
                     help="readiness NOT_SERVING this long after start, as while a model loads (default 0)")
-    ap.add_argument("--canary-deadline-s", type=_positive, default=1.5,
+    ap.add_argument("--canary-deadline-s", type=positive_arg, default=1.5,
                     help="an injected delay longer than this turns readiness NOT_SERVING (default 1.5)")
     ap.add_argument("--grace-s", type=_non_negative, default=5.0, help="calls' time to finish on SIGTERM")
     return ap
@@ -291,10 +292,6 @@ def _number(text: str, ok: Callable[[float], bool], rule: str) -> float:
     if not ok(value):
         raise argparse.ArgumentTypeError(f"{text} must be {rule}")
     return value
-
-
-def _positive(text: str) -> float:
-    return _number(text, lambda v: v > 0, "greater than 0")
 
 
 def _non_negative(text: str) -> float:

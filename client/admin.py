@@ -109,6 +109,17 @@ def _backend(text: str) -> str:
     return name
 
 
+def _worker(text: str) -> str:
+    """primary, standby, or one worker of a pool by its name (ROLE/HOST:PORT, as `state` lists it)."""
+    role, slash, address = text.partition("/")
+    if not slash:
+        return _backend(text)
+    if role.lower() not in BACKENDS or not address:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a backend: choose primary, standby, or a pool worker's "
+                                         "name as `eagleeye admin state` lists it (e.g. primary/10.0.0.2:50051)")
+    return f"{role.lower()}/{address}"
+
+
 def add_admin_parser(sub: Any) -> None:
     """`eagleeye admin ACTION ...` under the top-level subcommands."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -157,7 +168,12 @@ def add_admin_parser(sub: Any) -> None:
          "and skips the current hold-down (the ramp back still applies)."),
     ):
         p = action(name, summary, description, "one of the two is required")
-        p.add_argument("backend", type=_backend, metavar="BACKEND", help="primary or standby")
+        if name == "switch":
+            p.add_argument("backend", type=_backend, metavar="BACKEND", help="primary or standby")
+        else:
+            p.add_argument("backend", type=_worker, metavar="BACKEND",
+                           help="primary or standby (in a pool: every worker of that role), or one pool worker "
+                                "by its name, e.g. primary/10.0.0.2:50051")
         if name == "switch":
             p.add_argument("--force", action="store_true",
                            help="switch to the standby even though it is not ready (every request may then fail)")
@@ -195,7 +211,8 @@ def _event_time(e: rpb.SwitchEvent, fmt: str) -> str:
 
 def _event_core(e: rpb.SwitchEvent) -> str:
     detect = f", detected in {e.detection_ms:.0f} ms" if e.detection_ms else ""
-    return f"{e.from_state} -> {e.to_state}{detect}: {e.reason}"
+    where = f"[{e.worker}] " if e.worker else ""
+    return f"{where}{e.from_state} -> {e.to_state}{detect}: {e.reason}"
 
 
 def event_line(e: rpb.SwitchEvent) -> str:
@@ -222,11 +239,12 @@ def print_state(target: str, state: rpb.RouterState, events: int, as_json: bool)
     if state.state == "RECOVERING":
         print(f"  hold-down left {state.hold_down_remaining_s:.1f} s, ramp {state.ramp_progress:.0%}")
     for b in state.backends:
-        name = rpb.Backend.Name(b.backend).removeprefix("BACKEND_").lower()
+        name = b.name or rpb.Backend.Name(b.backend).removeprefix("BACKEND_").lower()
         health = "ready" if b.ready else "NOT READY"
         extra = [x for x, on in (("no headroom", not b.headroom and b.ready), ("drained", b.drained),
                                  ("ejected", b.ejected)) if on]
-        print(f"  {name:<8} {b.address:<22} weight {b.weight:5.1f}%  {health}"
+        shown = f"{name:<8} {b.address:<22}" if "/" not in name else f"{name:<31}"
+        print(f"  {shown} weight {b.weight:5.1f}%  {health}"
               + (f" ({', '.join(extra)})" if extra else "") + (f"  - {b.reason}" if b.reason else ""))
     if state.xds_endpoints_version:
         current = sum(c.endpoints_version == state.xds_endpoints_version for c in state.xds_clients)
@@ -273,14 +291,15 @@ async def run(args: argparse.Namespace, prog: str) -> int:
                 print(json.dumps(_as_dict(e)) if args.json else event_line(e), flush=True)
             print(f"{prog}: {args.target}: the router ended the event stream", file=sys.stderr)
             return 0
-        backend = BACKENDS[args.backend]
+        backend = BACKENDS[args.backend.partition("/")[0]]
+        worker = args.backend if "/" in args.backend else ""
         if args.action == "switch":
             state = (await stub.Switch(rpb.SwitchRequest(to=backend, force=args.force),
                                        timeout=args.timeout, metadata=_metadata(token))).state
             done = f"switched to {args.backend}" + (" (forced)" if args.force else "")
         else:
             drained = args.action == "drain"
-            state = (await stub.SetDrain(rpb.SetDrainRequest(backend=backend, drained=drained),
+            state = (await stub.SetDrain(rpb.SetDrainRequest(backend=backend, drained=drained, worker=worker),
                                          timeout=args.timeout, metadata=_metadata(token))).state
             done = f"{args.action}ed {args.backend}"
     if not args.json:

@@ -29,7 +29,6 @@ from eagleeye.router.admin import AdminServicer
 from eagleeye.router.adminaccess import ADMIN_MAX_CALLS, ADMIN_MAX_CALLS_PER_PEER, ADMIN_REQUEST_TIMEOUT_S
 from eagleeye.router.config import RouterConfig
 from eagleeye.router.controller import Controller
-from eagleeye.router.fleet import Backend
 from eagleeye.router.latency import BackendTimers
 from eagleeye.router.links import Links
 from eagleeye.router.proxy import Proxy
@@ -66,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="FILE", type=Path, help="... and this PEM private key")
     p.add_argument("--tls-client-ca", metavar="FILE", type=Path,
                    help="require client certificates signed by this PEM CA (mTLS)")
-    p.add_argument("--primary", metavar="HOST:PORT", help="the primary detector worker")
-    p.add_argument("--standby", metavar="HOST:PORT", help="the hot standby detector worker")
+    p.add_argument("--primary", metavar="HOST:PORT[,...]",
+                   help="the primary detector worker, or a pool of them, comma-separated (docs/router.md#pools)")
+    p.add_argument("--standby", metavar="HOST:PORT[,...]",
+                   help="the hot standby detector worker, or a pool of them, comma-separated")
     p.add_argument("--backend-tls-ca", metavar="FILE", type=Path,
                    help="dial the workers over TLS, trusting this PEM CA")
     p.add_argument("--backend-tls-cert", metavar="FILE", type=Path,
@@ -128,10 +129,11 @@ async def serve(cfg: RouterConfig) -> int:
     tls = ServerTls.of(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     health = HealthServicer(cfg.max_watch_streams, cfg.max_watch_streams_per_peer)
     links = Links(cfg, tel.client_interceptors() if tel.tracing else None)
+    backends = cfg.backends()
     watchers = {backend: BackendWatcher(backend.value, address, links.health[backend], cfg)
-                for backend, address in ((Backend.PRIMARY, cfg.primary), (Backend.STANDBY, cfg.standby))}
+                for backend, address in backends.items()}
     timers = {b: BackendTimers(cfg.hedge_quantile, (cfg.hedge_delay_min_s, cfg.hedge_delay_max_s),
-                               cfg.stall_multiplier, (cfg.stall_min_s, cfg.stall_max_s)) for b in Backend}
+                               cfg.stall_multiplier, (cfg.stall_min_s, cfg.stall_max_s)) for b in backends}
     controller = Controller(cfg.policy(), watchers, health, timers, tel.meter)  # subscribes to the watchers
 
     servers: dict[str, tuple[grpc.aio.Server, str]] = {}  # what listens where, by setting
@@ -166,8 +168,7 @@ async def serve(cfg: RouterConfig) -> int:
                                               ("grpc.http2.bdp_probe", 0),
                                               *grpcopts.streams_per_connection(cfg.xds_max_clients_per_peer
                                                                                + cfg.max_watch_streams_per_peer)])
-        publisher = XdsPublisher(controller, cfg.xds_name, {Backend.PRIMARY: cfg.primary,
-                                                            Backend.STANDBY: cfg.standby},
+        publisher = XdsPublisher(controller, cfg.xds_name, backends,
                                  cfg.xds_num_retries, cfg.xds_max_clients, tel.meter,
                                  max_clients_per_peer=cfg.xds_max_clients_per_peer)
         xds_server.add_generic_rpc_handlers((publisher.handler(),))

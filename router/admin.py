@@ -48,14 +48,13 @@ from eagleeye.router.xds.server import XdsPublisher
 log = logging.getLogger("eagleeye.admin")
 
 _BACKENDS: dict[int, Backend] = {pb.BACKEND_PRIMARY: Backend.PRIMARY, pb.BACKEND_STANDBY: Backend.STANDBY}
-_TO_PB: dict[Backend, pb.Backend] = {Backend.PRIMARY: pb.BACKEND_PRIMARY, Backend.STANDBY: pb.BACKEND_STANDBY}
 
 
 def event_pb(e: SwitchEvent) -> pb.SwitchEvent:
     return pb.SwitchEvent(time_unix=e.time_unix, from_state=e.from_state, to_state=e.to_state, reason=e.reason,
                           detection_ms=e.detection_ms or 0.0, primary_weight=e.primary_weight,
                           standby_weight=e.standby_weight, latency_before_ms=e.latency_before_ms or 0.0,
-                          latency_after_ms=e.latency_after_ms or 0.0)
+                          latency_after_ms=e.latency_after_ms or 0.0, worker=e.worker)
 
 
 class AdminServicer(pb_grpc.RouterAdminServicer):
@@ -77,7 +76,8 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
         for backend, watcher in ctl.watchers.items():
             view, s = watcher.view(), watcher.status
             backends.append(pb.BackendHealth(
-                backend=_TO_PB[backend], address=watcher.address, ready=view.ready, headroom=view.headroom,
+                backend=pb.BACKEND_PRIMARY if backend.primary else pb.BACKEND_STANDBY, name=backend.value,
+                address=watcher.address, ready=view.ready, headroom=view.headroom,
                 reason=view.reason, watch_connected=s.watch_connected, consecutive_check_failures=s.check_failures,
                 consecutive_healthy_checks=s.healthy_checks, ejected=s.ejected_at is not None, drained=s.drained,
                 weight=ctl.weight(backend)))
@@ -177,9 +177,18 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
 
     async def SetDrain(self, request: pb.SetDrainRequest,
                        context: grpc.aio.ServicerContext) -> pb.SetDrainResponse:
-        action = f"{'drain' if request.drained else 'undrain'} {_backend_name(request.backend)}"
+        target = printable(request.worker) if request.worker else _backend_name(request.backend)
+        action = f"{'drain' if request.drained else 'undrain'} {target}"
         await self._authorize(context, action)
-        backend = await self._backend(request.backend, context, action)
+        if request.worker:
+            found = [b for b in self._ctl.watchers if b.value == request.worker]
+            if not found:
+                names = ", ".join(b.value for b in self._ctl.watchers)
+                _audit(context, action, "refused: no such worker")
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no worker named {target!r}; the router's: {names}")
+            backend = found[0]
+        else:
+            backend = await self._backend(request.backend, context, action)
         self._ctl.set_drain(backend, request.drained)
         _audit(context, action, "done", logging.WARNING)
         return pb.SetDrainResponse(state=self.state())
@@ -189,9 +198,9 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
         await self._authorize(context, action)
         backend = await self._backend(request.to, context, action)
         if backend is Backend.STANDBY and not request.force:
-            view = self._ctl.watchers[Backend.STANDBY].view()
-            if not view.ready:
-                why = view.reason or "not ready"
+            views = [self._ctl.watchers[b].view() for b in self._ctl.members(backend)]
+            if not any(v.ready for v in views):
+                why = "; ".join(v.reason for v in views if v.reason) or "not ready"
                 _audit(context, action, f"refused: standby not ready ({why})")
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                     f"standby is not ready ({why}): switching would leave no backend to serve; "

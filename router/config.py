@@ -13,7 +13,7 @@ from eagleeye.common.logs import LOG_FORMATS
 from eagleeye.router import requestpolicy
 from eagleeye.router.adminaccess import MAX_ANONYMOUS_STREAMS, MAX_ANONYMOUS_STREAMS_PER_PEER, AdminLimits
 from eagleeye.router.budget import BudgetConfig
-from eagleeye.router.fleet import RequestCost
+from eagleeye.router.fleet import Backend, RequestCost, Role
 from eagleeye.router.policy import PolicyConfig
 from eagleeye.router.stream import StreamConfig
 from eagleeye.router.unary import UnaryConfig
@@ -153,12 +153,19 @@ class RouterConfig:
         if self.backend_tls_server_name and self.backend_tls_ca is None:
             raise ConfigError("backend_tls_server_name: needs backend_tls_ca (it names the worker certificate's host)")
         if not self.primary or not self.standby:
-            raise ConfigError("primary and standby: both backends are required (--primary HOST:PORT "
-                              "--standby HOST:PORT)")
-        parse_host_port("primary", self.primary)
-        parse_host_port("standby", self.standby)
-        if self.primary == self.standby:
-            raise ConfigError(f"standby={self.standby!r}: must differ from primary")
+            raise ConfigError("primary and standby: both backends are required (--primary HOST:PORT[,HOST:PORT...] "
+                              "--standby HOST:PORT[,HOST:PORT...])")
+        seen: dict[str, str] = {}
+        for name in ("primary", "standby"):
+            value = getattr(self, name)
+            for address in value.split(","):
+                if not address.strip():
+                    raise ConfigError(f"{name}={value!r}: an empty address in the list")
+                parse_host_port(name, address.strip())
+                if address.strip() in seen:
+                    raise ConfigError(f"{name}={value!r}: {address.strip()} is already a {seen[address.strip()]}: "
+                                      "the workers must differ (each is a primary or a standby, once)")
+                seen[address.strip()] = name
         for name in ("weights", "degraded_weights"):
             w = getattr(self, name)
             if min(w) < 0 or abs(sum(w) - 100) > 1e-6:
@@ -209,6 +216,15 @@ class RouterConfig:
         settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
         settings.one_of("log_level", self.log_level, LOG_LEVELS)
         settings.one_of("log_format", self.log_format, LOG_FORMATS)
+
+    def backends(self) -> dict[Backend, str]:
+        """The workers and their addresses: a pair (`primary`, `standby`) or, when either lists several
+        (comma-separated), a pool whose workers are named by role and address."""
+        primaries = [a.strip() for a in self.primary.split(",") if a.strip()]
+        standbys = [a.strip() for a in self.standby.split(",") if a.strip()]
+        pooled = len(primaries) > 1 or len(standbys) > 1
+        return {**{Backend.of(Role.PRIMARY, a, pooled): a for a in primaries},
+                **{Backend.of(Role.STANDBY, a, pooled): a for a in standbys}}
 
     def policy(self) -> PolicyConfig:
         """The policy's share of the settings."""

@@ -21,10 +21,11 @@ from opentelemetry import metrics
 from eagleeye.common.aio import wait_event
 from eagleeye.common.logs import event
 from eagleeye.common.names import LIVENESS, READINESS_NAMES, REDUNDANCY
-from eagleeye.router.fleet import Backend
+from eagleeye.router.fleet import Backend, Role, StreamPlace
+from eagleeye.router.fleetpolicy import FleetDecision, FleetPolicy, FleetTransition, Side
 from eagleeye.router.latency import BackendTimers
 from eagleeye.router.metrics import RouterMetrics
-from eagleeye.router.policy import Decision, Policy, PolicyConfig, State, Transition
+from eagleeye.router.policy import Decision, PolicyConfig, State
 from eagleeye.router.watcher import BackendWatcher
 
 log = logging.getLogger("eagleeye.router")
@@ -46,6 +47,7 @@ class SwitchEvent:
     standby_weight: float
     latency_before_ms: float | None
     latency_after_ms: float | None = None
+    worker: str = ""      # in a pool: the primary whose slot changed ("" for the fleet's own state)
 
 
 class LatencyLog:
@@ -64,21 +66,28 @@ class LatencyLog:
 
 
 class Controller:
-    """Policy + watchers + observers; to the data path, the Fleet it asks about backends."""
+    """Policy + watchers + observers; to the data path, the Fleet it asks about backends.
+
+    Workers are primaries and standbys (`Backend.role`); a pair is the fleet of one and one. New work
+    is placed by weight, and among the workers of a role by load: two chosen at random (in proportion
+    to their weights), the one with fewer calls and stream legs outstanding per unit of weight
+    ("power of two choices"; the worker's own load reports can add to it).
+    """
 
     def __init__(self, policy_cfg: PolicyConfig, watchers: dict[Backend, BackendWatcher],
                  health: health_aio.HealthServicer, timers: dict[Backend, BackendTimers],
                  meter: metrics.Meter | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
-        self._policy = Policy(policy_cfg)
+        self._policy = FleetPolicy(policy_cfg)
         self.watchers = watchers
         self.timers = timers
         self._health = health
         self._clock = clock
         self._wall = wall
         self._rng = rng or random.Random()
-        self.decision = Decision(State.BOTH_DOWN, 0.0, 0.0)
+        self.decision = Decision(State.BOTH_DOWN, 0.0, 0.0)   # the fleet's, summed (a pair's: exactly its own)
+        self.fleet_decision = FleetDecision(State.BOTH_DOWN, {}, {})
         self.events: collections.deque[SwitchEvent] = collections.deque(maxlen=100)
         self._subscribers: set[asyncio.Queue[SwitchEvent]] = set()
         self._published: dict[str, bool] = {}
@@ -89,15 +98,18 @@ class Controller:
         self.stream_migrations = 0
         self.replayed_frames = 0
         self.active_streams = 0       # client DetectStreams open now (the proxy counts them)
-        self._progress_at = dict.fromkeys(Backend, float("-inf"))  # last answer of any kind, per backend
+        self._progress_at: dict[Backend, float] = {}  # last answer of any kind, per backend
+        self._load: dict[Backend, int] = dict.fromkeys(watchers, 0)   # calls and stream legs outstanding
         self._dirty = asyncio.Event()
         self._decision_listeners: list[Callable[[], None]] = []
+        self.pooled = sum(b.primary for b in watchers) > 1 or sum(not b.primary for b in watchers) > 1
         self.metrics = RouterMetrics(
             meter or metrics.NoOpMeter("eagleeye"),
-            weights=lambda: {b.value: self.weight(b) for b in Backend},
+            weights=lambda: {b.value: self.weight(b) for b in self.watchers},
             ready=lambda: {b.value: w.view().ready for b, w in self.watchers.items()},
             state=lambda: self.decision.state, health=lambda: dict(self._published),
-            streams=lambda: self.active_streams)
+            streams=lambda: self.active_streams, backends=[b.value for b in watchers],
+            outstanding=lambda: {b.value: n for b, n in self._load.items()})
         for w in watchers.values():
             w.subscribe(self.changed)
 
@@ -109,9 +121,11 @@ class Controller:
 
     def reevaluate(self) -> None:
         now = self._clock()
-        p, s = self.watchers[Backend.PRIMARY].view(), self.watchers[Backend.STANDBY].view()
-        self.decision = self._policy.update(p, s, now)
-        for t in self.decision.transitions:
+        views = {b: w.view() for b, w in self.watchers.items()}
+        d = self.fleet_decision = self._policy.update({b.name: v for b, v in views.items() if b.primary},
+                                                      {b.name: v for b, v in views.items() if not b.primary}, now)
+        self.decision = _summary(d, self.pooled)
+        for t in d.transitions:
             self._emit(t, now)
         for listener in self._decision_listeners:
             listener()
@@ -121,19 +135,22 @@ class Controller:
         """Call `listener` after every evaluation of the policy (signals changed, or time passed)."""
         self._decision_listeners.append(listener)
 
-    def _emit(self, t: Transition, now: float) -> None:
-        d = self.decision
+    def _emit(self, ft: FleetTransition, now: float) -> None:
+        d, t = self.decision, ft.transition
+        reason = t.reason
         ev = SwitchEvent(time_unix=self._wall(), from_state=t.from_state.value, to_state=t.to_state.value,
-                         reason=t.reason, detection_ms=t.detection_ms, primary_weight=round(d.primary_weight, 2),
+                         reason=reason, detection_ms=t.detection_ms, primary_weight=round(d.primary_weight, 2),
                          standby_weight=round(d.standby_weight, 2),
-                         latency_before_ms=self.latency.median(now - LATENCY_WINDOW_S, now))
+                         latency_before_ms=self.latency.median(now - LATENCY_WINDOW_S, now), worker=ft.worker)
         self.events.append(ev)
         self.switches[t.to_state.value if t.from_state != t.to_state else "RAMP_START"] += 1
         self.metrics.switch(t.to_state.value, t.cause, t.detection_ms)
-        event(log, "switch", logging.WARNING if t.to_state in (State.FAILOVER, State.BOTH_DOWN) else logging.INFO,
+        bad = t.to_state in (State.FAILOVER, State.BOTH_DOWN, State.STANDBYS_SHORT)
+        event(log, "switch", logging.WARNING if bad else logging.INFO,
               from_state=ev.from_state, to_state=ev.to_state, reason=ev.reason,
               detection_ms=None if ev.detection_ms is None else round(ev.detection_ms, 1),
-              primary_weight=ev.primary_weight, standby_weight=ev.standby_weight)
+              primary_weight=ev.primary_weight, standby_weight=ev.standby_weight,
+              **({"worker": ft.worker or "fleet"} if self.pooled else {}))
         for q in self._subscribers:
             q.put_nowait(ev)
         asyncio.get_running_loop().call_later(LATENCY_WINDOW_S, self._fill_latency_after, ev, now)
@@ -154,8 +171,11 @@ class Controller:
 
     async def _publish_health(self) -> None:
         can_serve = self.decision.state is not State.BOTH_DOWN
-        both = all(w.view().ready for w in self.watchers.values())
-        statuses = {**dict.fromkeys(READINESS_NAMES, can_serve), LIVENESS: True, REDUNDANCY: both}
+        # Redundancy: every primary serving and a standby ready to take the next one's share.
+        ready = {b: w.view().ready for b, w in self.watchers.items()}
+        redundant = all(ok for b, ok in ready.items() if b.primary) and any(
+            ok for b, ok in ready.items() if not b.primary)
+        statuses = {**dict.fromkeys(READINESS_NAMES, can_serve), LIVENESS: True, REDUNDANCY: redundant}
         for name, ok in statuses.items():
             if self._published.get(name) != ok:
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING if ok
@@ -165,33 +185,79 @@ class Controller:
     # -- routing -----------------------------------------------------------------------------------
 
     def weight(self, backend: Backend) -> float:
-        d = self.decision
-        return d.primary_weight if backend is Backend.PRIMARY else d.standby_weight
+        return self.fleet_decision.weights.get(backend.name, 0.0)
+
+    def load(self, backend: Backend, delta: int) -> None:
+        """A call or stream leg started (+1) or ended (-1) on `backend`."""
+        if backend in self._load:
+            self._load[backend] += delta
+
+    def outstanding(self, backend: Backend) -> int:
+        return self._load.get(backend, 0)
+
+    def _least_loaded(self, candidates: list[Backend], weighted: bool = True) -> Backend | None:
+        """Power of two choices: two candidates drawn in proportion to their weights, the one with less
+        outstanding work per unit of weight (with `weighted` False: drawn evenly, by outstanding work)."""
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        if weighted:
+            weights = [self.weight(b) for b in candidates]
+            a, b = self._rng.choices(candidates, weights)[0], self._rng.choices(candidates, weights)[0]
+            if a == b:
+                return a
+            return a if (self.outstanding(a) + 1) / self.weight(a) <= (self.outstanding(b) + 1) / self.weight(b) else b
+        a, b = self._rng.sample(candidates, 2)
+        return a if self.outstanding(a) <= self.outstanding(b) else b
+
+    def _weighted(self, primary: bool, exclude: Backend | None = None) -> list[Backend]:
+        return [b for b in self.watchers if b.primary is primary and b != exclude and self.weight(b) > 0]
 
     def pick(self) -> Backend | None:
-        """A backend for a new call, by weight; None when none may be used (BOTH_DOWN)."""
-        p, s = self.decision.primary_weight, self.decision.standby_weight
+        """A worker for a new call: a role by weight, then by load among that role's workers; None when
+        none may be used (BOTH_DOWN)."""
+        p = sum(self.weight(b) for b in self.watchers if b.primary)
+        s = sum(self.weight(b) for b in self.watchers if not b.primary)
         if p + s <= 0:
             return None
-        return Backend.PRIMARY if self._rng.random() * (p + s) < p else Backend.STANDBY
+        return self._least_loaded(self._weighted(self._rng.random() * (p + s) < p))
 
-    def place_new(self, affinity: float) -> Backend | None:
-        """Where a new stream with `affinity` in [0, 100) goes: the primary while affinity < its weight."""
-        p, s = self.decision.primary_weight, self.decision.standby_weight
-        if p + s <= 0:
-            return None
-        return Backend.PRIMARY if affinity < p * 100 / (p + s) else Backend.STANDBY
+    def place_new(self, place: StreamPlace) -> Backend | None:
+        """Where a new stream goes: a home among the primaries by load, then where its affinity puts it."""
+        place.home = self._new_home()
+        return self.placement(place, None)
 
-    def placement(self, affinity: float) -> Backend | None:
-        """Where a running stream belongs: as a new one would, but DEGRADED moves no running stream.
+    def _new_home(self) -> Backend | None:
+        homes = self._weighted(True) or [b for b in self.watchers if b.primary]
+        return self._least_loaded(homes) if all(self.weight(b) > 0 for b in homes) else self._rng.choice(homes) \
+            if homes else None
 
-        As the ramp raises the primary's weight, each stream moves back exactly once. Under overload a
-        stream is often the load itself: moved off a primary lacking headroom it would take the
-        overload along and come back when headroom returns, so DEGRADED shifts new streams only.
+    def placement(self, place: StreamPlace, current: Backend | None) -> Backend | None:
+        """Where a running stream belongs: its home, or as its slot's weights send it away from home (each
+        stream moves back exactly once as a ramp raises its home's share). DEGRADED moves no running
+        stream: under overload a stream is often the load itself; moved off a primary lacking headroom it
+        would take the overload along and come back when headroom returns, so DEGRADED shifts new
+        streams only. Off home, a stream stays on the worker it is on while that one may take traffic.
         """
-        if self.decision.state is State.DEGRADED:
+        d = self.fleet_decision
+        home = place.home
+        if home is None or home.name not in d.slots:
+            home = place.home = self._new_home()
+        side = d.side(home.name, place.affinity) if home is not None else Side.STANDBYS
+        if side is Side.HOME or (side is Side.STAY and current is None):
+            return home
+        if side is Side.STAY:
+            return current
+        if side is Side.NOWHERE:
             return None
-        return self.place_new(affinity)
+        primary = side is Side.PRIMARIES
+        if current is not None and current.primary is primary and current != home and self.weight(current) > 0 \
+                and self.usable(current):
+            return current
+        return self._least_loaded(self._weighted(primary, exclude=home))
+
+    def alternative(self, backend: Backend | None) -> Backend | None:
+        """Another usable worker (even at weight 0) for what `backend` did not answer: the least loaded."""
+        return self._least_loaded([b for b in self.watchers if b != backend and self.usable(b)], weighted=False)
 
     def hedge_delay_s(self, backend: Backend) -> float:
         return self.timers[backend].hedge_delay_s()
@@ -200,11 +266,12 @@ class Controller:
         return self.timers[backend].stall_s()
 
     def progress_at(self, backend: Backend) -> float:
-        return self._progress_at[backend]
+        return self._progress_at.get(backend, float("-inf"))
 
     def usable(self, backend: Backend) -> bool:
         """Ready by every signal (a retry or a stream may go there even at weight 0)."""
-        return self.watchers[backend].view().ready
+        w = self.watchers.get(backend)
+        return w is not None and w.view().ready
 
     def record(self, backend: Backend, ok: bool, latency_s: float | None = None) -> None:
         """A real call's outcome (ok, or a failure of the backend) and its latency."""
@@ -233,13 +300,34 @@ class Controller:
     def unsubscribe(self, q: asyncio.Queue[SwitchEvent]) -> None:
         self._subscribers.discard(q)
 
+    def members(self, backend: Backend) -> list[Backend]:
+        """The workers `backend` stands for: itself, or in a pool `Backend.PRIMARY`/`STANDBY` for its role."""
+        return [backend] if backend in self.watchers else [b for b in self.watchers if b.role is backend.role]
+
     def set_drain(self, backend: Backend, drained: bool) -> None:
-        event(log, "drain" if drained else "undrain", logging.WARNING, backend=backend.value)
-        self.watchers[backend].set_drained(drained)
+        for b in self.members(backend):
+            event(log, "drain" if drained else "undrain", logging.WARNING, backend=b.value)
+            self.watchers[b].set_drained(drained)
 
     def switch_to(self, backend: Backend) -> None:
-        if backend is Backend.STANDBY:
+        if backend.role is Role.STANDBY:
             self.set_drain(Backend.PRIMARY, True)
         else:
             self._policy.skip_hold_down(self._clock())
             self.set_drain(Backend.PRIMARY, False)
+
+
+def _summary(d: FleetDecision, pooled: bool) -> Decision:
+    """The fleet's decision as one Decision (admin, metrics, request defaults): a pair's is its slot's."""
+    if not pooled and len(d.slots) == 1:
+        slot = next(iter(d.slots.values()))
+        return replace(slot, state=d.state, transitions=())
+    names = set(d.slots)
+    primary = sum(w for n, w in d.weights.items() if n in names)
+    standby = sum(w for n, w in d.weights.items() if n not in names)
+    recovering = [s for s in d.slots.values() if s.state is State.RECOVERING]
+    return Decision(d.state, primary, standby,
+                    hold_down_remaining_s=max((s.hold_down_remaining_s for s in recovering), default=0.0),
+                    ramp_progress=min((s.ramp_progress for s in recovering), default=0.0),
+                    next_hold_down_s=max((s.next_hold_down_s for s in d.slots.values()), default=0.0),
+                    degraded_hold_s=max((s.degraded_hold_s for s in d.slots.values()), default=0.0))

@@ -1,21 +1,55 @@
-"""The two backends, and what the data path's decisions ask about them (pure: no grpc, no clock)."""
+"""The workers (primaries and standbys), and what the data path's decisions ask about them (pure: no grpc,
+no clock)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 
-class Backend(Enum):
-    """The two backends."""
+class Role(Enum):
+    """What a worker is for: carrying the traffic, or standing by warm to take a failed primary's share."""
 
     PRIMARY = "primary"
     STANDBY = "standby"
 
+
+@dataclass(frozen=True)
+class Backend:
+    """One worker the router sends to. In a pair its name is its role (`primary`, `standby`, as in logs,
+    metrics and the admin API since the start); in a pool, its role and address (`primary/10.0.0.5:50051`)."""
+
+    role: Role
+    name: str
+
+    PRIMARY: ClassVar[Backend]
+    STANDBY: ClassVar[Backend]
+
     @property
-    def other(self) -> Backend:
-        return Backend.STANDBY if self is Backend.PRIMARY else Backend.PRIMARY
+    def value(self) -> str:
+        return self.name
+
+    @property
+    def primary(self) -> bool:
+        return self.role is Role.PRIMARY
+
+    @staticmethod
+    def of(role: Role, address: str, pooled: bool) -> Backend:
+        return Backend(role, f"{role.value}/{address}" if pooled else role.value)
+
+
+Backend.PRIMARY = Backend(Role.PRIMARY, "primary")
+Backend.STANDBY = Backend(Role.STANDBY, "standby")
+
+
+@dataclass
+class StreamPlace:
+    """Where a stream belongs: its `home` primary (chosen by load when it opens, and again if that primary
+    leaves the pool) and its `affinity` in [0, 100), which decides when it leaves home and comes back."""
+
+    affinity: float
+    home: Backend | None = None
 
 
 class Fleet(Protocol):
@@ -24,8 +58,12 @@ class Fleet(Protocol):
     def usable(self, backend: Backend) -> bool:
         """Ready by every signal: a retry, a hedge or a stream may go there even at weight 0."""
 
-    def placement(self, affinity: float) -> Backend | None:
-        """Where a running stream with this affinity belongs now; None: wherever it is."""
+    def alternative(self, backend: Backend | None) -> Backend | None:
+        """Another usable worker for what `backend` did not answer (a hedge, a retry, a stream's replay),
+        the least loaded; None when there is none. With None: any usable worker."""
+
+    def placement(self, place: StreamPlace, current: Backend | None) -> Backend | None:
+        """Where a stream belongs now; None: wherever it is. May give the stream a new home."""
 
     def hedge_delay_s(self, backend: Backend) -> float:
         """How long a unary call to `backend` may go unanswered before it is hedged."""

@@ -31,12 +31,12 @@ RELOAD_INTERVAL_S = 5.0
 
 
 class Links:
-    """Channels to the primary and the standby; `subscribe` to hear when they are replaced."""
+    """Channels to every worker; `subscribe` to hear when they are replaced."""
 
     def __init__(self, cfg: RouterConfig, interceptors: list[Any] | None = None) -> None:
         self._cfg = cfg
         self._interceptors = interceptors
-        self._addresses = {Backend.PRIMARY: cfg.primary, Backend.STANDBY: cfg.standby}
+        self._addresses = cfg.backends()
         self._listeners: list[Callable[[], None]] = []
         self._retired_health: list[grpc.aio.Channel] = []
         self._closing: set[asyncio.Task[None]] = set()

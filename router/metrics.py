@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -15,7 +15,9 @@ class RouterMetrics:
 
     def __init__(self, meter: metrics.Meter, *, weights: Callable[[], dict[str, float]],
                  ready: Callable[[], dict[str, bool]], state: Callable[[], State],
-                 health: Callable[[], dict[str, bool]], streams: Callable[[], int]) -> None:
+                 health: Callable[[], dict[str, bool]], streams: Callable[[], int],
+                 backends: Sequence[str] = ("primary", "standby"),
+                 outstanding: Callable[[], dict[str, int]] = dict) -> None:
         # Counted here and read when scraped: a plain dict increment per call, where an SDK counter's
         # add() costs tens of microseconds of the router's CPU.
         self._request_counts: dict[tuple[str, str], int] = {}
@@ -51,7 +53,7 @@ class RouterMetrics:
             description="Requests and stream frames the router filled in defaults for (request_defaults), by state")
 
         # Counters with known labels start at 0, so rates and alerts see a series before the first event.
-        for backend in ("primary", "standby"):
+        for backend in backends:
             self._retries.add(0, {"backend": backend})
             self._hedges.add(0, {"backend": backend})
         for kind in ("hedge", "retry", "side_try"):
@@ -83,6 +85,10 @@ class RouterMetrics:
                                       description="1 for the router's current state")
         meter.create_observable_gauge("eagleeye_health_status", [observe_health], unit="1",
                                       description="1 when the health service name is SERVING, else 0")
+        meter.create_observable_gauge(
+            "eagleeye_router_backend_outstanding",
+            [lambda _: [Observation(n, {"backend": b}) for b, n in outstanding().items()]], unit="1",
+            description="Calls and stream legs the router has open on the backend now (its load, as placed)")
         meter.create_observable_gauge("eagleeye_router_active_streams", [lambda _: [Observation(streams())]],
                                       unit="1", description="Client DetectStreams open now")
 

@@ -35,6 +35,7 @@ class State(Enum):
     RECOVERING = "RECOVERING"
     STANDBY_DOWN = "STANDBY_DOWN"
     BOTH_DOWN = "BOTH_DOWN"
+    STANDBYS_SHORT = "STANDBYS_SHORT"  # a fleet's (router/fleetpolicy.py): more failed primaries than ready standbys
 
 
 # Every (new state, cause) a Transition can carry; metrics start each at zero.
@@ -44,6 +45,10 @@ TRANSITION_CAUSES: tuple[tuple[State, str], ...] = (
     (State.STANDBY_DOWN, "standby_failed"), (State.RECOVERING, "primary_recovered"),
     (State.RECOVERING, "ramp_started"), (State.DEGRADED, "headroom_lost"), (State.NORMAL, "headroom_back"),
     *((s, c) for s in (State.NORMAL, State.DEGRADED) for c in ("both_ready", "primary_first_ready", "ramp_complete")),
+    # A fleet's own changes (router/fleetpolicy.py; only with more than one primary or standby).
+    (State.STANDBYS_SHORT, "standbys_short"), (State.BOTH_DOWN, "all_failed"),
+    *((s, "fleet_changed") for s in (State.NORMAL, State.DEGRADED, State.FAILOVER, State.RECOVERING,
+                                     State.STANDBY_DOWN)),
 )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -332,6 +333,10 @@ async def _settle(call: grpc.aio.UnaryUnaryCall[bytes, bytes]) -> tuple[bytes | 
         return None, e
 
 
+def _unload(ctl: Controller, backend: Backend, _: object) -> None:
+    ctl.load(backend, -1)
+
+
 class UnaryForward:
     """One unary call: carries out router.unary's decisions with real backend calls and timers."""
 
@@ -365,7 +370,10 @@ class UnaryForward:
                         call = proxy.unary[(act.backend, self._method)](
                             self._request, timeout=max(deadline - proxy.clock(), 0.001), metadata=metadata)
                         calls.append((act.backend, call))
-                        running[asyncio.ensure_future(_settle(call))] = act.attempt
+                        settle = asyncio.ensure_future(_settle(call))
+                        ctl.load(act.backend, 1)
+                        settle.add_done_callback(functools.partial(_unload, ctl, act.backend))
+                        running[settle] = act.attempt
                         if act.why != "first":
                             self._count_extra(act)
                     elif isinstance(act, un.Cancel):
@@ -403,7 +411,8 @@ class UnaryForward:
 
     def _count_extra(self, act: un.Send) -> None:
         ctl = self._proxy.controller
-        slow = act.backend.other
+        slow = act.frm
+        assert slow is not None
         if act.why == "hedge":
             ctl.hedges += 1
             ctl.metrics.hedge(slow.value)
@@ -431,17 +440,26 @@ class UnaryForward:
 class _Leg:
     """One backend call carrying a client stream."""
 
-    def __init__(self, gen: int, backend: Backend, call: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+    def __init__(self, gen: int, backend: Backend, call: grpc.aio.StreamStreamCall[bytes, bytes],
+                 ctl: Controller) -> None:
         self.gen = gen
         self.backend = backend
         self.call = call
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
+        self._ctl: Controller | None = ctl
+        ctl.load(backend, 1)  # an open leg is load on its worker until it ends
+
+    def ended(self) -> None:
+        if self._ctl is not None:
+            self._ctl.load(self.backend, -1)
+            self._ctl = None
 
     def close(self) -> None:
         self.call.cancel()
         for t in self.tasks:
             t.cancel()
+        self.ended()
 
 
 class StreamSession:
@@ -479,7 +497,7 @@ class StreamSession:
     async def run(self) -> AsyncIterator[bytes]:
         """The answers to send the client, in order (an async generator, as gRPC handlers may be)."""
         ctl, core = self._ctl, self._core
-        target = ctl.place_new(core.affinity)
+        target = ctl.place_new(core.place)
         if target is None or not ctl.usable(target):
             target = ctl.pick()
         if target is None:
@@ -568,7 +586,7 @@ class StreamSession:
     def _open(self, a: st.Open) -> None:
         timeout = None if self._deadline is None else max(0.001, self._deadline - self._proxy.clock())
         call = self._proxy.streams[a.backend](timeout=timeout, metadata=self._metadata)
-        leg = _Leg(a.gen, a.backend, call)
+        leg = _Leg(a.gen, a.backend, call, self._ctl)
         leg.tasks = [asyncio.create_task(self._send(leg)), asyncio.create_task(self._receive(leg))]  # send first
         self._legs[a.gen] = leg
 
@@ -710,6 +728,7 @@ class StreamSession:
         # The call is over: its sender may still wait for a frame that will never come (the leg is no
         # longer in _legs, so nothing else would end it, and asyncio destroys such a task while pending).
         leg.tasks[0].cancel()
+        leg.ended()
         if self._legs.get(leg.gen) is leg:
             del self._legs[leg.gen]
         self._apply(self._core.on_leg_end(leg.gen, failure, code, details, self._proxy.clock()))
@@ -728,7 +747,7 @@ class StreamSession:
         except (grpc.aio.AioRpcError, TimeoutError):
             pass  # the first worker's refusal stands
         self._ctl.retries += 1
-        self._ctl.metrics.retry(a.backend.other.value)
+        self._ctl.metrics.retry(a.frm.value)
         self._apply(self._core.on_side_result(a.fid, answer, proxy.clock()))
 
 

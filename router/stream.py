@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from eagleeye.router.budget import RetryBudget
-from eagleeye.router.fleet import Backend, Fleet, RequestCost
+from eagleeye.router.fleet import Backend, Fleet, RequestCost, StreamPlace
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,7 @@ class SideTry:
     fid: int
     backend: Backend
     data: bytes
+    frm: Backend
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ class StreamCore:
         self._fleet = fleet
         self._budget = budget
         self._pool = pool
-        self.affinity = affinity
+        self.place = StreamPlace(affinity)
         self._frames: collections.deque[_Frame] = collections.deque()     # read, not yet delivered
         self._queued: collections.deque[_Frame] = collections.deque()     # not yet written to the leg
         self._inflight: collections.deque[_Frame] = collections.deque()   # written, unanswered
@@ -316,13 +317,13 @@ class StreamCore:
         assert self.backend is not None
         out: list[Action] = [Answered(self.backend, now - f.sent_at, now - self._progress_at)]
         self._progress_at = now
-        other = self.backend.other
-        if queue_full and not f.aside_tried and self._fleet.usable(other):
+        other = self._fleet.alternative(self.backend) if queue_full and not f.aside_tried else None
+        if other is not None:
             f.aside_tried = True
             if self._budget.try_spend(now):
                 f.state, f.answer = _State.ASIDE, data   # the refusal stays the answer if the try fails
                 self._charge(f, len(f.request) + len(data))
-                out.append(SideTry(fid, other, f.request))
+                out.append(SideTry(fid, other, f.request, self.backend))
             else:
                 out.append(Refused())
         if f.state is not _State.ASIDE:
@@ -404,8 +405,8 @@ class StreamCore:
             if now - self._progress_at >= self._cfg.leg_stall_s:
                 return self._fail_over(f"{b.value} answered none of this stream's {len(self._inflight)} frames "
                                        f"for {now - self._progress_at:.2f} s while answering others", False, now)
-        wanted = self._fleet.placement(self.affinity)
-        if self._moving_to is None and wanted is not None and wanted is not b and self._fleet.usable(wanted):
+        wanted = self._fleet.placement(self.place, b)
+        if self._moving_to is None and wanted is not None and wanted != b and self._fleet.usable(wanted):
             self._moving_to = wanted
             if not self._inflight:
                 return self._finish_move(now) + self._pump(now)
@@ -467,9 +468,9 @@ class StreamCore:
         if self.backend is None:
             if not self._queued:
                 return out
-            target = self._fleet.placement(self.affinity)
+            target = self._fleet.placement(self.place, None)
             if target is None or not self._fleet.usable(target):
-                target = next((b for b in Backend if self._fleet.usable(b)), None)
+                target = self._fleet.alternative(None)
             if target is None:
                 return self._end(Abort("UNAVAILABLE"))
             out += self._open(target)
@@ -506,7 +507,11 @@ class StreamCore:
                 return self._end(Abort("UNAVAILABLE", (
                     f"frame {self._inflight[0].fid} failed on {self._cfg.max_frame_attempts} backend streams "
                     "in a row; not replaying it again")), out)
-        target = old.other if self._fleet.usable(old.other) else old if self._fleet.usable(old) else None
+        # Where the stream belongs now if that is somewhere else; else the least loaded other worker;
+        # else the same one again (a broken connection to a worker still ready).
+        target = self._fleet.placement(self.place, None)
+        if target is None or target == old or not self._fleet.usable(target):
+            target = self._fleet.alternative(old) or (old if self._fleet.usable(old) else None)
         if target is None:
             return self._end(Abort("UNAVAILABLE"), out)
         replay = len(self._inflight)

@@ -51,11 +51,12 @@ class UnaryConfig:
 # What the shell is asked to do.
 @dataclass(frozen=True)
 class Send:
-    """Start attempt `attempt` on `backend`; `why` is first, hedge or retry."""
+    """Start attempt `attempt` on `backend`; `why` is first, hedge or retry (of an attempt on `frm`)."""
 
     attempt: int
     backend: Backend
     why: str
+    frm: Backend | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class UnaryCall:
             self._hedge_at = None
             running = [a for a in self.attempts if a.running]
             if len(running) == 1:
-                self._extra(running[0].backend.other, now, "hedge", out)
+                self._extra(running[0].backend, now, "hedge", out)
         return out
 
     def on_result(self, attempt: int, outcome: Outcome, now: float) -> list[Action]:
@@ -196,14 +197,14 @@ class UnaryCall:
         if any(b.running for b in self.attempts):
             return out  # the other attempt may still answer
         self._hedge_at = None
-        if not self._extra(a.backend.other, now, "retry", out):
+        if not self._extra(a.backend, now, "retry", out):
             return self._finish([*out, Reply(attempt)])
         return out
 
     def _per_try_expired(self, a: _Attempt, now: float, out: list[Action]) -> None:
         """Abandon a try on a backend that does not answer, if there is somewhere else for the call."""
         hedge_running = any(b.running and b is not a for b in self.attempts)
-        if hedge_running or self._extra(a.backend.other, now, "retry", out):
+        if hedge_running or self._extra(a.backend, now, "retry", out):
             a.running = False
             out.insert(0, Cancel(self.attempts.index(a)))
             if (stuck := self._stuck(a)) is not None:
@@ -211,20 +212,23 @@ class UnaryCall:
             self._hedge_at = None
         # else: nowhere to go; it may still answer before the caller's deadline
 
-    def _extra(self, backend: Backend, now: float, why: str, out: list[Action]) -> bool:
-        """One extra attempt on `backend` when it is usable and the budget allows."""
-        if self._extra_used or not self.fleet.usable(backend):
+    def _extra(self, frm: Backend, now: float, why: str, out: list[Action]) -> bool:
+        """One extra attempt for what `frm` has not answered, on another usable worker, if the budget allows."""
+        if self._extra_used:
+            return False
+        backend = self.fleet.alternative(frm)
+        if backend is None:
             return False
         if not self.budget.try_spend(now):
             out.append(Refused(why))
             return False
         self._extra_used = True
-        out.append(self._send(backend, now, why))
+        out.append(self._send(backend, now, why, frm))
         return True
 
-    def _send(self, backend: Backend, now: float, why: str) -> Send:
+    def _send(self, backend: Backend, now: float, why: str, frm: Backend | None = None) -> Send:
         self.attempts.append(_Attempt(backend, now))
-        return Send(len(self.attempts) - 1, backend, why)
+        return Send(len(self.attempts) - 1, backend, why, frm)
 
     def _finish(self, out: list[Action]) -> list[Action]:
         self.done = True

@@ -122,6 +122,10 @@ CASES = [
          {f'eagleeye_router_switches_total{{{ROUTER}, to_state="FAILOVER", cause="primary_failed"}}': "0 1 1 1 1 1",
           f'eagleeye_router_switches_total{{{ROUTER}, to_state="NORMAL", cause="ramp_complete"}}': "0 0 1 1 1 1"},
          "5m", None),
+    Case("EagleEyeStandbysShort", {f'eagleeye_router_state{{{ROUTER}, state="STANDBYS_SHORT"}}': "0 1 1 1 1"}, "4m",
+         {"instance": "r1:9101"}),
+    Case("EagleEyeStandbysShort", {f'eagleeye_router_state{{{ROUTER}, state="STANDBYS_SHORT"}}': "0 1 0 1 0"}, "4m",
+         None),  # a minute short, then covered again: a pool changing, not a pool short
     Case("EagleEyeBothBackendsDown", {f'eagleeye_router_state{{{ROUTER}, state="BOTH_DOWN"}}': "0 1 1 1"}, "3m",
          {"instance": "r1:9101"}),
     Case("EagleEyeBothBackendsDown", {f'eagleeye_router_state{{{ROUTER}, state="BOTH_DOWN"}}': "0x3"}, "3m", None),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from eagleeye.router.budget import BudgetConfig, RetryBudget
-from eagleeye.router.fleet import Backend
+from eagleeye.router.fleet import Backend, StreamPlace
 from eagleeye.router.stream import (
     Abort,
     Action,
@@ -40,7 +40,10 @@ class FakeFleet:
     def usable(self, backend: Backend) -> bool:
         return backend in self.usable_set
 
-    def placement(self, affinity: float) -> Backend | None:
+    def alternative(self, backend: Backend | None) -> Backend | None:
+        return next((b for b in (P, S) if b != backend and b in self.usable_set), None)
+
+    def placement(self, place: StreamPlace, current: Backend | None) -> Backend | None:
         return self.wanted
 
     def hedge_delay_s(self, backend: Backend) -> float:
@@ -231,7 +234,7 @@ def test_a_full_worker_queue_is_tried_once_on_the_other_worker_and_order_is_kept
     h = started()
     h.send(1, 2, 3)
     out = h.answer(1, 1, queue_full=True)
-    assert SideTry(1, S, frame(1)) in out
+    assert SideTry(1, S, frame(1), P) in out
     h.answer(1, 2, 3)
     assert h.delivered == []                        # 2 and 3 wait for 1
     h.run(h.core.on_side_result(1, b"from standby", 0.1))

@@ -8,7 +8,7 @@ from typing import cast
 import pytest
 
 from eagleeye.router.budget import BudgetConfig, RetryBudget
-from eagleeye.router.fleet import Backend
+from eagleeye.router.fleet import Backend, StreamPlace
 from eagleeye.router.unary import Action, Cancel, Expire, Observe, Outcome, Refused, Reply, Send, UnaryCall, UnaryConfig
 
 P, S = Backend.PRIMARY, Backend.STANDBY
@@ -28,7 +28,10 @@ class FakeFleet:
     def usable(self, backend: Backend) -> bool:
         return backend in self.usable_set
 
-    def placement(self, affinity: float) -> Backend | None:
+    def alternative(self, backend: Backend | None) -> Backend | None:
+        return next((b for b in (P, S) if b != backend and b in self.usable_set), None)
+
+    def placement(self, place: StreamPlace, current: Backend | None) -> Backend | None:
         return None
 
     def hedge_delay_s(self, backend: Backend) -> float:
@@ -55,11 +58,11 @@ CASES: dict[str, tuple[FakeFleet, list[Step]]] = {
     ]),
     "late answer: hedged to the standby, the first answer wins, the hedged try counts against its backend": (
         FakeFleet(), [
-            (0.05, "timer", [Send(1, S, "hedge")]),
+            (0.05, "timer", [Send(1, S, "hedge", P)]),
             (0.07, (1, OK), [Cancel(0), Observe(S, True, approx(0.02)), Observe(P, False), Reply(1)]),
         ]),
     "the original answers after the hedge went out: the hedge is cancelled, no blame": (FakeFleet(), [
-        (0.05, "timer", [Send(1, S, "hedge")]),
+        (0.05, "timer", [Send(1, S, "hedge", P)]),
         (0.06, (0, OK), [Cancel(1), Observe(P, True, 0.06), Reply(0)]),
     ]),
     "no usable other backend: no hedge, the call waits for the caller's deadline": (FakeFleet({P}), [
@@ -68,36 +71,36 @@ CASES: dict[str, tuple[FakeFleet, list[Step]]] = {
         (2.0, "timer", [Cancel(0), Expire()]),
     ]),
     "connection failure: retried once on the other backend": (FakeFleet(), [
-        (0.01, (0, FAILED), [Observe(P, False), Send(1, S, "retry")]),
+        (0.01, (0, FAILED), [Observe(P, False), Send(1, S, "retry", P)]),
         (0.03, (1, OK), [Observe(S, True, approx(0.02)), Reply(1)]),
     ]),
     "both fail: the second failure is the answer": (FakeFleet(), [
-        (0.01, (0, FAILED), [Observe(P, False), Send(1, S, "retry")]),
+        (0.01, (0, FAILED), [Observe(P, False), Send(1, S, "retry", P)]),
         (0.02, (1, FAILED), [Observe(S, False), Reply(1)]),
     ]),
     "a client error is never retried": (FakeFleet(), [
         (0.01, (0, FINAL), [Observe(P, True), Reply(0)]),
     ]),
     "a client error while a hedge runs: answered at once, the hedge cancelled": (FakeFleet(), [
-        (0.05, "timer", [Send(1, S, "hedge")]),
+        (0.05, "timer", [Send(1, S, "hedge", P)]),
         (0.06, (0, FINAL), [Cancel(1), Observe(P, True), Reply(0)]),
     ]),
     "a full queue is tried on the other worker, without blaming the first (it answered: progress)": (
         FakeFleet(), [
-        (0.01, (0, OVERLOADED), [Observe(P, True), Send(1, S, "retry")]),
+        (0.01, (0, OVERLOADED), [Observe(P, True), Send(1, S, "retry", P)]),
         (0.02, (1, OK), [Observe(S, True, approx(0.01)), Reply(1)]),
     ]),
     "a full queue with no other worker: the caller gets RESOURCE_EXHAUSTED": (FakeFleet({P}), [
         (0.01, (0, OVERLOADED), [Observe(P, True), Reply(0)]),
     ]),
     "a failure while the hedge runs: wait for the hedge": (FakeFleet(), [
-        (0.05, "timer", [Send(1, S, "hedge")]),
+        (0.05, "timer", [Send(1, S, "hedge", P)]),
         (0.06, (0, FAILED), [Observe(P, False)]),
         (0.08, (1, OK), [Observe(S, True, approx(0.03)), Reply(1)]),
     ]),
     "hedge also hangs: the original's per-try timer cancels it, the hedge goes on until the deadline": (
         FakeFleet(), [
-            (0.05, "timer", [Send(1, S, "hedge")]),
+            (0.05, "timer", [Send(1, S, "hedge", P)]),
             (1.0, "timer", [Cancel(0), Observe(P, False)]),
             (1.05, "timer", []),  # the hedge's per-try: nowhere else to go (one extra attempt per call)
             (2.0, "timer", [Cancel(1), Expire()]),
@@ -107,20 +110,20 @@ CASES: dict[str, tuple[FakeFleet, list[Step]]] = {
     ]),
     "a hedge overtook a backend that answered other calls meanwhile: busy, not failing, no blame": (
         FakeFleet(progress={P: 0.03}), [
-            (0.05, "timer", [Send(1, S, "hedge")]),
+            (0.05, "timer", [Send(1, S, "hedge", P)]),
             (0.07, (1, OK), [Cancel(0), Observe(S, True, approx(0.02)), Reply(1)]),
         ]),
     "a per-try timeout on a backend that answered other calls meanwhile: retried elsewhere, no blame": (
         FakeFleet(hedge=5.0, progress={P: 0.5}), [
-            (1.0, "timer", [Cancel(0), Send(1, S, "retry")]),
+            (1.0, "timer", [Cancel(0), Send(1, S, "retry", P)]),
         ]),
     "a per-try timeout on a backend silent since the try began: blamed": (
         FakeFleet(hedge=5.0, progress={P: -1.0}), [
-            (1.0, "timer", [Cancel(0), Observe(P, False), Send(1, S, "retry")]),
+            (1.0, "timer", [Cancel(0), Observe(P, False), Send(1, S, "retry", P)]),
         ]),
     "the caller's deadline passes while the backend reports DEADLINE_EXCEEDED: not the backend's fault": (
         FakeFleet(), [
-            (0.05, "timer", [Send(1, S, "hedge")]),
+            (0.05, "timer", [Send(1, S, "hedge", P)]),
             (2.0, (0, FAILED), [Cancel(1), Expire()]),
         ]),
 }
@@ -143,7 +146,7 @@ def test_per_try_timeout_retries_when_the_other_backend_became_usable() -> None:
     assert c.on_timer(0.05) == []  # no hedge: the standby is not usable
     fleet.usable_set.add(S)
     assert c.next_timer() == 1.0
-    assert c.on_timer(1.0) == [Cancel(0), Observe(P, False), Send(1, S, "retry")]
+    assert c.on_timer(1.0) == [Cancel(0), Observe(P, False), Send(1, S, "retry", P)]
     assert c.on_result(0, OK, 1.01) == []  # a late answer from the cancelled try is ignored
     assert c.on_result(1, OK, 1.02) == [Observe(S, True, approx(0.02)), Reply(1)]
     assert c.done and c.next_timer() is None
@@ -162,7 +165,7 @@ def test_an_exhausted_budget_refuses_hedges_and_retries() -> None:
     budget = RetryBudget(BudgetConfig(ratio=0.0, min_per_s=0.1, window_s=10.0))  # one extra per 10 s
     first = call(budget=budget)
     first.start(P, 0.0)
-    assert first.on_timer(0.05) == [Send(1, S, "hedge")]
+    assert first.on_timer(0.05) == [Send(1, S, "hedge", P)]
     second = call(budget=budget)
     second.start(P, 1.0)
     assert second.on_timer(1.05) == [Refused("hedge")]
@@ -193,5 +196,5 @@ def test_a_requests_size_adds_its_expected_cost_to_the_hedge_delay_and_per_try_t
     c.start(P, 0.0)
     assert c.next_timer() == approx(hedge_at)
     assert c.on_timer(hedge_at - 0.001) == []
-    assert c.on_timer(hedge_at) == [Send(1, S, "hedge")]
+    assert c.on_timer(hedge_at) == [Send(1, S, "hedge", P)]
     assert c.next_timer() == approx(per_try_at)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x61gleeye/router/v1/router.proto\x12\x12\x65\x61gleeye.router.v1\"\x11\n\x0fGetStateRequest\"B\n\x10GetStateResponse\x12.\n\x05state\x18\x01 \x01(\x0b\x32\x1f.eagleeye.router.v1.RouterState\"+\n\x12WatchEventsRequest\x12\x15\n\rreplay_recent\x18\x01 \x01(\r\"E\n\x13WatchEventsResponse\x12.\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1f.eagleeye.router.v1.SwitchEvent\"P\n\x0fSetDrainRequest\x12,\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\x12\x0f\n\x07\x64rained\x18\x02 \x01(\x08\"B\n\x10SetDrainResponse\x12.\n\x05state\x18\x01 \x01(\x0b\x32\x1f.eagleeye.router.v1.RouterState\"G\n\rSwitchRequest\x12\'\n\x02to\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"@\n\x0eSwitchResponse\x12.\n\x05state\x18\x01 \x01(\x0b\x32\x1f.eagleeye.router.v1.RouterState\"\x92\x02\n\rBackendHealth\x12,\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x10\n\x08headroom\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x17\n\x0fwatch_connected\x18\x06 \x01(\x08\x12\"\n\x1a\x63onsecutive_check_failures\x18\x07 \x01(\r\x12\"\n\x1a\x63onsecutive_healthy_checks\x18\x08 \x01(\r\x12\x0f\n\x07\x65jected\x18\t \x01(\x08\x12\x0f\n\x07\x64rained\x18\n \x01(\x08\x12\x0e\n\x06weight\x18\x0b \x01(\x01\"\xd1\x01\n\x0bSwitchEvent\x12\x11\n\ttime_unix\x18\x01 \x01(\x01\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65tection_ms\x18\x05 \x01(\x01\x12\x16\n\x0eprimary_weight\x18\x06 \x01(\x01\x12\x16\n\x0estandby_weight\x18\x07 \x01(\x01\x12\x19\n\x11latency_before_ms\x18\x08 \x01(\x01\x12\x18\n\x10latency_after_ms\x18\t \x01(\x01\"\xac\x02\n\x0bRouterState\x12\r\n\x05state\x18\x01 \x01(\t\x12\x33\n\x08\x62\x61\x63kends\x18\x02 \x03(\x0b\x32!.eagleeye.router.v1.BackendHealth\x12\x36\n\rrecent_events\x18\x03 \x03(\x0b\x32\x1f.eagleeye.router.v1.SwitchEvent\x12\x1d\n\x15hold_down_remaining_s\x18\x04 \x01(\x01\x12\x15\n\rramp_progress\x18\x05 \x01(\x01\x12\x18\n\x10next_hold_down_s\x18\x06 \x01(\x01\x12\x1d\n\x15xds_endpoints_version\x18\x07 \x01(\t\x12\x32\n\x0bxds_clients\x18\x08 \x03(\x0b\x32\x1d.eagleeye.router.v1.XdsClient\"\x7f\n\tXdsClient\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x12\n\nuser_agent\x18\x03 \x01(\t\x12\x16\n\x0e\x63onnected_unix\x18\x04 \x01(\x01\x12\x19\n\x11\x65ndpoints_version\x18\x05 \x01(\t\x12\x0c\n\x04nack\x18\x06 \x01(\t*L\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42\x41\x43KEND_PRIMARY\x10\x01\x12\x13\n\x0f\x42\x41\x43KEND_STANDBY\x10\x02\x32\xee\x02\n\x0bRouterAdmin\x12U\n\x08GetState\x12#.eagleeye.router.v1.GetStateRequest\x1a$.eagleeye.router.v1.GetStateResponse\x12`\n\x0bWatchEvents\x12&.eagleeye.router.v1.WatchEventsRequest\x1a\'.eagleeye.router.v1.WatchEventsResponse0\x01\x12U\n\x08SetDrain\x12#.eagleeye.router.v1.SetDrainRequest\x1a$.eagleeye.router.v1.SetDrainResponse\x12O\n\x06Switch\x12!.eagleeye.router.v1.SwitchRequest\x1a\".eagleeye.router.v1.SwitchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x61gleeye/router/v1/router.proto\x12\x12\x65\x61gleeye.router.v1\"\x11\n\x0fGetStateRequest\"B\n\x10GetStateResponse\x12.\n\x05state\x18\x01 \x01(\x0b\x32\x1f.eagleeye.router.v1.RouterState\"+\n\x12WatchEventsRequest\x12\x15\n\rreplay_recent\x18\x01 \x01(\r\"E\n\x13WatchEventsResponse\x12.\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1f.eagleeye.router.v1.SwitchEvent\"`\n\x0fSetDrainRequest\x12,\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\x12\x0f\n\x07\x64rained\x18\x02 \x01(\x08\x12\x0e\n\x06worker\x18\x03 \x01(\t\"B\n\x10SetDrainResponse\x12.\n\x05state\x18\x01 \x01(\x0b\x32\x1f.eagleeye.router.v1.RouterState\"G\n\rSwitchRequest\x12\'\n\x02to\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"@\n\x0eSwitchResponse\x12.\n\x05state\x18\x01 \x01(\x0b\x32\x1f.eagleeye.router.v1.RouterState\"\xa0\x02\n\rBackendHealth\x12,\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x1b.eagleeye.router.v1.Backend\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x10\n\x08headroom\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x17\n\x0fwatch_connected\x18\x06 \x01(\x08\x12\"\n\x1a\x63onsecutive_check_failures\x18\x07 \x01(\r\x12\"\n\x1a\x63onsecutive_healthy_checks\x18\x08 \x01(\r\x12\x0f\n\x07\x65jected\x18\t \x01(\x08\x12\x0f\n\x07\x64rained\x18\n \x01(\x08\x12\x0e\n\x06weight\x18\x0b \x01(\x01\x12\x0c\n\x04name\x18\x0c \x01(\t\"\xe1\x01\n\x0bSwitchEvent\x12\x11\n\ttime_unix\x18\x01 \x01(\x01\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65tection_ms\x18\x05 \x01(\x01\x12\x16\n\x0eprimary_weight\x18\x06 \x01(\x01\x12\x16\n\x0estandby_weight\x18\x07 \x01(\x01\x12\x19\n\x11latency_before_ms\x18\x08 \x01(\x01\x12\x18\n\x10latency_after_ms\x18\t \x01(\x01\x12\x0e\n\x06worker\x18\n \x01(\t\"\xac\x02\n\x0bRouterState\x12\r\n\x05state\x18\x01 \x01(\t\x12\x33\n\x08\x62\x61\x63kends\x18\x02 \x03(\x0b\x32!.eagleeye.router.v1.BackendHealth\x12\x36\n\rrecent_events\x18\x03 \x03(\x0b\x32\x1f.eagleeye.router.v1.SwitchEvent\x12\x1d\n\x15hold_down_remaining_s\x18\x04 \x01(\x01\x12\x15\n\rramp_progress\x18\x05 \x01(\x01\x12\x18\n\x10next_hold_down_s\x18\x06 \x01(\x01\x12\x1d\n\x15xds_endpoints_version\x18\x07 \x01(\t\x12\x32\n\x0bxds_clients\x18\x08 \x03(\x0b\x32\x1d.eagleeye.router.v1.XdsClient\"\x7f\n\tXdsClient\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x12\n\nuser_agent\x18\x03 \x01(\t\x12\x16\n\x0e\x63onnected_unix\x18\x04 \x01(\x01\x12\x19\n\x11\x65ndpoints_version\x18\x05 \x01(\t\x12\x0c\n\x04nack\x18\x06 \x01(\t*L\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42\x41\x43KEND_PRIMARY\x10\x01\x12\x13\n\x0f\x42\x41\x43KEND_STANDBY\x10\x02\x32\xee\x02\n\x0bRouterAdmin\x12U\n\x08GetState\x12#.eagleeye.router.v1.GetStateRequest\x1a$.eagleeye.router.v1.GetStateResponse\x12`\n\x0bWatchEvents\x12&.eagleeye.router.v1.WatchEventsRequest\x1a\'.eagleeye.router.v1.WatchEventsResponse0\x01\x12U\n\x08SetDrain\x12#.eagleeye.router.v1.SetDrainRequest\x1a$.eagleeye.router.v1.SetDrainResponse\x12O\n\x06Switch\x12!.eagleeye.router.v1.SwitchRequest\x1a\".eagleeye.router.v1.SwitchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eagleeye.router.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKEND']._serialized_start=1468
-  _globals['_BACKEND']._serialized_end=1544
+  _globals['_BACKEND']._serialized_start=1514
+  _globals['_BACKEND']._serialized_end=1590
   _globals['_GETSTATEREQUEST']._serialized_start=55
   _globals['_GETSTATEREQUEST']._serialized_end=72
   _globals['_GETSTATERESPONSE']._serialized_start=74
@@ -42,21 +42,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHEVENTSRESPONSE']._serialized_start=187
   _globals['_WATCHEVENTSRESPONSE']._serialized_end=256
   _globals['_SETDRAINREQUEST']._serialized_start=258
-  _globals['_SETDRAINREQUEST']._serialized_end=338
-  _globals['_SETDRAINRESPONSE']._serialized_start=340
-  _globals['_SETDRAINRESPONSE']._serialized_end=406
-  _globals['_SWITCHREQUEST']._serialized_start=408
-  _globals['_SWITCHREQUEST']._serialized_end=479
-  _globals['_SWITCHRESPONSE']._serialized_start=481
-  _globals['_SWITCHRESPONSE']._serialized_end=545
-  _globals['_BACKENDHEALTH']._serialized_start=548
-  _globals['_BACKENDHEALTH']._serialized_end=822
-  _globals['_SWITCHEVENT']._serialized_start=825
-  _globals['_SWITCHEVENT']._serialized_end=1034
-  _globals['_ROUTERSTATE']._serialized_start=1037
-  _globals['_ROUTERSTATE']._serialized_end=1337
-  _globals['_XDSCLIENT']._serialized_start=1339
-  _globals['_XDSCLIENT']._serialized_end=1466
-  _globals['_ROUTERADMIN']._serialized_start=1547
-  _globals['_ROUTERADMIN']._serialized_end=1913
+  _globals['_SETDRAINREQUEST']._serialized_end=354
+  _globals['_SETDRAINRESPONSE']._serialized_start=356
+  _globals['_SETDRAINRESPONSE']._serialized_end=422
+  _globals['_SWITCHREQUEST']._serialized_start=424
+  _globals['_SWITCHREQUEST']._serialized_end=495
+  _globals['_SWITCHRESPONSE']._serialized_start=497
+  _globals['_SWITCHRESPONSE']._serialized_end=561
+  _globals['_BACKENDHEALTH']._serialized_start=564
+  _globals['_BACKENDHEALTH']._serialized_end=852
+  _globals['_SWITCHEVENT']._serialized_start=855
+  _globals['_SWITCHEVENT']._serialized_end=1080
+  _globals['_ROUTERSTATE']._serialized_start=1083
+  _globals['_ROUTERSTATE']._serialized_end=1383
+  _globals['_XDSCLIENT']._serialized_start=1385
+  _globals['_XDSCLIENT']._serialized_end=1512
+  _globals['_ROUTERADMIN']._serialized_start=1593
+  _globals['_ROUTERADMIN']._serialized_end=1959
 # @@protoc_insertion_point(module_scope)

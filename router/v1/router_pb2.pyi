@@ -39,12 +39,14 @@ class WatchEventsResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[SwitchEvent, _Mapping]] = ...) -> None: ...
 
 class SetDrainRequest(_message.Message):
-    __slots__ = ("backend", "drained")
+    __slots__ = ("backend", "drained", "worker")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     backend: Backend
     drained: bool
-    def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., drained: _Optional[bool] = ...) -> None: ...
+    worker: str
+    def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., drained: _Optional[bool] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class SetDrainResponse(_message.Message):
     __slots__ = ("state",)
@@ -67,7 +69,7 @@ class SwitchResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[RouterState, _Mapping]] = ...) -> None: ...
 
 class BackendHealth(_message.Message):
-    __slots__ = ("backend", "address", "ready", "headroom", "reason", "watch_connected", "consecutive_check_failures", "consecutive_healthy_checks", "ejected", "drained", "weight")
+    __slots__ = ("backend", "address", "ready", "headroom", "reason", "watch_connected", "consecutive_check_failures", "consecutive_healthy_checks", "ejected", "drained", "weight", "name")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +81,7 @@ class BackendHealth(_message.Message):
     EJECTED_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     backend: Backend
     address: str
     ready: bool
@@ -90,10 +93,11 @@ class BackendHealth(_message.Message):
     ejected: bool
     drained: bool
     weight: float
-    def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., headroom: _Optional[bool] = ..., reason: _Optional[str] = ..., watch_connected: _Optional[bool] = ..., consecutive_check_failures: _Optional[int] = ..., consecutive_healthy_checks: _Optional[int] = ..., ejected: _Optional[bool] = ..., drained: _Optional[bool] = ..., weight: _Optional[float] = ...) -> None: ...
+    name: str
+    def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., headroom: _Optional[bool] = ..., reason: _Optional[str] = ..., watch_connected: _Optional[bool] = ..., consecutive_check_failures: _Optional[int] = ..., consecutive_healthy_checks: _Optional[int] = ..., ejected: _Optional[bool] = ..., drained: _Optional[bool] = ..., weight: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
 
 class SwitchEvent(_message.Message):
-    __slots__ = ("time_unix", "from_state", "to_state", "reason", "detection_ms", "primary_weight", "standby_weight", "latency_before_ms", "latency_after_ms")
+    __slots__ = ("time_unix", "from_state", "to_state", "reason", "detection_ms", "primary_weight", "standby_weight", "latency_before_ms", "latency_after_ms", "worker")
     TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
     FROM_STATE_FIELD_NUMBER: _ClassVar[int]
     TO_STATE_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +107,7 @@ class SwitchEvent(_message.Message):
     STANDBY_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     LATENCY_BEFORE_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     time_unix: float
     from_state: str
     to_state: str
@@ -112,7 +117,8 @@ class SwitchEvent(_message.Message):
     standby_weight: float
     latency_before_ms: float
     latency_after_ms: float
-    def __init__(self, time_unix: _Optional[float] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., reason: _Optional[str] = ..., detection_ms: _Optional[float] = ..., primary_weight: _Optional[float] = ..., standby_weight: _Optional[float] = ..., latency_before_ms: _Optional[float] = ..., latency_after_ms: _Optional[float] = ...) -> None: ...
+    worker: str
+    def __init__(self, time_unix: _Optional[float] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., reason: _Optional[str] = ..., detection_ms: _Optional[float] = ..., primary_weight: _Optional[float] = ..., standby_weight: _Optional[float] = ..., latency_before_ms: _Optional[float] = ..., latency_after_ms: _Optional[float] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class RouterState(_message.Message):
     __slots__ = ("state", "backends", "recent_events", "hold_down_remaining_s", "ramp_progress", "next_hold_down_s", "xds_endpoints_version", "xds_clients")

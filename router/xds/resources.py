@@ -68,8 +68,7 @@ def placements(state: State, weights: Mapping[Backend, float], facts: Mapping[Ba
     """Each backend's health, locality weight and priority for the policy's decision (backends left out
     are offered to nobody)."""
     out: dict[Backend, Placement] = {}
-    for b in Backend:
-        f = facts[b]
+    for b, f in facts.items():
         if not f.addresses:
             continue
         if f.drained:

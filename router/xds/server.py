@@ -112,7 +112,7 @@ class XdsPublisher:
 
     def refresh(self) -> None:
         """Rebuild the snapshot from the controller's decision; wake the streams when it changed."""
-        if len(self._resolved) < len(Backend) or not self.settled():
+        if len(self._resolved) < len(self._targets) or not self.settled():
             return  # every backend's name looked up once, and the view settled: never a partial state
         ctl, d = self._ctl, self._ctl.decision
         facts = {}
@@ -122,7 +122,7 @@ class XdsPublisher:
                 asyncio.get_running_loop().create_task(self._resolve_one(b))  # a restarted worker may have moved
             self._ready_seen[b] = view.ready
             facts[b] = xds.BackendFacts(self._resolved.get(b, ()), view.ready, w.status.drained)
-        weights = {Backend.PRIMARY: d.primary_weight, Backend.STANDBY: d.standby_weight}
+        weights = {b: ctl.weight(b) for b in ctl.watchers}
         snap = xds.build(self.name, d.state, weights, facts, self._num_retries)
         if self.snapshot is not None and snap.versions == self.snapshot.versions:
             return
@@ -153,7 +153,7 @@ class XdsPublisher:
     async def run(self) -> None:
         """Resolve the backends' names now and every RESOLVE_INTERVAL_S; settle the first snapshot."""
         while True:
-            await asyncio.gather(*(self._resolve_one(b) for b in Backend))
+            await asyncio.gather(*(self._resolve_one(b) for b in self._targets))
             for _ in range(int(RESOLVE_INTERVAL_S / 0.1)):
                 if self.snapshot is None:
                     self.refresh()  # until the view settles (or SETTLE_LIMIT_S passes)

@@ -1,0 +1,122 @@
+"""A router in front of a pool: two primaries and a standby (simulated workers), and one primary failing.
+
+Its share, and only its share, moves to the standby: the streams on the other primary keep their worker,
+every frame is answered once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import secrets
+import signal
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+
+from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.harness.processes import Proc
+from eagleeye.router.v1 import router_pb2 as rpb
+from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+
+pytestmark = pytest.mark.integration
+
+ROUTER_TOML = """
+hold_down_s = 60.0
+healthy_checks = 3
+"""
+
+
+class Pool:
+    def __init__(self, tmp: str) -> None:
+        self.workers: dict[str, Proc] = {}
+        self.token = secrets.token_hex(16)
+        try:
+            for name in ("p1", "p2", "s1"):
+                self.workers[name] = Proc("python", ["-m", "bench.simworker", "--worker-id", name,
+                                                     "--service-ms", "5", "--max-batch", "8"])
+            self.address = {n: w.wait_listening() for n, w in self.workers.items()}
+            config = f"{tmp}/router.toml"
+            with open(config, "w") as f:
+                f.write(ROUTER_TOML)
+            self.router = Proc("eagleeye-router", [
+                "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config", config,
+                "--primary", f"{self.address['p1']},{self.address['p2']}", "--standby", self.address["s1"]],
+                env={"EAGLEEYE_ADMIN_TOKEN": self.token})
+            self.target = self.router.wait_listening()
+            self.admin = self.router.wait_for_event("listening")["admin"]
+            self.router.wait_for_event("switch", 60, to_state="NORMAL", worker="fleet")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for proc in [getattr(self, "router", None), *self.workers.values()]:
+            if proc is not None:
+                if proc.popen.poll() is None and proc.popen.returncode is None:
+                    proc.popen.send_signal(signal.SIGTERM)
+                proc.stop()
+
+
+@pytest.fixture
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    p = Pool(str(tmp_path_factory.mktemp("pool")))
+    yield p
+    p.stop()
+
+
+async def _stream(stub: pb_grpc.DetectorStub, frames: int, gap: asyncio.Event, seen: list[tuple[int, str]],
+                  pause_at: int) -> None:
+    async def requests() -> AsyncIterator[pb.DetectRequest]:
+        for i in range(1, frames + 1):
+            if i == pause_at:
+                await gap.wait()   # the test kills a primary while every stream is here
+            yield pb.DetectRequest(frame_id=i, encoded=b"x")
+            await asyncio.sleep(0.01)  # a camera's pace, not a synchronisation
+
+    async for answer in stub.DetectStream(requests(), timeout=60):
+        seen.append((answer.frame_id, answer.worker))
+
+
+async def test_a_failed_primary_moves_only_its_own_share(pool: Pool) -> None:
+    async with grpc.aio.insecure_channel(pool.target) as ch, grpc.aio.insecure_channel(pool.admin) as admin_ch:
+        stub = pb_grpc.DetectorStub(ch)
+        admin = rpb_grpc.RouterAdminStub(admin_ch)
+        state = (await admin.GetState(rpb.GetStateRequest(), timeout=5)).state
+        assert state.state == "NORMAL"
+        names = {b.name: b for b in state.backends}
+        assert set(names) == {f"primary/{pool.address['p1']}", f"primary/{pool.address['p2']}",
+                              f"standby/{pool.address['s1']}"}
+        assert [round(b.weight, 1) for b in state.backends] == [47.5, 47.5, 5.0]
+
+        # Unary calls: both primaries carry the traffic, the standby its warm share.
+        counts = collections.Counter([(await stub.Detect(pb.DetectRequest(encoded=b"x"), timeout=5)).worker
+                                      for _ in range(400)])
+        assert counts["p1"] > 120 and counts["p2"] > 120 and 2 <= counts["s1"] < 60, counts
+
+        # Streams: each has a home primary; 16 of them spread over both.
+        gap = asyncio.Event()
+        seen: list[list[tuple[int, str]]] = [[] for _ in range(16)]
+        tasks = [asyncio.create_task(_stream(stub, 40, gap, s, pause_at=20)) for s in seen]
+        for _ in range(2000):
+            if all(len(s) >= 19 for s in seen):
+                break
+            await asyncio.sleep(0.01)  # polling what the streams have received, bounded
+        before = {i: s[-1][1] for i, s in enumerate(seen)}
+        assert {"p1", "p2"} <= set(before.values()), before
+
+        pool.workers["p1"].popen.send_signal(signal.SIGKILL)
+        gap.set()
+        await asyncio.gather(*tasks)
+
+    for i, s in enumerate(seen):
+        assert [fid for fid, _ in s] == list(range(1, 41)), (i, s)   # every frame once, in order
+        after = {w for fid, w in s if fid > 25}
+        if before[i] == "p2":
+            assert after == {"p2"}, (i, s)            # the other primary's streams are untouched
+        elif before[i] == "p1":
+            assert after <= {"s1", "p2"} and "p1" not in after, (i, s)
+    state_event = pool.router.wait_for_event("switch", 10, to_state="FAILOVER", worker=f"primary/{pool.address['p1']}")
+    assert "not ready" in state_event["reason"] or "ended" in state_event["reason"], state_event

@@ -141,6 +141,17 @@ async def until_ready(ch: grpc.aio.Channel, timeout: float) -> None:
     raise RuntimeError(f"the primary did not report ready within {timeout:g} s")
 
 
+async def until_router_normal(admin_address: str, timeout: float) -> None:
+    """Until the router whose admin API is at `admin_address` reports NORMAL; fails after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(admin_address) as ch:
+        admin = router_pb2_grpc.RouterAdminStub(ch)
+        while (await admin.GetState(router_pb2.GetStateRequest(), timeout=5)).state.state != "NORMAL":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the router did not reach NORMAL within {timeout:g} s")
+            await asyncio.sleep(0.1)  # polling the router's state: it has no "wait for" call
+
+
 class Front:
     """What the clients call: the router, nginx, or the primary itself; `cpu()` is the proxy's CPU."""
 
@@ -178,12 +189,7 @@ class Bench:
             await until_ready(ch, 90)
         deadline = time.monotonic() + 90
         if system in ("router", "zero-hop"):  # the same router decides for both
-            async with grpc.aio.insecure_channel(c.admin_address) as ch:
-                admin = router_pb2_grpc.RouterAdminStub(ch)
-                while (await admin.GetState(router_pb2.GetStateRequest(), timeout=5)).state.state != "NORMAL":
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("router did not return to NORMAL within 90 s")
-                    await asyncio.sleep(0.1)  # polling the router's state: it has no "wait for" call
+            await until_router_normal(c.admin_address, 90)
         elif system == "nginx":
             async with grpc.aio.insecure_channel(self.nginx.address) as ch:
                 stub = pb_grpc.DetectorStub(ch)

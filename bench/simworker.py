@@ -47,6 +47,7 @@ log = logging.getLogger("eagleeye.simworker")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 HOT_UTILIZATION_PERCENT = 95.0
+STREAM_INFLIGHT = 16   # frames of one stream in the batcher at once: the worker's max_stream_inflight default
 
 
 class QueueFull(Exception):
@@ -177,9 +178,31 @@ class SimWorker:
 
     async def detect_stream(self, requests: AsyncIterator[bytes],
                             context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        async for data in requests:  # one frame at a time, answered in order, each naming its frame
-            await self._answer(context)
-            yield pb.DetectResponse(frame_id=request_frame_id(data), worker=self.worker_id).SerializeToString()
+        """Up to STREAM_INFLIGHT frames of the stream in the batcher at once (as the worker's
+        max_stream_inflight), answered in order, each naming its frame."""
+        pending: asyncio.Queue[tuple[int, asyncio.Task[None]] | None] = asyncio.Queue()
+        room = asyncio.Semaphore(STREAM_INFLIGHT)
+
+        async def read() -> None:
+            async for data in requests:
+                await room.acquire()
+                pending.put_nowait((request_frame_id(data), asyncio.create_task(self._answer(context))))
+            pending.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await pending.get()) is not None:
+                fid, answered = item
+                await answered
+                room.release()
+                yield pb.DetectResponse(frame_id=fid, worker=self.worker_id).SerializeToString()
+            await reader
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                item = pending.get_nowait()
+                if item is not None:
+                    item[1].cancel()
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(DETECTOR_SERVICE, {

@@ -29,8 +29,10 @@ from eagleeye.router.admin import AdminServicer
 from eagleeye.router.adminaccess import ADMIN_MAX_CALLS, ADMIN_MAX_CALLS_PER_PEER, ADMIN_REQUEST_TIMEOUT_S
 from eagleeye.router.config import RouterConfig
 from eagleeye.router.controller import Controller
+from eagleeye.router.fleet import Backend
 from eagleeye.router.latency import BackendTimers
 from eagleeye.router.links import Links
+from eagleeye.router.membership import Membership, entries
 from eagleeye.router.proxy import Proxy
 from eagleeye.router.v1 import router_pb2, router_pb2_grpc
 from eagleeye.router.watcher import BackendWatcher
@@ -115,6 +117,9 @@ def client_connection_options(cfg: RouterConfig) -> list[tuple[str, int]]:
     ]
 
 
+FIRST_LOOKUP_S = 5.0   # the workers' names looked up before serving, at most this long
+
+
 def _bound(field: str, address: str, port: int) -> str:
     return f"{parse_host_port(field, address)[0]}:{port}"
 
@@ -128,13 +133,26 @@ async def serve(cfg: RouterConfig) -> int:
     tel = telemetry.setup("eagleeye-router", cfg.listen or cfg.xds_listen, cfg.metrics_listen or None)
     tls = ServerTls.of(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     health = HealthServicer(cfg.max_watch_streams, cfg.max_watch_streams_per_peer)
-    links = Links(cfg, tel.client_interceptors() if tel.tracing else None)
-    backends = cfg.backends()
+    # The workers: the configured addresses, DNS names looked up once before starting (each is as many
+    # workers as it resolves to), then again on an interval and on failures (router/membership.py).
+    membership = Membership(entries(cfg.primary, cfg.standby))
+    try:
+        async with asyncio.timeout(FIRST_LOOKUP_S):
+            await membership.resolve()
+    except TimeoutError:
+        event(log, "worker name lookup slow; starting with the names as configured", logging.WARNING)
+    backends = dict(membership.members)
+    links = Links(cfg, backends, tel.client_interceptors() if tel.tracing else None)
+
+    def new_timers() -> BackendTimers:
+        return BackendTimers(cfg.hedge_quantile, (cfg.hedge_delay_min_s, cfg.hedge_delay_max_s),
+                             cfg.stall_multiplier, (cfg.stall_min_s, cfg.stall_max_s))
+
     watchers = {backend: BackendWatcher(backend.value, address, links.health[backend], cfg)
                 for backend, address in backends.items()}
-    timers = {b: BackendTimers(cfg.hedge_quantile, (cfg.hedge_delay_min_s, cfg.hedge_delay_max_s),
-                               cfg.stall_multiplier, (cfg.stall_min_s, cfg.stall_max_s)) for b in backends}
+    timers = {b: new_timers() for b in backends}
     controller = Controller(cfg.policy(), watchers, health, timers, tel.meter)  # subscribes to the watchers
+    controller.on_failure(lambda _: membership.poke())  # a restarted pod may be back at another address
 
     servers: dict[str, tuple[grpc.aio.Server, str]] = {}  # what listens where, by setting
     proxy: Proxy | None = None
@@ -151,9 +169,41 @@ async def serve(cfg: RouterConfig) -> int:
         links.subscribe(lambda: proxy.use_channels(links.unary, links.stream))
 
     def renewed() -> None:
-        for backend, watcher in watchers.items():
+        for backend, watcher in controller.watchers.items():
             watcher.use_channel(links.health[backend])
     links.subscribe(renewed)
+
+    def members_changed(members: dict[Backend, str]) -> None:
+        for backend in set(controller.watchers) - set(members):
+            controller.retire(backend)  # removed once idle (on_removed below)
+        for backend, address in members.items():
+            if backend in controller.watchers:  # present, or leaving and back in the lookup: it stays
+                controller.add(backend, controller.watchers[backend], controller.timers[backend])
+                continue
+            links.add(backend, address)
+            watcher = BackendWatcher(backend.value, address, links.health[backend], cfg)
+            controller.add(backend, watcher, new_timers())
+            watcher.start()
+            event(log, "worker joined", backend=backend.value, address=address)
+        channels_changed()
+
+    def channels_changed() -> None:
+        if proxy is not None:
+            proxy.use_channels(links.unary, links.stream)
+        if publisher is not None:
+            publisher.set_targets(links.addresses())
+
+    stopping: set[asyncio.Task[None]] = set()
+
+    def removed(backend: Backend, watcher: BackendWatcher) -> None:
+        links.remove(backend)
+        channels_changed()
+        task = asyncio.create_task(watcher.stop())
+        stopping.add(task)
+        task.add_done_callback(stopping.discard)
+
+    controller.on_removed(removed)
+    membership.on_change = members_changed
     if cfg.health_listen:
         probes, health_port = health_server(health, cfg.health_listen, cfg.max_watch_streams_per_peer)
         servers["health_listen"] = probes, _bound("health_listen", cfg.health_listen, health_port)
@@ -194,6 +244,7 @@ async def serve(cfg: RouterConfig) -> int:
     for w in watchers.values():
         w.start()
     controller_task = asyncio.create_task(controller.run())
+    membership_task = asyncio.create_task(membership.run())
     lag = LoopLagMonitor("router", tel.meter)
     lag.start()
     links_task = asyncio.create_task(links.run())
@@ -227,9 +278,10 @@ async def serve(cfg: RouterConfig) -> int:
     for server, _ in servers.values():
         await server.stop(None)
     controller_task.cancel()
+    membership_task.cancel()
     links_task.cancel()
     await lag.stop()
-    for w in watchers.values():
+    for w in controller.watchers.values():
         await w.stop()
     await links.close()
     event(log, "stopped", frames_read=proxy.frames_read if proxy else 0,

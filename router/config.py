@@ -13,7 +13,7 @@ from eagleeye.common.logs import LOG_FORMATS
 from eagleeye.router import requestpolicy
 from eagleeye.router.adminaccess import MAX_ANONYMOUS_STREAMS, MAX_ANONYMOUS_STREAMS_PER_PEER, AdminLimits
 from eagleeye.router.budget import BudgetConfig
-from eagleeye.router.fleet import Backend, RequestCost, Role
+from eagleeye.router.fleet import RequestCost
 from eagleeye.router.policy import PolicyConfig
 from eagleeye.router.stream import StreamConfig
 from eagleeye.router.unary import UnaryConfig
@@ -216,15 +216,6 @@ class RouterConfig:
         settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
         settings.one_of("log_level", self.log_level, LOG_LEVELS)
         settings.one_of("log_format", self.log_format, LOG_FORMATS)
-
-    def backends(self) -> dict[Backend, str]:
-        """The workers and their addresses: a pair (`primary`, `standby`) or, when either lists several
-        (comma-separated), a pool whose workers are named by role and address."""
-        primaries = [a.strip() for a in self.primary.split(",") if a.strip()]
-        standbys = [a.strip() for a in self.standby.split(",") if a.strip()]
-        pooled = len(primaries) > 1 or len(standbys) > 1
-        return {**{Backend.of(Role.PRIMARY, a, pooled): a for a in primaries},
-                **{Backend.of(Role.STANDBY, a, pooled): a for a in standbys}}
 
     def policy(self) -> PolicyConfig:
         """The policy's share of the settings."""

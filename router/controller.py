@@ -32,6 +32,9 @@ log = logging.getLogger("eagleeye.router")
 
 TICK_S = 0.1          # the ramp advances in steps this fine
 LATENCY_WINDOW_S = 5.0  # "latency before/after" a switch: medians over this long
+# A worker that left the pool is removed once it has no calls or stream legs, or after this long
+# (a stream moves off it at its next frame boundary; a call gets its deadline).
+LEAVE_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,8 @@ class Controller:
     """Policy + watchers + observers; to the data path, the Fleet it asks about backends.
 
     Workers are primaries and standbys (`Backend.role`); a pair is the fleet of one and one. New work
-    is placed by weight, and among the workers of a role by load: two chosen at random (in proportion
-    to their weights), the one with fewer calls and stream legs outstanding per unit of weight
-    ("power of two choices"; the worker's own load reports can add to it).
+    is placed by weight, and among the workers of a role by load: the one with the fewest calls and
+    stream legs outstanding per unit of weight.
     """
 
     def __init__(self, policy_cfg: PolicyConfig, watchers: dict[Backend, BackendWatcher],
@@ -102,7 +104,11 @@ class Controller:
         self._load: dict[Backend, int] = dict.fromkeys(watchers, 0)   # calls and stream legs outstanding
         self._dirty = asyncio.Event()
         self._decision_listeners: list[Callable[[], None]] = []
-        self.pooled = sum(b.primary for b in watchers) > 1 or sum(not b.primary for b in watchers) > 1
+        self._failure_listeners: list[Callable[[Backend], None]] = []
+        self._removal_listeners: list[Callable[[Backend, BackendWatcher], None]] = []
+        self._leaving: dict[Backend, float] = {}   # left the pool at: no new work; removed once idle
+        self._was_ready: dict[Backend, bool] = {}
+        self.leave_grace_s = LEAVE_GRACE_S
         self.metrics = RouterMetrics(
             meter or metrics.NoOpMeter("eagleeye"),
             weights=lambda: {b.value: self.weight(b) for b in self.watchers},
@@ -119,9 +125,19 @@ class Controller:
         """A watcher saw something: re-evaluate now."""
         self.reevaluate()
 
+    @property
+    def pooled(self) -> bool:
+        """Whether the workers are a pool (named by role and address) rather than a pair."""
+        return any(b.name != b.role.value for b in self.watchers)
+
     def reevaluate(self) -> None:
         now = self._clock()
-        views = {b: w.view() for b, w in self.watchers.items()}
+        views = {b: w.view() for b, w in self.watchers.items() if b not in self._leaving}
+        for b, v in views.items():
+            if self._was_ready.get(b) and not v.ready:
+                for failed in self._failure_listeners:
+                    failed(b)
+            self._was_ready[b] = v.ready
         d = self.fleet_decision = self._policy.update({b.name: v for b, v in views.items() if b.primary},
                                                       {b.name: v for b, v in views.items() if not b.primary}, now)
         self.decision = _summary(d, self.pooled)
@@ -165,6 +181,7 @@ class Controller:
         """Advance time for the policy (ramps) and publish the router's own health."""
         while True:
             self.reevaluate()
+            self._reap()
             await self._publish_health()
             self._dirty.clear()
             await wait_event(self._dirty, TICK_S)
@@ -172,7 +189,7 @@ class Controller:
     async def _publish_health(self) -> None:
         can_serve = self.decision.state is not State.BOTH_DOWN
         # Redundancy: every primary serving and a standby ready to take the next one's share.
-        ready = {b: w.view().ready for b, w in self.watchers.items()}
+        ready = {b: w.view().ready for b, w in self.watchers.items() if b not in self._leaving}
         redundant = all(ok for b, ok in ready.items() if b.primary) and any(
             ok for b, ok in ready.items() if not b.primary)
         statuses = {**dict.fromkeys(READINESS_NAMES, can_serve), LIVENESS: True, REDUNDANCY: redundant}
@@ -196,25 +213,79 @@ class Controller:
         return self._load.get(backend, 0)
 
     def _least_loaded(self, candidates: list[Backend], weighted: bool = True) -> Backend | None:
-        """Power of two choices: two candidates drawn in proportion to their weights, the one with less
-        outstanding work per unit of weight (with `weighted` False: drawn evenly, by outstanding work)."""
+        """The candidate with the least outstanding work (calls and stream legs) per unit of weight (with
+        `weighted` False: the least outstanding work); ties broken at random, in proportion to weight.
+
+        The router's counts of its own calls are exact and current, so it takes the least loaded of all
+        (a few dozen workers at most) rather than the best of two random ones, which is for stale load.
+        """
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
         if weighted:
-            weights = [self.weight(b) for b in candidates]
-            a, b = self._rng.choices(candidates, weights)[0], self._rng.choices(candidates, weights)[0]
-            if a == b:
-                return a
-            return a if (self.outstanding(a) + 1) / self.weight(a) <= (self.outstanding(b) + 1) / self.weight(b) else b
-        a, b = self._rng.sample(candidates, 2)
-        return a if self.outstanding(a) <= self.outstanding(b) else b
+            scores = [(self.outstanding(b) + 1) / self.weight(b) for b in candidates]
+        else:
+            scores = [float(self.outstanding(b)) for b in candidates]
+        best = min(scores)
+        tied = [b for b, score in zip(candidates, scores, strict=True) if score <= best * (1 + 1e-9)]
+        if len(tied) == 1:
+            return tied[0]
+        return self._rng.choices(tied, [self.weight(b) for b in tied] if weighted else None)[0]
 
     def _weighted(self, primary: bool, exclude: Backend | None = None) -> list[Backend]:
         return [b for b in self.watchers if b.primary is primary and b != exclude and self.weight(b) > 0]
 
+    # -- membership (router/membership.py) ---------------------------------------------------------
+
+    def add(self, backend: Backend, watcher: BackendWatcher, timers: BackendTimers) -> None:
+        """A worker joins (or one leaving comes back): it gets work once its health says ready."""
+        if backend in self.watchers:
+            if self._leaving.pop(backend, None) is not None:
+                event(log, "worker stays", backend=backend.value)
+                self.reevaluate()
+            return
+        self.watchers[backend] = watcher
+        self.timers[backend] = timers
+        self._load.setdefault(backend, 0)
+        self.metrics.backend_added(backend.value)
+        watcher.subscribe(self.changed)
+        self.reevaluate()
+
+    def retire(self, backend: Backend) -> None:
+        """A worker leaves the pool: no new work from now on; its streams move at their next frame
+        boundary, its calls finish; once it has none (or after `leave_grace_s`) it is removed."""
+        if backend in self.watchers and backend not in self._leaving:
+            self._leaving[backend] = self._clock()
+            event(log, "worker leaving", backend=backend.value, outstanding=self.outstanding(backend))
+            self.reevaluate()
+
+    def leaving(self, backend: Backend) -> bool:
+        return backend in self._leaving
+
+    def _reap(self) -> None:
+        now = self._clock()
+        for b, since in list(self._leaving.items()):
+            if self.outstanding(b) <= 0 or now - since >= self.leave_grace_s:
+                del self._leaving[b]
+                watcher = self.watchers.pop(b)
+                self.timers.pop(b, None)
+                self._load.pop(b, None)
+                self._progress_at.pop(b, None)
+                self._was_ready.pop(b, None)
+                event(log, "worker removed", backend=b.value, after_s=round(now - since, 1))
+                for removed in self._removal_listeners:
+                    removed(b, watcher)
+
+    def on_failure(self, listener: Callable[[Backend], None]) -> None:
+        """Call `listener` when a worker that was ready is not any more."""
+        self._failure_listeners.append(listener)
+
+    def on_removed(self, listener: Callable[[Backend, BackendWatcher], None]) -> None:
+        """Call `listener` when a worker that left is removed (its channels may close)."""
+        self._removal_listeners.append(listener)
+
     def pick(self) -> Backend | None:
-        """A worker for a new call: a role by weight, then by load among that role's workers; None when
-        none may be used (BOTH_DOWN)."""
+        """A worker for a new call: a role by weight, then the least loaded of that role's workers; None
+        when none may be used (BOTH_DOWN)."""
         p = sum(self.weight(b) for b in self.watchers if b.primary)
         s = sum(self.weight(b) for b in self.watchers if not b.primary)
         if p + s <= 0:
@@ -227,7 +298,7 @@ class Controller:
         return self.placement(place, None)
 
     def _new_home(self) -> Backend | None:
-        homes = self._weighted(True) or [b for b in self.watchers if b.primary]
+        homes = self._weighted(True) or [b for b in self.watchers if b.primary and b not in self._leaving]
         return self._least_loaded(homes) if all(self.weight(b) > 0 for b in homes) else self._rng.choice(homes) \
             if homes else None
 
@@ -256,8 +327,10 @@ class Controller:
         return self._least_loaded(self._weighted(primary, exclude=home))
 
     def alternative(self, backend: Backend | None) -> Backend | None:
-        """Another usable worker (even at weight 0) for what `backend` did not answer: the least loaded."""
-        return self._least_loaded([b for b in self.watchers if b != backend and self.usable(b)], weighted=False)
+        """Another usable worker (even at weight 0, not one leaving) for what `backend` did not answer: the
+        least loaded."""
+        return self._least_loaded([b for b in self.watchers if b != backend and b not in self._leaving
+                                   and self.usable(b)], weighted=False)
 
     def hedge_delay_s(self, backend: Backend) -> float:
         return self.timers[backend].hedge_delay_s()

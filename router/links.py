@@ -33,10 +33,10 @@ RELOAD_INTERVAL_S = 5.0
 class Links:
     """Channels to every worker; `subscribe` to hear when they are replaced."""
 
-    def __init__(self, cfg: RouterConfig, interceptors: list[Any] | None = None) -> None:
+    def __init__(self, cfg: RouterConfig, backends: dict[Backend, str], interceptors: list[Any] | None = None) -> None:
         self._cfg = cfg
         self._interceptors = interceptors
-        self._addresses = cfg.backends()
+        self._addresses = dict(backends)
         self._listeners: list[Callable[[], None]] = []
         self._retired_health: list[grpc.aio.Channel] = []
         self._closing: set[asyncio.Task[None]] = set()
@@ -50,6 +50,25 @@ class Links:
         stream = {b: backend_channel(a, self._cfg, self._interceptors) for b, a in self._addresses.items()}
         health = {b: backend_channel(a, self._cfg) for b, a in self._addresses.items()}
         return unary, stream, health
+
+    def addresses(self) -> dict[Backend, str]:
+        return dict(self._addresses)
+
+    def add(self, backend: Backend, address: str) -> None:
+        """Channels to a worker that joined."""
+        self._addresses[backend] = address
+        self.unary[backend] = backend_channel(address, self._cfg, self._interceptors)
+        self.stream[backend] = backend_channel(address, self._cfg, self._interceptors)
+        self.health[backend] = backend_channel(address, self._cfg)
+
+    def remove(self, backend: Backend) -> None:
+        """A worker was removed: its channels close (what is still open on them gets its grace)."""
+        self._addresses.pop(backend, None)
+        for channels, grace in ((self.unary, self._cfg.default_deadline_s),
+                                (self.stream, self._cfg.max_connection_age_grace_s), (self.health, 0.0)):
+            channel = channels.pop(backend, None)
+            if channel is not None:
+                self._close_later(channel, grace)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` after the channels were replaced."""

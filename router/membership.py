@@ -91,10 +91,10 @@ def _text(host: str, port: int) -> str:
 class Membership:
     """Keeps the workers current: resolves the names now, every RESOLVE_INTERVAL_S and when poked."""
 
-    def __init__(self, configured: Sequence[Entry], on_change: Callable[[dict[Backend, str]], None],
+    def __init__(self, configured: Sequence[Entry], on_change: Callable[[dict[Backend, str]], None] | None = None,
                  lookup: Lookup = getaddrinfo) -> None:
         self._configured = list(configured)
-        self._on_change = on_change
+        self.on_change = on_change   # called with the new workers whenever they change
         self._lookup = lookup
         self._resolved: dict[Entry, Addresses] = {}
         self._failing: set[Entry] = set()
@@ -130,7 +130,8 @@ class Membership:
         members = plan(self._configured, self._resolved)
         if members != self.members:
             self.members = members
-            self._on_change(members)
+            if self.on_change is not None:
+                self.on_change(members)
 
     async def run(self) -> None:
         """Resolve at once, then every RESOLVE_INTERVAL_S or when poked (at most every RESOLVE_MIN_GAP_S)."""

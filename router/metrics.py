@@ -106,6 +106,11 @@ class RouterMetrics:
         if detection_ms is not None:
             self._detection.record(detection_ms / 1000)
 
+    def backend_added(self, backend: str) -> None:
+        """A worker joined: its counters start at 0 like the first ones'."""
+        self._retries.add(0, {"backend": backend})
+        self._hedges.add(0, {"backend": backend})
+
     def retry(self, failed_backend: str) -> None:
         self._retries.add(1, {"backend": failed_backend})
 

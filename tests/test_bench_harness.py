@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +112,21 @@ def test_a_small_matrix_writes_the_results_and_timelines(tmp_path: Path) -> None
     assert router["lost"] == 0 and router["fault_to_switch_ms"] is not None    # the router's promise
     assert by[("nginx", "sigstop", "unary")]["cpu_ms_per_rpc"] is not None
     assert (tmp_path / "timeline-sigstop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_scale_out_bench_runs_end_to_end(tmp_path: Path) -> None:
+    """`python -m bench.scale` at two sizes and one fault, briefly: rows come out, the load spreads and
+    the failed primary's streams, only they, move, with nothing lost."""
+    out = subprocess.run([sys.executable, "-m", "bench.scale", "--sizes", "1,2", "--seconds", "2", "--modes", "router",
+                          "--service-ms", "20", "--out", str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads((tmp_path / "scale.json").read_text())
+    steady = {r["primaries"]: r for r in rows if not r["fault"]}
+    assert steady[2]["frames_per_s"] > 1.5 * steady[1]["frames_per_s"], steady
+    assert set(steady[2]["per_worker"]) == {"p1", "p2"}
+    faults = [r for r in rows if r["fault"]]
+    assert {(r["primaries"], r["fault"]) for r in faults} == {(n, f) for n in (1, 2) for f in ("sigkill", "sigstop")}
+    for r in faults:
+        assert (r["errors"], r["lost"]) == (0, 0), r
+        assert set(r["moved_from"]) <= {"p1", "primary"}, r
+    assert "| router | 2 |" in (tmp_path / "scale.md").read_text()

@@ -361,11 +361,11 @@ async def test_a_client_holding_its_share_of_streams_leaves_the_others_theirs(
                 await call.write(pb.DetectRequest(frame_id=fid, encoded=SMALL))
             for fid, call in enumerate(calls, 1):
                 assert (await call.read()).frame_id == fid
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                async for _ in stub.DetectStream(iter([pb.DetectRequest(frame_id=99, encoded=SMALL)]), timeout=30):
-                    pass
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "max_concurrent_streams_per_peer" in (refused.value.details() or "")
+            # The 21st is refused as it opens. (It writes nothing: a grpc.aio client whose write races the
+            # end of the call may report INTERNAL "Internal error from Core" instead of the router's status.)
+            extra = stub.DetectStream(timeout=30)
+            assert await extra.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_concurrent_streams_per_peer" in (await extra.details() or "")
             for call in calls:
                 await call.done_writing()
                 assert await call.read() is grpc.aio.EOF

@@ -9,8 +9,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import secrets
+import shutil
 import signal
+import socket
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -120,3 +124,88 @@ async def test_a_failed_primary_moves_only_its_own_share(pool: Pool) -> None:
             assert after <= {"s1", "p2"} and "p1" not in after, (i, s)
     state_event = pool.router.wait_for_event("switch", 10, to_state="FAILOVER", worker=f"primary/{pool.address['p1']}")
     assert "not ready" in state_event["reason"] or "ended" in state_event["reason"], state_event
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _private_hosts_works(hosts: Path) -> bool:
+    """Whether this machine lets a process see a hosts file of its own (a mount namespace, as root)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && getent ahosts ee-pool',
+                            str(hosts)], capture_output=True, text=True, timeout=10)
+    return probe.returncode == 0 and "127.0.0.2" in probe.stdout
+
+
+async def test_a_dns_name_is_a_pool_that_grows_and_shrinks_without_a_restart(tmp_path: Path) -> None:
+    """`--primary NAME:PORT` for a headless Service: every address is a primary; a new one joins and
+    takes work, one that leaves is drained of its streams at frame boundaries, nothing lost."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.0.2 ee-pool\n127.0.0.3 ee-pool\n")
+    if not _private_hosts_works(hosts):
+        pytest.skip("needs unshare and mount namespaces (root) for a private hosts file")
+    port = _free_port("127.0.0.2")
+    procs: list[Proc] = []
+    try:
+        for i, ip in enumerate(("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.1"), 1):
+            name = f"p{i}" if ip != "127.0.0.1" else "s1"
+            procs.append(Proc("python", ["-m", "bench.simworker", "--worker-id", name, "--service-ms", "5",
+                                         "--listen", f"{ip}:{port if name != 's1' else 0}"]))
+        standby = procs[3].wait_listening()
+        for p in procs[:3]:
+            p.wait_listening()
+        router = Proc("eagleeye-router", ["--listen", "127.0.0.1:0", "--primary", f"ee-pool:{port}",
+                                          "--standby", standby, "--hold-down", "60"],
+                      wrapper=["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
+                               str(hosts)])
+        procs.append(router)
+        target = router.wait_listening()
+        router.wait_for_event("switch", 60, to_state="NORMAL", worker="fleet")
+
+        async with grpc.aio.insecure_channel(target) as ch:
+            stub = pb_grpc.DetectorStub(ch)
+
+            async def spread(n: int) -> collections.Counter[str]:
+                return collections.Counter([(await stub.Detect(pb.DetectRequest(encoded=b"x"), timeout=5)).worker
+                                            for _ in range(n)])
+
+            assert {"p1", "p2"} <= set(await spread(100))
+            stop = asyncio.Event()
+            seen: list[list[tuple[int, str]]] = [[] for _ in range(8)]
+
+            async def camera(out: list[tuple[int, str]]) -> None:
+                async def frames() -> AsyncIterator[pb.DetectRequest]:
+                    i = 0
+                    while not stop.is_set() and i < 3000:
+                        i += 1
+                        yield pb.DetectRequest(frame_id=i, encoded=b"x")
+                        await asyncio.sleep(0.02)  # a camera's pace
+                async for answer in stub.DetectStream(frames(), timeout=90):
+                    out.append((answer.frame_id, answer.worker))
+
+            cameras = [asyncio.create_task(camera(s)) for s in seen]
+            # Scale out: a third address joins and takes work, without a restart.
+            hosts.write_text("127.0.0.1 localhost\n127.0.0.2 ee-pool\n127.0.0.3 ee-pool\n127.0.0.4 ee-pool\n")
+            await asyncio.to_thread(router.wait_for_event, "worker joined", 20, backend=f"primary/127.0.0.4:{port}")
+            assert "p3" in await spread(100)
+            # Scale in: p1's address goes; its streams move at a frame boundary, then it is removed.
+            hosts.write_text("127.0.0.1 localhost\n127.0.0.3 ee-pool\n127.0.0.4 ee-pool\n")
+            await asyncio.to_thread(router.wait_for_event, "worker removed", 45, backend=f"primary/127.0.0.2:{port}")
+            assert "p1" not in await spread(100)
+            stop.set()
+            await asyncio.gather(*cameras)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    for s in seen:
+        assert [fid for fid, _ in s] == list(range(1, len(s) + 1)) and len(s) > 20   # each frame once, in order
+    # p1's streams left it, gracefully: no stream failed over off it (those moves are logged at INFO).
+    on_p1 = [s for s in seen if any(w == "p1" for _, w in s)]
+    assert on_p1 and all(s[-1][1] != "p1" for s in on_p1), [s[-1] for s in seen]
+    failed_over = [e for e in router.events if e.get("event") == "stream moved" and "127.0.0.2" in e.get("frm", "")]
+    assert not failed_over, failed_over
+    assert not [e for e in router.events if e.get("level") == "error"], router.lines[-20:]

@@ -124,12 +124,25 @@ def build(name: str, state: State, weights: Mapping[Backend, float], facts: Mapp
     cluster.eds_cluster_config.eds_config.resource_api_version = x.V3
 
     cla = x.ClusterLoadAssignment(cluster_name=name)
-    for b, p in sorted(placements(state, weights, facts).items(), key=lambda item: item[0].value):
+    # Primaries serving their full share go together in one locality, whose weight is their sum: a
+    # client picks a locality by weight, then round-robins within it, so new streams and calls spread
+    # evenly over them. Any other worker (the standbys, a primary ramping back or degraded) is a
+    # locality of its own with its own weight.
+    placed = placements(state, weights, facts)
+    groups: dict[tuple[object, ...], list[Backend]] = {}
+    for b, p in sorted(placed.items(), key=lambda item: item[0].value):
+        together = b.primary and p.health == x.HEALTHY and p.priority == 0
+        groups.setdefault(("primaries", p.weight) if together else (b.value,), []).append(b)
+    for members in sorted(groups.values(), key=lambda m: m[0].value):
+        p = placed[members[0]]
+        zone = members[0].value if len(members) == 1 else f"primaries-{len(members)}"
         cla.endpoints.append(x.LocalityLbEndpoints(
-            locality=x.Locality(region="eagleeye", zone=b.value),
-            load_balancing_weight=wrappers_pb2.UInt32Value(value=p.weight), priority=p.priority,
+            locality=x.Locality(region="eagleeye", zone=zone),
+            load_balancing_weight=wrappers_pb2.UInt32Value(value=sum(placed[m].weight for m in members)),
+            priority=p.priority,
             lb_endpoints=[x.LbEndpoint(health_status=p.health, endpoint=x.Endpoint(address=x.Address(
-                socket_address=x.SocketAddress(address=host, port_value=port)))) for host, port in facts[b].addresses]))
+                socket_address=x.SocketAddress(address=host, port_value=port))))
+                for m in members for host, port in facts[m].addresses]))
 
     resources = {LISTENER: {name: _pack(LISTENER, listener)}, CLUSTER: {name: _pack(CLUSTER, cluster)},
                  ENDPOINTS: {name: _pack(ENDPOINTS, cla)}}

@@ -121,7 +121,7 @@ class XdsPublisher:
             if self._ready_seen.get(b) is not None and self._ready_seen[b] != view.ready:
                 asyncio.get_running_loop().create_task(self._resolve_one(b))  # a restarted worker may have moved
             self._ready_seen[b] = view.ready
-            facts[b] = xds.BackendFacts(self._resolved.get(b, ()), view.ready, w.status.drained)
+            facts[b] = xds.BackendFacts(self._resolved.get(b, ()), view.ready, w.status.drained or ctl.leaving(b))
         weights = {b: ctl.weight(b) for b in ctl.watchers}
         snap = xds.build(self.name, d.state, weights, facts, self._num_retries)
         if self.snapshot is not None and snap.versions == self.snapshot.versions:
@@ -134,17 +134,35 @@ class XdsPublisher:
         for waker in self._wakers:
             waker.set()
 
+    def set_targets(self, targets: dict[Backend, str]) -> None:
+        """The workers changed (router/membership.py): resolve the new ones, forget the removed ones."""
+        for gone in set(self._targets) - set(targets):
+            self._resolved.pop(gone, None)
+            self._ready_seen.pop(gone, None)
+        new = set(targets) - set(self._targets)
+        self._targets = dict(targets)
+        for b in new:
+            asyncio.get_running_loop().create_task(self._resolve_one(b))
+        self.refresh()
+
     async def _resolve_one(self, backend: Backend) -> None:
-        host, port = parse_host_port(backend.value, self._targets[backend])
+        target = self._targets.get(backend)
+        if target is None:
+            return  # removed meanwhile
+        host, port = parse_host_port(backend.value, target)
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as e:
+            if backend not in self._targets:
+                return
             if self._resolved.get(backend) != ():  # once per outage, not every RESOLVE_INTERVAL_S
                 event(log, "xds resolve failed", logging.WARNING, backend=backend.value, host=host, error=str(e))
             self._resolved[backend] = ()
             self.refresh()  # offered to nobody until its name resolves
             return
         addresses = tuple(sorted({(str(info[4][0]), int(info[4][1])) for info in infos}))
+        if backend not in self._targets:
+            return
         if addresses != self._resolved.get(backend):
             self._resolved[backend] = addresses
             event(log, "xds endpoints", backend=backend.value, addresses=[f"{h}:{p}" for h, p in addresses])

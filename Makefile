@@ -20,7 +20,7 @@ help:
 	@echo "make test     stubs check, lint, type check and the whole test suite"
 	@echo "make bench    figures: fault matrix vs nginx and zero-hop, faults beyond it, proxy overhead, Check latency, clients behaving badly, long fuzz (~16 min)"
 	@echo "make setup    create $(VENV) and install the project (editable) with its test tools"
-	@echo "make protos   regenerate the gRPC stubs from protos/ (into detector/ and router/)"
+	@echo "make protos   regenerate the gRPC stubs from protos/ (into detector/, router/ and common/)"
 	@echo "make lint     ruff, mypy, and buf lint + breaking-change check of protos/ (against the last API release)"
 	@echo "make train-default-model   retrain the embedded default model (about 25 minutes on 2 cores)"
 
@@ -55,7 +55,7 @@ endef
 protos: setup
 	@tmp=$$(mktemp -d) && $(call gen_protos,$$tmp) && \
 	for f in $$(cd $$tmp/eagleeye && find . -type f); do install -D -m 644 "$$tmp/eagleeye/$$f" "$$f"; done; \
-	rm -rf $$tmp; echo "stubs written into detector/ and router/"
+	rm -rf $$tmp; echo "stubs written into detector/, router/ and common/"
 
 check-protos: setup
 	@tmp=$$(mktemp -d) && $(call gen_protos,$$tmp) && \

@@ -8,7 +8,9 @@ name (readiness, its aliases "" and the service name, liveness, headroom), readi
 ahead of it gets RESOURCE_EXHAUSTED with the worker's retry-elsewhere marker, so a router tries
 another worker. Requests are answered in batches of up to `--max-batch`, one batch every
 `--service-ms` milliseconds, as a GPU would: the time passes on a timer, burning no CPU, so one
-machine can run many of them and the figures measure the router, not the simulation.
+machine can run many of them and the figures measure the router, not the simulation. It sends the
+worker's load reports (common/loadreport.py: per-call trailer and out-of-band stream), its busy share
+being the share of time a batch was running.
 
 Its faults are the worker's own FaultInjection service (always on: it is a test tool; loopback only
 unless told otherwise): DelayInference makes each batch take that long (readiness NOT_SERVING when it
@@ -26,6 +28,7 @@ import collections
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -35,7 +38,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from eagleeye.client.admin import positive_arg
 from eagleeye.common import grpcopts
 from eagleeye.common.cli import parse_host_port
+from eagleeye.common.grpcguard import guarded
 from eagleeye.common.health import HealthServicer
+from eagleeye.common.loadreport import Counters, LoadReporter
 from eagleeye.common.logs import event, setup
 from eagleeye.common.names import DETECTOR_SERVICE, HEADROOM, LIVENESS, READINESS_NAMES
 from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
@@ -105,6 +110,17 @@ class SimBatcher:
     _queue: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
     _work: asyncio.Event = field(default_factory=asyncio.Event)
     running: int = 0
+    frames: int = 0                 # requests answered
+    refused: int = 0                # requests refused, the queue full
+    _busy_s: float = 0.0            # time batches ran, finished ones
+    _batch_started: float | None = None
+
+    def counters(self) -> Counters:
+        """What load reports are made of (common/loadreport.py): a batch running counts as busy."""
+        started = self._batch_started
+        busy = self._busy_s + (time.monotonic() - started if started is not None else 0.0)
+        return Counters(busy_s=busy, answered=self.frames + self.refused, errors=self.refused,
+                        queue=self.in_flight, capacity=self.max_queue)
 
     @property
     def in_flight(self) -> int:
@@ -113,6 +129,7 @@ class SimBatcher:
     async def submit(self) -> None:
         """Wait until this request's batch has run; QueueFull at once when the queue is full."""
         if len(self._queue) >= self.max_queue:
+            self.refused += 1
             raise QueueFull(f"worker busy: {self.max_queue} requests queued (max_queue); retry elsewhere")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(done)
@@ -134,9 +151,13 @@ class SimBatcher:
             if not batch:
                 continue
             self.running = len(batch)
+            self._batch_started = started = time.monotonic()
             await asyncio.sleep(self.faults.delay_s if self.faults.delay_s is not None else self.service_s)
+            self._busy_s += time.monotonic() - started
+            self._batch_started = None
             self.running = 0
             self.batches += 1
+            self.frames += len(batch)
             for f in batch:
                 if not f.done():
                     f.set_result(None)
@@ -151,6 +172,7 @@ class SimWorker:
         self.health = health
         self.canary_deadline_s = canary_deadline_s
         self.loaded = False
+        self.load = LoadReporter(batcher.counters)
         self._info = pb.GetModelInfoResponse(name="simulated", worker=worker_id).SerializeToString()
 
     async def publish(self) -> None:
@@ -166,11 +188,13 @@ class SimWorker:
         try:
             await self.batcher.submit()
         except QueueFull as e:
-            context.set_trailing_metadata(((grpcopts.RETRY_ELSEWHERE_KEY, grpcopts.RETRY_ELSEWHERE_QUEUE_FULL),))
+            context.set_trailing_metadata(
+                (*self.load.trailer(), (grpcopts.RETRY_ELSEWHERE_KEY, grpcopts.RETRY_ELSEWHERE_QUEUE_FULL)))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
 
     async def detect(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         await self._answer(context)
+        context.set_trailing_metadata(self.load.trailer())
         return pb.DetectResponse(worker=self.worker_id).SerializeToString()
 
     async def model_info(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -263,6 +287,7 @@ async def serve(args: argparse.Namespace) -> None:
     await health.set(LIVENESS, SERVING)
     await worker.publish()
     server.add_generic_rpc_handlers((worker.handler(),))
+    guarded(server).add_generic_rpc_handlers((worker.load.handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     fi_grpc.add_FaultInjectionServicer_to_server(SimFaults(worker), server)
     port = server.add_insecure_port(args.listen)

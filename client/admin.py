@@ -244,8 +244,11 @@ def print_state(target: str, state: rpb.RouterState, events: int, as_json: bool)
         extra = [x for x, on in (("no headroom", not b.headroom and b.ready), ("drained", b.drained),
                                  ("ejected", b.ejected)) if on]
         shown = f"{name:<8} {b.address:<22}" if "/" not in name else f"{name:<31}"
+        load = f"  load: {b.outstanding} here" + (
+            f", reports queue {b.reported_queue:g}, busy {b.reported_utilization:.0%}"
+            if b.HasField("reported_queue") and b.HasField("reported_utilization") else "")
         print(f"  {shown} weight {b.weight:5.1f}%  {health}"
-              + (f" ({', '.join(extra)})" if extra else "") + (f"  - {b.reason}" if b.reason else ""))
+              + (f" ({', '.join(extra)})" if extra else "") + load + (f"  - {b.reason}" if b.reason else ""))
     if state.xds_endpoints_version:
         current = sum(c.endpoints_version == state.xds_endpoints_version for c in state.xds_clients)
         print(f"xDS clients: {len(state.xds_clients)} connected, {current} on assignment "

@@ -14,7 +14,9 @@
 #   DIR/client/                     client certificate for operators and clients (eagleeye --tls-cert)
 # Server names: the compose service name, the Kubernetes Service name in namespace
 # $EAGLEEYE_NAMESPACE (default eagleeye: NAME, NAME.NS, NAME.NS.svc, NAME.NS.svc.cluster.local),
-# localhost and 127.0.0.1. Extra names for every server certificate: EXTRA_SANS="DNS:a.example,IP:10.0.0.5".
+# localhost and 127.0.0.1. Worker certificates also name eagleeye-detector, the one name the routers
+# check on every worker (--backend-tls-server-name: in a pool they dial workers at their addresses).
+# Extra names for every server certificate: EXTRA_SANS="DNS:a.example,IP:10.0.0.5".
 #
 # Run again to rotate: an existing CA is kept (delete DIR/ca.* for a new one), every leaf is
 # re-issued with a new key and replaces the old files by rename; the running services re-read them.
@@ -104,8 +106,9 @@ names() {
     echo "$s"
 }
 
-issue detector-primary eagleeye-detector-primary serverAuth "$(names detector-primary eagleeye-detector-primary)"
-issue detector-standby eagleeye-detector-standby serverAuth "$(names detector-standby eagleeye-detector-standby)"
+worker=DNS:eagleeye-detector  # what the routers check on every worker, at whatever address they dial it
+issue detector-primary eagleeye-detector-primary serverAuth "$worker,$(names detector-primary eagleeye-detector-primary)"
+issue detector-standby eagleeye-detector-standby serverAuth "$worker,$(names detector-standby eagleeye-detector-standby)"
 issue router eagleeye-router serverAuth \
     "$(names router eagleeye-router),DNS:eagleeye-router-admin,DNS:eagleeye-router-admin.$ns,DNS:eagleeye-router-admin.$ns.svc,DNS:eagleeye-router-admin.$ns.svc.cluster.local"
 issue router-backend eagleeye-router clientAuth

@@ -21,6 +21,7 @@ from eagleeye.common import telemetry as telemetry_mod
 from eagleeye.common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
 from eagleeye.common.grpcguard import guarded
 from eagleeye.common.health import HealthServicer
+from eagleeye.common.loadreport import Counters, LoadReporter
 from eagleeye.common.logs import LOG_FORMATS, event
 from eagleeye.common.looplag import LoopLagMonitor
 from eagleeye.common.names import DETECTOR_SERVICE
@@ -157,6 +158,16 @@ async def serve(cfg: DetectorConfig) -> int:
     detector = DetectorServicer(worker_id, defaults, cfg.max_stream_inflight, metrics,
                                 max_rpcs=cfg.max_concurrent_rpcs, max_streams=cfg.max_concurrent_streams)
     detector_pb2_grpc.add_DetectorServicer_to_server(detector, guarded(server))
+
+    def load_counters() -> Counters:
+        b, gpu = batcher_ref[0] if batcher_ref else None, monitor_ref[0].gpu if monitor_ref else None
+        errors = detector.worker_errors()
+        return Counters(busy_s=b.busy_seconds() if b else 0.0, answered=(b.frames if b else 0) + errors,
+                        errors=errors, queue=b.in_flight if b else 0, capacity=cfg.max_queue,
+                        gpu=None if gpu is None or gpu.gpu_lost else gpu.utilization_percent / 100)
+
+    detector.load = LoadReporter(load_counters)
+    guarded(server).add_generic_rpc_handlers((detector.load.handler(),))
 
     # Listen before importing torch and loading the model: probes get answers (liveness SERVING,
     # readiness NOT_SERVING) during the seconds that takes.

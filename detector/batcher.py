@@ -99,6 +99,9 @@ class Batcher:
         self._closed = False
         self.sticky_error: str | None = None
         self.batches = 0
+        self.frames = 0            # frames that went through the model (or failed in it)
+        self._busy_s = 0.0         # seconds the model ran, finished batches
+        self._batch_started: float | None = None
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -117,6 +120,11 @@ class Batcher:
         """Requests queued or in the running batch."""
         with self._cond:
             return len(self._queue) + self._running
+
+    def busy_seconds(self) -> float:
+        """Seconds the model has run since start, the batch running now included (load reports)."""
+        started = self._batch_started
+        return self._busy_s + (time.monotonic() - started if started is not None else 0.0)
 
     async def submit(self, image: np.ndarray) -> BatchResult:
         """Queue one letterboxed image (H x W x 3 uint8) and wait for its detections."""
@@ -172,7 +180,7 @@ class Batcher:
                 self._running = 0
 
     def _run_batch(self, batch: list[_Item]) -> None:
-        started = time.monotonic()
+        started = self._batch_started = time.monotonic()
         results: list[BatchResult] | BaseException
         try:
             if self.sticky_error is not None:
@@ -198,6 +206,9 @@ class Batcher:
                 event(log, "inference failed", logging.ERROR, error=repr(e), batch_size=len(batch))
                 results = InferenceFailed(f"inference failed: {e}")
         self.batches += 1
+        self.frames += len(batch)
+        self._busy_s += time.monotonic() - started
+        self._batch_started = None
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(_deliver, batch, results)

@@ -15,6 +15,7 @@ import grpc
 from eagleeye.common.errors import IncidentLog
 from eagleeye.common.grpcguard import MalformedRequest
 from eagleeye.common.grpcopts import RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL
+from eagleeye.common.loadreport import LoadReporter
 from eagleeye.common.logs import event
 from eagleeye.detector.batcher import InferenceFailed, InferenceUnavailable, QueueFull
 from eagleeye.detector.imaging import ImageError
@@ -47,6 +48,8 @@ class RequestError(Exception):
 
 
 _INCIDENTS = IncidentLog(log, where="worker")
+# Status codes that say "this worker, now" (busy, broken, shutting down), not "this request".
+_WORKER_FAILURES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED"})
 
 
 def _retrieve(read: asyncio.Future[Any]) -> None:
@@ -113,8 +116,14 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         self.half = False
         self.backend = ""
         self.draining = asyncio.Event()
+        #: Where the ORCA load report every answer carries comes from (common/loadreport.py); None: none.
+        self.load: LoadReporter | None = None
         #: Errors answered, by (method, status code name): bad input is counted, never fatal.
         self.errors: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def worker_errors(self) -> int:
+        """Answers that were the worker's failure or its load, not the caller's mistake (load reports' eps)."""
+        return sum(n for (_, code), n in self.errors.items() if code in _WORKER_FAILURES)
 
     def _pipeline(self) -> Pipeline:
         if self.pipeline is None:
@@ -182,17 +191,23 @@ class DetectorServicer(pb_grpc.DetectorServicer):
     async def _refuse(self, method: str, err: RequestError, context: grpc.aio.ServicerContext) -> None:
         """Count the refusal and end the call with its status (abort raises)."""
         self._count(method, err)
+        trailer: tuple[tuple[str, str | bytes], ...] = self.load.trailer() if self.load is not None else ()
         if err.retry_elsewhere:
-            context.set_trailing_metadata(((RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL),))
+            trailer = (*trailer, (RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL))
+        if trailer:
+            context.set_trailing_metadata(trailer)
         await context.abort(err.code, err.message)
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
         try:
             self.unary_calls.take()
             try:
-                return await self._serve(request, "Detect")
+                response = await self._serve(request, "Detect")
             finally:
                 self.unary_calls.give()
+            if self.load is not None:
+                context.set_trailing_metadata(self.load.trailer())
+            return response
         except Exception as e:
             await self._refuse("Detect", _status_of(e), context)
             raise  # unreachable: abort raises

@@ -80,7 +80,12 @@ class AdminServicer(pb_grpc.RouterAdminServicer):
                 address=watcher.address, ready=view.ready, headroom=view.headroom,
                 reason=view.reason, watch_connected=s.watch_connected, consecutive_check_failures=s.check_failures,
                 consecutive_healthy_checks=s.healthy_checks, ejected=s.ejected_at is not None, drained=s.drained,
-                weight=ctl.weight(backend)))
+                weight=ctl.weight(backend), outstanding=ctl.outstanding(backend)))
+            reported = watcher.reported_load()
+            if reported is not None:
+                backends[-1].reported_utilization = reported.utilization
+                if reported.queue is not None:
+                    backends[-1].reported_queue = reported.queue
         state = pb.RouterState(state=d.state.value, backends=backends,
                                recent_events=[event_pb(e) for e in ctl.events],
                                hold_down_remaining_s=d.hold_down_remaining_s, ramp_progress=d.ramp_progress,

@@ -107,6 +107,9 @@ class Controller:
         self._failure_listeners: list[Callable[[Backend], None]] = []
         self._removal_listeners: list[Callable[[Backend, BackendWatcher], None]] = []
         self._leaving: dict[Backend, float] = {}   # left the pool at: no new work; removed once idle
+        # Primaries that joined while the router ran and have not been ready yet (a scaled-out pod loading
+        # its model): no slot, no share, nothing for a standby to cover, until their first ready.
+        self._joining: set[Backend] = set()
         self._was_ready: dict[Backend, bool] = {}
         self.leave_grace_s = LEAVE_GRACE_S
         self.metrics = RouterMetrics(
@@ -115,7 +118,9 @@ class Controller:
             ready=lambda: {b.value: w.view().ready for b, w in self.watchers.items()},
             state=lambda: self.decision.state, health=lambda: dict(self._published),
             streams=lambda: self.active_streams, backends=[b.value for b in watchers],
-            outstanding=lambda: {b.value: n for b, n in self._load.items()})
+            outstanding=lambda: {b.value: n for b, n in self._load.items()},
+            reported_queue=lambda: {b.value: q for b, w in self.watchers.items()
+                                    if (q := w.reported_queue()) is not None})
         for w in watchers.values():
             w.subscribe(self.changed)
 
@@ -133,6 +138,12 @@ class Controller:
     def reevaluate(self) -> None:
         now = self._clock()
         views = {b: w.view() for b, w in self.watchers.items() if b not in self._leaving}
+        for b in [b for b in self._joining if b in views]:
+            if views[b].ready:
+                self._joining.discard(b)
+                event(log, "worker ready: taking its share", backend=b.value)
+            else:
+                del views[b]  # a new pod loading its model is not a failed primary
         for b, v in views.items():
             if self._was_ready.get(b) and not v.ready:
                 for failed in self._failure_listeners:
@@ -212,19 +223,28 @@ class Controller:
     def outstanding(self, backend: Backend) -> int:
         return self._load.get(backend, 0)
 
+    def work(self, backend: Backend) -> float:
+        """A worker's work for placement: this router's outstanding calls and stream legs, or the queue
+        the worker itself reports (its load from every caller: other router replicas, zero-hop
+        clients), whichever is more. Its own counts are exact and current; the report sees the rest."""
+        own = float(self.outstanding(backend))
+        watcher = self.watchers.get(backend)
+        reported = watcher.reported_queue() if watcher is not None else None
+        return own if reported is None else max(own, reported)
+
     def _least_loaded(self, candidates: list[Backend], weighted: bool = True) -> Backend | None:
-        """The candidate with the least outstanding work (calls and stream legs) per unit of weight (with
-        `weighted` False: the least outstanding work); ties broken at random, in proportion to weight.
+        """The candidate with the least work (`work`) per unit of weight (with `weighted` False: the least
+        work); ties broken at random, in proportion to weight.
 
         The router's counts of its own calls are exact and current, so it takes the least loaded of all
-        (a few dozen workers at most) rather than the best of two random ones, which is for stale load.
+        (a few dozen workers at most) rather than the best of two random ones, which is for stale load
+        alone; between two reports, its own counts keep a burst of new streams from piling onto the
+        worker that reported least.
         """
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
-        if weighted:
-            scores = [(self.outstanding(b) + 1) / self.weight(b) for b in candidates]
-        else:
-            scores = [float(self.outstanding(b)) for b in candidates]
+        work = [self.work(b) for b in candidates]
+        scores = [(w + 1) / self.weight(b) for b, w in zip(candidates, work)] if weighted else work
         best = min(scores)
         tied = [b for b, score in zip(candidates, scores, strict=True) if score <= best * (1 + 1e-9)]
         if len(tied) == 1:
@@ -245,6 +265,8 @@ class Controller:
             return
         self.watchers[backend] = watcher
         self.timers[backend] = timers
+        if backend.primary:
+            self._joining.add(backend)
         self._load.setdefault(backend, 0)
         self.metrics.backend_added(backend.value)
         watcher.subscribe(self.changed)
@@ -271,6 +293,7 @@ class Controller:
                 self._load.pop(b, None)
                 self._progress_at.pop(b, None)
                 self._was_ready.pop(b, None)
+                self._joining.discard(b)
                 event(log, "worker removed", backend=b.value, after_s=round(now - since, 1))
                 for removed in self._removal_listeners:
                     removed(b, watcher)

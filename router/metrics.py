@@ -17,7 +17,8 @@ class RouterMetrics:
                  ready: Callable[[], dict[str, bool]], state: Callable[[], State],
                  health: Callable[[], dict[str, bool]], streams: Callable[[], int],
                  backends: Sequence[str] = ("primary", "standby"),
-                 outstanding: Callable[[], dict[str, int]] = dict) -> None:
+                 outstanding: Callable[[], dict[str, int]] = dict,
+                 reported_queue: Callable[[], dict[str, float]] = dict) -> None:
         # Counted here and read when scraped: a plain dict increment per call, where an SDK counter's
         # add() costs tens of microseconds of the router's CPU.
         self._request_counts: dict[tuple[str, str], int] = {}
@@ -89,6 +90,10 @@ class RouterMetrics:
             "eagleeye_router_backend_outstanding",
             [lambda _: [Observation(n, {"backend": b}) for b, n in outstanding().items()]], unit="1",
             description="Calls and stream legs the router has open on the backend now (its load, as placed)")
+        meter.create_observable_gauge(
+            "eagleeye_router_backend_reported_queue",
+            [lambda _: [Observation(q, {"backend": b}) for b, q in reported_queue().items()]], unit="1",
+            description="Frames waiting or in the model, as the worker's own load report last said (all callers)")
         meter.create_observable_gauge("eagleeye_router_active_streams", [lambda _: [Observation(streams())]],
                                       unit="1", description="Client DetectStreams open now")
 

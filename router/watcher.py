@@ -22,6 +22,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from eagleeye.common import loadreport
+from eagleeye.common.loadreport import Load
 from eagleeye.common.logs import event
 from eagleeye.common.names import HEADROOM, READINESS
 from eagleeye.common.tls import channel_credentials
@@ -31,6 +33,11 @@ from eagleeye.router.policy import BackendView
 log = logging.getLogger("eagleeye.watcher")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+# Load reports: one a second; one older than three intervals is not used; a worker without them
+# (UNIMPLEMENTED) is asked again after a minute.
+LOAD_REPORT_INTERVAL_S = 1.0
+LOAD_REPORT_FRESH_S = 3 * LOAD_REPORT_INTERVAL_S
+LOAD_REPORT_UNIMPLEMENTED_RETRY_S = 60.0
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -115,6 +122,8 @@ class BackendWatcher:
         self._clock = clock
         self._stub = health_pb2_grpc.HealthStub(channel)
         self.status = BackendStatus()
+        self.load: Load | None = None      # the worker's last load report (None: none, or its stream ended)
+        self.load_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
     def use_channel(self, channel: grpc.aio.Channel) -> None:
@@ -166,9 +175,44 @@ class BackendWatcher:
                            last_ok_at=s.last_ok_at, reason="; ".join(reasons + notes), been_ready=s.been_ready)
 
     def start(self) -> None:
-        """Watch readiness and headroom, and Check on an interval."""
+        """Watch readiness and headroom, Check on an interval, and follow the worker's load reports."""
         self._tasks = [asyncio.create_task(self._watch(READINESS)), asyncio.create_task(self._watch(HEADROOM)),
-                       asyncio.create_task(self._check_loop())]
+                       asyncio.create_task(self._check_loop()), asyncio.create_task(self._load_reports())]
+
+    def reported_load(self) -> Load | None:
+        """The worker's last load report; None without one fresh enough to count (LOAD_REPORT_FRESH_S)."""
+        load = self.load
+        return None if load is None or self._clock() - self.load_at > LOAD_REPORT_FRESH_S else load
+
+    def reported_queue(self) -> float | None:
+        """Frames waiting or in the model, as the worker last reported (all its callers', not only this
+        router's); None without a fresh report that says."""
+        load = self.reported_load()
+        return None if load is None else load.queue
+
+    async def _load_reports(self) -> None:
+        """The worker's ORCA load reports, out of band (common/loadreport.py), into `load`.
+
+        A worker that does not serve them (UNIMPLEMENTED: an older version, another server) is asked
+        again rarely; other ends reconnect with the Watch's back-off. A report is a hint for placement:
+        its absence changes nothing else.
+        """
+        backoff = self._cfg.reconnect_backoff_s
+        while True:
+            call = loadreport.subscribe(self.channel, LOAD_REPORT_INTERVAL_S)
+            wait = backoff
+            try:
+                async for report in call:
+                    self.load, self.load_at = Load.parse(report), self._clock()
+                    backoff = self._cfg.reconnect_backoff_s
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    wait = LOAD_REPORT_UNIMPLEMENTED_RETRY_S
+            finally:
+                call.cancel()
+            self.load = None
+            await asyncio.sleep(wait)  # reconnection backoff, not a synchronisation stand-in
+            backoff = min(backoff * 2, self._cfg.reconnect_backoff_max_s)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -8,6 +8,7 @@ live peer does, so the server keeps the connection.
 
 from __future__ import annotations
 
+import base64
 import socket
 import struct
 import threading
@@ -130,10 +131,11 @@ class Relay:
     """A TCP relay on 127.0.0.1 whose connections reach `target` from another local address (`source`,
     e.g. 127.0.0.2): a grpcio client connected through it is another client to the server."""
 
-    def __init__(self, target: str, source: str) -> None:
+    def __init__(self, target: str, source: str = "127.0.0.1") -> None:
         host, _, port = target.rpartition(":")
         self._target = (host, int(port))
         self._source = source
+        self.answers = bytearray()  # every byte the server sent, for tests that read the wire
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         self._sockets: list[socket.socket] = []
@@ -151,13 +153,15 @@ class Relay:
             server.settimeout(None)
             with self._lock:
                 self._sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, record in ((client, server, None), (server, client, self.answers)):
+                threading.Thread(target=self._pump, args=(a, b, record), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, record: bytearray | None) -> None:
         try:
             while chunk := src.recv(1 << 20):
+                if record is not None:
+                    with self._lock:
+                        record.extend(chunk)
                 dst.sendall(chunk)
         except OSError:
             pass
@@ -176,3 +180,40 @@ class Relay:
                     pass
                 s.close()
         self._thread.join(5)
+
+
+def _hpack_int(data: bytes, at: int, prefix_bits: int) -> tuple[int, int]:
+    """An HPACK integer (RFC 7541 5.1) whose prefix is the low `prefix_bits` of data[at]: (value, next)."""
+    limit = (1 << prefix_bits) - 1
+    value, at = data[at] & limit, at + 1
+    if value < limit:
+        return value, at
+    shift = 0
+    while True:
+        byte, at = data[at], at + 1
+        value += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def literal_header_values(wire: bytes, name: str) -> list[bytes]:
+    """The values of header `name` sent as literals with a new, plain name (how gRPC sends a value that
+    changes per call, e.g. a load report), from raw HTTP/2 bytes; binary ones (-bin) decoded.
+
+    Enough for a test that a header reached the wire, not a general HPACK decoder: a value that was
+    Huffman-coded is not read.
+    """
+    key = name.encode()
+    found, at = [], 0
+    while (at := wire.find(bytes([len(key)]) + key, at)) >= 0:
+        at += 1 + len(key)
+        if wire[at] & 0x80:  # Huffman-coded value
+            continue
+        length, start = _hpack_int(wire, at, 7)
+        value = bytes(wire[start:start + length])
+        if name.endswith("-bin"):
+            # gRPC "true binary" metadata starts with a zero byte; otherwise the value is base64
+            value = value[1:] if value[:1] == b"\0" else base64.b64decode(value + b"=" * (-len(value) % 4))
+        found.append(value)
+    return found

@@ -7,7 +7,9 @@ services' own argument parsers. Every health probe's service name: asked of a ru
 router with the standard health client. And the security properties of issue 12: published ports on
 127.0.0.1, no anonymous Grafana admin and no default password, an admin token that is required, the
 admin API on a port of its own that a NetworkPolicy opens only to labelled namespaces, probes on the
-plaintext health port, Secrets that are never optional.
+plaintext health port, Secrets that are never optional. Pools and autoscaling (issue 21): the routers
+name headless Services of each role, worker ids come from the pod, and the autoscaling components scale
+the primaries on queries that select metrics the worker really exports, evaluated by promtool.
 """
 
 from __future__ import annotations
@@ -37,17 +39,26 @@ K8S_TLS = K8S / "tls"
 K8S_ZERO_HOP = K8S / "zero-hop"
 K8S_GPU_NODES = K8S / "gpu-nodes"
 K8S_MONITORING = K8S / "monitoring"
-# Custom resources of the Prometheus Operator: kubernetes-validate knows only Kubernetes' own kinds, and
-# the operator's CRD schemas are not on this machine; test_monitoring_component_* checks the fields the
-# operator acts on instead, and the rules themselves go through promtool (test_alert_rules.py).
-CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
+K8S_KEDA = K8S / "autoscaling" / "keda"
+K8S_HPA = K8S / "autoscaling" / "hpa"
+# prometheus-adapter's Helm values: beside the HPA component for its users, but not a Kubernetes resource.
+ADAPTER_VALUES = K8S_HPA / "prometheus-adapter-values.yaml"
+# Custom resources of the Prometheus Operator and KEDA: kubernetes-validate knows only Kubernetes' own
+# kinds, and their CRD schemas are not on this machine; test_monitoring_component_* and
+# test_keda_* check the fields the operators act on instead, and the rules and queries themselves go
+# through promtool (test_alert_rules.py, test_autoscaling_queries_*).
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 XDS_PORT = 50070
 ZERO_HOP_LABEL = {"eagleeye.io/zero-hop": "true"}
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE = [COMPOSE_DIR / "docker-compose.yml", COMPOSE_DIR / "docker-compose.cpu.yml"]
 TLS_OVERRIDE = COMPOSE_DIR / "docker-compose.tls.yml"
-# Every way the compose files are meant to be run: each alone, and each with the TLS override.
-COMPOSE_SETUPS: list[tuple[Path, ...]] = [(f,) for f in COMPOSE] + [(f, TLS_OVERRIDE) for f in COMPOSE]
+FLEET_OVERRIDE = COMPOSE_DIR / "docker-compose.fleet.yml"  # over the CPU file only (its header says why)
+# Every way the compose files are meant to be run: each compose file alone, the CPU one with the fleet
+# override, and each of those with the TLS override last.
+COMPOSE_BASES: list[tuple[Path, ...]] = [(f,) for f in COMPOSE] + [(COMPOSE[1], FLEET_OVERRIDE)]
+COMPOSE_SETUPS: list[tuple[Path, ...]] = COMPOSE_BASES + [(*b, TLS_OVERRIDE) for b in COMPOSE_BASES]
+WORKER_SERVICES = ("detector-primary", "detector-standby")
 KUBERNETES_VERSION = "1.33.0"
 DETECTOR_PORT, ROUTER_PORT = 50051, 50050
 HEALTH_PORTS = {DETECTOR_PORT: 50061, ROUTER_PORT: 50060}  # the plaintext --health-listen ports
@@ -104,6 +115,9 @@ def _merge(base: Any, patch: Any, key: str = "") -> Any:
     if isinstance(base, dict) and isinstance(patch, dict):
         out = dict(base)
         for k, v in patch.items():
+            if v is None:  # null deletes the field, in a strategic merge patch as in kustomize
+                out.pop(k, None)
+                continue
             out[k] = _merge(base[k], v, k) if k in base else copy.deepcopy(v)
         return out
     if isinstance(base, list) and isinstance(patch, list) and key in _MERGE_KEYS:
@@ -160,8 +174,17 @@ def monitoring_manifests() -> list[tuple[Path, dict[str, Any]]]:
     return component_manifests(K8S_MONITORING)
 
 
+def keda_manifests() -> list[tuple[Path, dict[str, Any]]]:
+    return component_manifests(K8S_KEDA)
+
+
+def hpa_manifests() -> list[tuple[Path, dict[str, Any]]]:
+    return component_manifests(K8S_HPA)
+
+
 VARIANTS = {"plain": manifests, "tls": tls_manifests, "zero-hop": zero_hop_manifests,
-            "gpu-nodes": gpu_nodes_manifests, "monitoring": monitoring_manifests}
+            "gpu-nodes": gpu_nodes_manifests, "monitoring": monitoring_manifests,
+            "keda": keda_manifests, "hpa": hpa_manifests}
 
 
 def deployments(variant: str) -> dict[str, dict[str, Any]]:
@@ -188,18 +211,19 @@ def test_zero_hop_manifest_is_valid_for_kubernetes_in_strict_mode(path: Path, do
 
 
 @pytest.mark.parametrize(("path", "doc"), [m for m in gpu_nodes_manifests() + monitoring_manifests()
+                                           + keda_manifests() + hpa_manifests()
                                            if m[1]["kind"] not in CUSTOM_KINDS],
                          ids=lambda v: v.name if isinstance(v, Path) else "")
 def test_component_manifest_is_valid_for_kubernetes_in_strict_mode(path: Path, doc: dict[str, Any]) -> None:
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("directory", [K8S_GPU_NODES, K8S_MONITORING], ids=lambda p: p.name)
+@pytest.mark.parametrize("directory", [K8S_GPU_NODES, K8S_MONITORING, K8S_KEDA, K8S_HPA], ids=lambda p: p.name)
 def test_component_lists_every_file(directory: Path) -> None:
     c = component(directory)
     assert c["kind"] == "Component" and c["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
     listed = set(c.get("resources", [])) | {p["path"] for p in c.get("patches", [])}
-    assert listed == {p.name for p in directory.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == {p.name for p in directory.glob("*.yaml")} - {"kustomization.yaml", ADAPTER_VALUES.name}
 
 
 def test_gpu_nodes_component_sets_node_selection_and_runtime_class_of_every_worker() -> None:
@@ -241,8 +265,13 @@ def test_monitoring_component_scrapes_every_metrics_port_and_carries_the_alerts_
     assert stale.returncode == 0, stale.stderr
 
 
-def test_components_build_with_kustomize_together(tmp_path: Path) -> None:
-    """The base with the gpu-nodes and monitoring components, as kustomize builds them (kubectl kustomize)."""
+AUTOSCALER_KINDS = {K8S_KEDA: "ScaledObject", K8S_HPA: "HorizontalPodAutoscaler"}
+
+
+@pytest.mark.parametrize("autoscaling", [K8S_KEDA, K8S_HPA], ids=lambda p: p.name)
+def test_components_build_with_kustomize_together(tmp_path: Path, autoscaling: Path) -> None:
+    """The base with the gpu-nodes, monitoring and one autoscaling component, as kustomize builds them
+    (kubectl kustomize)."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl (with its built-in kustomize) is not installed")
@@ -251,12 +280,13 @@ def test_components_build_with_kustomize_together(tmp_path: Path) -> None:
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "eagleeye",
         "resources": [os.path.relpath(K8S, overlay)],
-        "components": [os.path.relpath(K8S_GPU_NODES, overlay), os.path.relpath(K8S_MONITORING, overlay)]}))
+        "components": [os.path.relpath(d, overlay) for d in (K8S_GPU_NODES, K8S_MONITORING, autoscaling)]}))
     out = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     built = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert {d["kind"] for d in built} >= {"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                                           "ServiceMonitor", "PrometheusRule", "ConfigMap"}
+                                           "ServiceMonitor", "PrometheusRule", "ConfigMap",
+                                           AUTOSCALER_KINDS[autoscaling]}
     for doc in built:
         if doc["kind"] not in CUSTOM_KINDS:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -269,6 +299,14 @@ def test_components_build_with_kustomize_together(tmp_path: Path) -> None:
             name = doc["metadata"]["name"]
             for key in ("runtimeClassName", "nodeSelector", "tolerations", "topologySpreadConstraints"):
                 assert spec.get(key) == ours[name].get(key), (name, key)
+    # One autoscaler for the primaries, which own no fixed count any more; the standbys keep theirs.
+    by_name = {d["metadata"]["name"]: d for d in built if d["kind"] == "Deployment"}
+    scalers = [d for d in built if d["kind"] == AUTOSCALER_KINDS[autoscaling]
+               and d["spec"]["scaleTargetRef"]["name"] != "eagleeye-router"]
+    assert [s["spec"]["scaleTargetRef"]["name"] for s in scalers] == ["eagleeye-detector-primary"]
+    assert "replicas" not in by_name["eagleeye-detector-primary"]["spec"]
+    assert by_name["eagleeye-detector-standby"]["spec"]["replicas"] == \
+        deployments("plain")["eagleeye-detector-standby"]["spec"]["replicas"]
 
 
 def test_workers_share_a_disruption_budget_and_routers_scale_on_cpu() -> None:
@@ -484,6 +522,297 @@ def test_network_policy_opens_the_admin_port_only_to_labelled_namespaces() -> No
 
 
 # ---------------------------------------------------------------------------------------------
+# Pools and autoscaling (issue 21)
+
+ROLES = ("primary", "standby")
+# What a detection fleet is scaled on: the GPU's duty cycle and the frames waiting for it.
+GPU_METRIC, QUEUE_METRIC = "eagleeye_gpu_utilization_ratio", "eagleeye_detector_queue_depth"
+SELECTOR = re.compile(r"\b(eagleeye_\w+)\s*\{([^}]*)\}")
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def services(variant: str = "plain") -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in VARIANTS[variant]() if doc["kind"] == "Service"}
+
+
+def pod_labels(variant: str, deployment: str) -> dict[str, str]:
+    labels: dict[str, str] = deployments(variant)[deployment]["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def base_namespace() -> str:
+    namespace: str = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
+    return namespace
+
+
+def worker_service(role: str) -> str:
+    """The Service the base's routers name for a role (its --primary or --standby)."""
+    [router] = deployments("plain")["eagleeye-router"]["spec"]["template"]["spec"]["containers"]
+    return host_port(flag(router["args"], f"--{role}") or "")[0].split(".")[0]
+
+
+@functools.cache
+def worker_metrics() -> dict[str, tuple[str, frozenset[str]]]:
+    """What a worker's metrics port serves, with a GPU: each series name, its type and its own label
+    names, from the worker's own instruments (DetectorMetrics) through the Prometheus exporter it uses."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from eagleeye.detector.gpu import GpuSample
+    from eagleeye.detector.metrics import DetectorMetrics
+
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    try:
+        DetectorMetrics(provider.get_meter("eagleeye"), queue_depth=lambda: 3,
+                        gpu=lambda: GpuSample(50.0, 1 << 30, 16 << 30, 45.0, False, None, ()),
+                        health=lambda: {"readiness": True})
+        text = generate_latest(registry).decode()
+    finally:
+        provider.shutdown()
+    out: dict[str, tuple[str, set[str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, (family.type, set()))[1].update(sample.labels)
+    return {name: (kind, frozenset(labels)) for name, (kind, labels) in out.items()}
+
+
+def selectors(query: str) -> list[tuple[str, dict[str, tuple[str, str]]]]:
+    """Each EagleEye series a PromQL query selects, with its label matchers (label: (operator, value))."""
+    found = [(m.group(1), {k: (op, v) for k, op, v in MATCHER.findall(m.group(2))}) for m in SELECTOR.finditer(query)]
+    # Every EagleEye name in the query is a selector with matchers: none selects every namespace.
+    assert sorted(n for n, _ in found) == sorted(re.findall(r"\beagleeye_\w+", query)), query
+    return found
+
+
+def assert_selects_this_namespaces_primaries(query: str) -> set[str]:
+    """A query reads gauges the worker exports, from this namespace's primaries only (the target labels
+    the ServiceMonitor gives them); returns the metric names."""
+    wanted = {"namespace": ("=", base_namespace()), "service": ("=", worker_service("primary"))}
+    names = set()
+    for name, matchers in selectors(query):
+        assert name in worker_metrics(), f"{name}: the worker exports no such series ({query})"
+        kind, own_labels = worker_metrics()[name]
+        assert kind == "gauge", (name, kind)  # averaged over time, not a counter's rate
+        # Target labels the worker's own labels would shadow (exported_service) select nothing.
+        assert not own_labels & set(wanted), (name, own_labels)
+        assert matchers == wanted, (query, matchers)
+        names.add(name)
+    return names
+
+
+def scaled_object() -> dict[str, Any]:
+    [doc] = [d for _, d in keda_manifests() if d["kind"] == "ScaledObject"]
+    return doc
+
+
+def primaries_hpa() -> dict[str, Any]:
+    [doc] = [d for _, d in hpa_manifests() if d["kind"] == "HorizontalPodAutoscaler"
+             and d["spec"]["scaleTargetRef"]["name"] != "eagleeye-router"]
+    return doc
+
+
+def adapter_rules() -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["external"]
+    return rules
+
+
+def adapter_names(rule: dict[str, Any]) -> tuple[str, str]:
+    """(the external metric's name as the adapter exposes it, the Prometheus series it discovers)."""
+    [(series, _)] = selectors(rule["seriesQuery"])
+    naming = rule.get("name")
+    if not naming:
+        return series, series
+    assert re.search(naming["matches"], series), (naming, series)
+    return naming.get("as") or series, series
+
+
+def adapter_query(rule: dict[str, Any], labels: dict[str, str]) -> str:
+    """A rule's metricsQuery as the adapter sends it for an HPA that selects `labels` (its namespace
+    included)."""
+    matchers = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    query = (rule["metricsQuery"].replace("<<.Series>>", adapter_names(rule)[1])
+             .replace("<<.LabelMatchers>>", matchers).replace("<<.GroupBy>>", "namespace"))
+    assert "<<" not in query, query
+    return str(query)
+
+
+def quantity(value: str | int | float) -> float:
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def hpa_queries() -> dict[str, tuple[str, float]]:
+    """The primaries' HPA's metrics: name -> (the query the adapter runs for it, the per-pod target)."""
+    rules = {adapter_names(r)[0]: r for r in adapter_rules()}
+    out = {}
+    for m in primaries_hpa()["spec"]["metrics"]:
+        assert m["type"] == "External", m
+        metric, target = m["external"]["metric"], m["external"]["target"]
+        assert metric["name"] in rules, f"{metric['name']}: no adapter rule exposes it"
+        assert target["type"] == "AverageValue", target  # a total over the primaries, divided per pod
+        labels = {"namespace": base_namespace(), **metric["selector"]["matchLabels"]}
+        out[metric["name"]] = (adapter_query(rules[metric["name"]], labels), quantity(target["averageValue"]))
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_routers_name_a_headless_service_of_the_workers_of_each_role(variant: str) -> None:
+    """--primary and --standby each name a headless Service (DNS: every pod's address, a worker each, so
+    the pool follows the Deployment) that selects that role's pods and no other's."""
+    [router] = deployments(variant)["eagleeye-router"]["spec"]["template"]["spec"]["containers"]
+    for role, other in (ROLES, ROLES[::-1]):
+        target = flag(router["args"], f"--{role}")
+        assert target and "," not in target, (role, target)  # one name stands for the whole pool
+        host, port = host_port(target)
+        name, *domain = host.split(".")
+        assert not domain or domain[0] == base_namespace(), host  # a short name resolves in its own namespace
+        service = services(variant)[name]["spec"]
+        assert service.get("clusterIP") == "None", (name, "not headless: one virtual address for the pool")
+        # Every pod, ready or not: the routers judge readiness, keep a failed worker's history (hold-down)
+        # and treat a new pod as joining until its first ready (docs/router.md).
+        assert service.get("publishNotReadyAddresses") is True, name
+        assert service["selector"].items() <= pod_labels(variant, f"eagleeye-detector-{role}").items()
+        assert not service["selector"].items() <= pod_labels(variant, f"eagleeye-detector-{other}").items()
+        [svc_port] = [p for p in service["ports"] if p["port"] == port]
+        [c] = deployments(variant)[f"eagleeye-detector-{role}"]["spec"]["template"]["spec"]["containers"]
+        assert {"name": svc_port["targetPort"], "containerPort": port} in c["ports"], (name, svc_port)
+        assert host_port(flag(c["args"], "--listen") or "")[1] == port
+        # The ServiceMonitor scrapes it, which gives the series the labels the autoscalers select on.
+        assert any(p["name"] == "metrics" for p in service["ports"]), name
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_worker_pod_reports_its_own_name_as_worker_id(variant: str) -> None:
+    workers = {n: d for n, d in deployments(variant).items() if n.startswith("eagleeye-detector")}
+    assert len(workers) == 2
+    for name, doc in workers.items():
+        [c] = doc["spec"]["template"]["spec"]["containers"]
+        worker_id = flag(c["args"], "--worker-id") or ""
+        reference = re.fullmatch(r"\$\((\w+)\)", worker_id)  # Kubernetes expands $(VAR) from the env
+        assert reference, (name, worker_id, "the same id in every replica")
+        [env] = [e for e in c["env"] if e["name"] == reference.group(1)]
+        assert env["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, (name, env)
+
+
+def test_worker_rollouts_replace_one_pod_at_a_time_and_the_base_is_the_fleet() -> None:
+    plain = deployments("plain")
+    for role in ROLES:
+        spec = plain[f"eagleeye-detector-{role}"]["spec"]
+        # The old pod releases its GPU before the new one starts, one pod at a time (Recreate would stop
+        # every worker of the role at once).
+        assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    primaries = plain["eagleeye-detector-primary"]["spec"]["replicas"]
+    standbys = plain["eagleeye-detector-standby"]["spec"]["replicas"]
+    # N primaries, fewer standbys; without an autoscaler the fleet sits at the autoscalers' floor.
+    assert 1 <= standbys < primaries == scaled_object()["spec"]["minReplicaCount"] == \
+        primaries_hpa()["spec"]["minReplicas"]
+
+
+def test_keda_scales_the_primaries_on_gauges_the_workers_export() -> None:
+    doc = scaled_object()
+    assert doc["apiVersion"] == "keda.sh/v1alpha1"
+    spec = doc["spec"]
+    target = spec["scaleTargetRef"]
+    assert (target.get("apiVersion", "apps/v1"), target.get("kind", "Deployment")) == ("apps/v1", "Deployment")
+    assert target["name"] in deployments("keda")
+    assert pod_labels("keda", target["name"])["eagleeye.io/role"] == "primary"
+    assert 2 <= spec["minReplicaCount"] < spec["maxReplicaCount"]
+    scaled: set[str] = set()
+    for trigger in spec["triggers"]:
+        assert trigger["type"] == "prometheus", trigger
+        assert trigger.get("metricType", "AverageValue") == "AverageValue"  # a total, divided per pod
+        meta = trigger["metadata"]
+        assert meta["serverAddress"].startswith(("http://", "https://")) and float(meta["threshold"]) > 0
+        # An empty answer (Prometheus lost the workers) is an error that stops scale-down, not a zero.
+        assert meta.get("ignoreNullValues") == "false", meta
+        found = assert_selects_this_namespaces_primaries(meta["query"])
+        assert len(found) == 1, meta["query"]
+        scaled |= found
+    assert scaled == {GPU_METRIC, QUEUE_METRIC}
+    # Streams are long-lived: shrink more slowly than the routers (which scale on CPU).
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    [router_hpa] = [d for _, d in manifests() if d["kind"] == "HorizontalPodAutoscaler"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= \
+        router_hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"]
+
+
+def test_hpa_scales_the_primaries_on_what_the_adapter_rules_expose() -> None:
+    spec = primaries_hpa()["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                      "name": "eagleeye-detector-primary"}
+    assert pod_labels("hpa", spec["scaleTargetRef"]["name"])["eagleeye.io/role"] == "primary"
+    assert 2 <= spec["minReplicas"] < spec["maxReplicas"]
+    values = yaml.safe_load(ADAPTER_VALUES.read_text())
+    assert values["prometheus"]["url"].startswith(("http://", "https://")) and values["prometheus"]["port"]
+    rules = {adapter_names(r)[0]: r for r in adapter_rules()}
+    assert len(rules) == len(adapter_rules())  # each rule exposes a name of its own
+    queries = hpa_queries()
+    assert set(queries) == set(rules), "an adapter rule no HPA metric uses, or the other way round"
+    scaled: set[str] = set()
+    for name, rule in rules.items():
+        [(series, discovery)] = selectors(rule["seriesQuery"])
+        assert series in worker_metrics(), f"{series}: the worker exports no such series"
+        # The adapter adds the asking HPA's namespace (namespace label = namespace resource), and the
+        # HPA's selector; series are discovered only where those labels exist.
+        assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
+        assert "<<.Series>>{<<.LabelMatchers>>}" in rule["metricsQuery"].replace(" ", "")
+        [metric] = [m["external"]["metric"] for m in spec["metrics"] if m["external"]["metric"]["name"] == name]
+        assert set(metric["selector"]["matchLabels"]) | {"namespace"} <= set(discovery), (name, discovery)
+        found = assert_selects_this_namespaces_primaries(queries[name][0])
+        assert found == {series}, (name, found)
+        scaled |= found
+    assert scaled == {GPU_METRIC, QUEUE_METRIC}
+
+
+def test_both_autoscaling_flavours_scale_alike_and_leave_the_standbys_alone() -> None:
+    keda, hpa = scaled_object()["spec"], primaries_hpa()["spec"]
+    assert (keda["minReplicaCount"], keda["maxReplicaCount"]) == (hpa["minReplicas"], hpa["maxReplicas"])
+    assert keda["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa["behavior"]
+    keda_targets = {selectors(t["metadata"]["query"])[0][0]: float(t["metadata"]["threshold"])
+                    for t in keda["triggers"]}
+    hpa_targets = {selectors(query)[0][0]: target for query, target in hpa_queries().values()}
+    assert keda_targets == hpa_targets
+    for variant in ("keda", "hpa"):
+        docs = [d for _, d in VARIANTS[variant]()]
+        targets = sorted(d["spec"]["scaleTargetRef"]["name"] for d in docs
+                         if d["kind"] in ("ScaledObject", "HorizontalPodAutoscaler"))
+        assert targets == ["eagleeye-detector-primary", "eagleeye-router"], (variant, targets)
+        standby = deployments(variant)["eagleeye-detector-standby"]["spec"]
+        assert standby["replicas"] == deployments("plain")["eagleeye-detector-standby"]["spec"]["replicas"]
+        assert "replicas" not in deployments(variant)["eagleeye-detector-primary"]["spec"]
+
+
+def test_autoscaling_queries_add_up_this_namespaces_primaries_under_promtool(tmp_path: Path) -> None:
+    """Every query either flavour runs, evaluated by promtool over series labelled as the ServiceMonitor
+    labels them: it parses, and it adds up the primaries of this namespace and nothing else (standbys,
+    another namespace's workers) into one sample, as KEDA and the HPA need."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: `make test` installs it (Debian package prometheus)")
+    namespace, primary, standby = base_namespace(), worker_service("primary"), worker_service("standby")
+    workers = [(namespace, primary, "p-a", 0.75), (namespace, primary, "p-b", 0.5),
+               (namespace, standby, "s-a", 0.125), ("elsewhere", primary, "p-c", 0.625)]
+    queries = [t["metadata"]["query"] for t in scaled_object()["spec"]["triggers"]]
+    queries += [query for query, _ in hpa_queries().values()]
+    assert len(queries) == 4
+    tests = []
+    for query in queries:
+        [(metric, _)] = selectors(query)
+        series = [{"series": f'{metric}{{namespace="{ns}", service="{svc}", job="{svc}", pod="{pod}", '
+                             f'container="detector", endpoint="metrics", instance="{pod}:9100"}}',
+                   "values": f"{value}x20"} for ns, svc, pod, value in workers]
+        tests.append({"interval": "1m", "input_series": series, "promql_expr_test": [
+            {"expr": query, "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": 1.25}]}]})
+    spec = tmp_path / "autoscaling-queries-test.yml"
+    spec.write_text(yaml.safe_dump({"tests": tests}, sort_keys=False))
+    out = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
 # Compose
 
 def compose_env(**overrides: str | None) -> dict[str, str]:
@@ -619,10 +948,10 @@ def test_compose_healthchecks_ask_the_plaintext_health_port(files: tuple[Path, .
         assert host_port(health)[1] == HEALTH_PORTS[main_port] != main_port
 
 
-@pytest.mark.parametrize("base", COMPOSE, ids=lambda p: p.name)
-def test_compose_tls_variant_serves_mtls_with_mounted_certificates(base: Path) -> None:
-    services = resolved((base, TLS_OVERRIDE))
-    plain = resolved((base,))
+@pytest.mark.parametrize("base", COMPOSE_BASES, ids=setup_id)
+def test_compose_tls_variant_serves_mtls_with_mounted_certificates(base: tuple[Path, ...]) -> None:
+    services = resolved((*base, TLS_OVERRIDE))
+    plain = resolved(base)
     for name in ("detector-primary", "detector-standby", "router"):
         command = argv(services[name])
         # The override adds TLS to the base command, which it keeps (GPU or CPU flags alike).
@@ -661,6 +990,86 @@ def test_make_certs_issues_what_the_tls_variant_mounts(tmp_path: Path) -> None:
                             "-ext", "subjectAltName"], capture_output=True, text=True, check=True).stdout
     for dns in ("detector-primary", "eagleeye-detector-primary", "eagleeye-detector-primary.eagleeye.svc"):
         assert f"DNS:{dns}," in names or names.rstrip().endswith(f"DNS:{dns}")
+    # Every worker certificate carries the one name the routers check on every worker.
+    [checked] = backend_server_names()
+    for worker in WORKER_SERVICES:
+        names = subprocess.run(["openssl", "x509", "-in", str(tmp_path / worker / "tls.crt"), "-noout", "-ext",
+                                "subjectAltName"], capture_output=True, text=True, check=True).stdout
+        assert f"DNS:{checked}," in names or names.rstrip().endswith(f"DNS:{checked}"), (worker, names)
+
+
+def backend_server_names() -> set[str | None]:
+    """The name each TLS router (Kubernetes and every compose TLS setup) checks in workers' certificates."""
+    [router] = deployments("tls")["eagleeye-router"]["spec"]["template"]["spec"]["containers"]
+    names = {flag(router["args"], "--backend-tls-server-name")}
+    for files in COMPOSE_SETUPS:
+        if TLS_OVERRIDE in files:
+            names.add(flag(argv(resolved(files)["router"]), "--backend-tls-server-name"))
+    return names
+
+
+def test_tls_routers_check_one_name_on_every_worker() -> None:
+    """A pool's workers are dialled at their addresses, which no certificate names: every TLS router
+    checks one fixed name instead, the same in Kubernetes and compose (make-certs.sh issues it)."""
+    names = backend_server_names()
+    assert len(names) == 1 and None not in names and "" not in names, names
+
+
+@pytest.mark.parametrize("files", [s for s in COMPOSE_SETUPS if FLEET_OVERRIDE in s], ids=setup_id)
+def test_compose_fleet_runs_several_containers_of_each_worker_service(files: tuple[Path, ...]) -> None:
+    """`up --scale detector-primary=N` works: nothing in a worker service belongs to one container, the
+    router names the services (compose's DNS answers with every container's address) and each
+    container reports a worker id of its own (its host name)."""
+    fleet = resolved(files)
+    pair = resolved(tuple(f for f in files if f != FLEET_OVERRIDE))
+    router = argv(fleet["router"])
+    for role, name in zip(ROLES, WORKER_SERVICES, strict=True):
+        service = fleet[name]
+        assert not {"container_name", "hostname", "ports"} & set(service), (name, "one container only")
+        command = argv(service)
+        assert flag(command, "--worker-id") is None, (name, "the same id in every container")
+        # Otherwise the command of the file it overrides: the fleet follows the CPU file, never drifts.
+        base = argv(pair[name])
+        i = base.index("--worker-id")
+        assert command == base[:i] + base[i + 2:], name
+        assert host_port(flag(router, f"--{role}") or "")[0] == name, (role, router)
+    # A fleet without --scale: more primaries than standbys.
+    assert fleet["detector-primary"].get("scale", 1) > fleet["detector-standby"].get("scale", 1) >= 1
+
+
+def test_compose_prometheus_scrapes_every_container_of_the_worker_services(tmp_path: Path) -> None:
+    """The compose Prometheus finds the workers by DNS (a static target would reach one container of a
+    scaled service at a time), with the role from the service name; promtool accepts the config."""
+    path = ROOT / "observability" / "prometheus" / "prometheus.yml"
+    config = yaml.safe_load(path.read_text())
+    for files in COMPOSE_SETUPS:
+        mounted = [str(v).split(":")[0] for v in resolved(files)["prometheus"]["volumes"]]
+        assert str(path) in mounted or any(Path(m).resolve() == path for m in mounted), (files, mounted)
+    ports = {host_port(flag(argv(resolved(files)[name]), "--metrics-listen") or "")[1]
+             for files in COMPOSE_SETUPS for name in WORKER_SERVICES}
+    found = {}
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                assert host_port(target)[0] not in WORKER_SERVICES, (job["job_name"], target)
+        for sd in job.get("dns_sd_configs", []):
+            assert sd["type"] == "A" and {sd["port"]} == ports, sd
+            roles = [r for r in job.get("relabel_configs", []) if r.get("target_label") == "role"]
+            [rule] = roles
+            assert rule.get("replacement", "$1") == "$1", rule
+            for name in sd["names"]:
+                match = re.fullmatch(rule["regex"], name)  # Prometheus anchors relabel regexes
+                found[name] = match.group(1) if match else None
+    assert {n: found.get(n) for n in WORKER_SERVICES} == dict(zip(WORKER_SERVICES, ROLES, strict=True))
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: `make test` installs it (Debian package prometheus)")
+    alerts = ROOT / "observability" / "prometheus" / "alerts.yml"
+    config["rule_files"] = [str(alerts)]  # the file compose mounts where the config names it
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    out = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def dockerfile_stages() -> dict[str, str]:

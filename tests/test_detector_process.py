@@ -16,12 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eagleeye.common import loadreport
+from eagleeye.common.loadreport import QUEUE_CAPACITY, TRAILER
+from eagleeye.common.orca.v3 import orca_pb2
 from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
 from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.scenes import encode_jpeg, encode_png, make_scene
 from tests.conftest import fast_config
+from tests.h2raw import Relay, literal_header_values
 from tests.procs import BIN, NOT_SERVING, SERVING, HealthWatch, Proc, check, reflect, start_detector
 
 pytestmark = pytest.mark.integration
@@ -87,6 +91,41 @@ async def test_model_info(channel: grpc.aio.Channel) -> None:
     info = await pb_grpc.DetectorStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
     assert list(info.classes) == ["screen", "ellipse", "triangle"]
     assert (info.input_height, info.input_width, info.device, info.backend) == (256, 256, "cpu", "torch")
+
+
+async def test_the_worker_reports_its_load_per_answer_and_to_subscribers(worker: Proc,
+                                                                         channel: grpc.aio.Channel) -> None:
+    scene = make_scene(5, size=(320, 240))
+    request = pb.DetectRequest(encoded=encode_png(scene.image))
+    relay = Relay(worker.address)  # grpcio keeps the trailer for its own balancing: read the wire
+    try:
+        async with grpc.aio.insecure_channel(relay.address) as ch:
+            await pb_grpc.DetectorStub(ch).Detect(request, timeout=10)
+    finally:
+        relay.close()
+    [trailer] = literal_header_values(bytes(relay.answers), TRAILER)
+    assert orca_pb2.OrcaLoadReport.FromString(trailer).named_metrics[QUEUE_CAPACITY] > 0
+
+    # Out of band: while frames go through the model, the reports say it is busy and frames are answered.
+    reports = loadreport.subscribe(channel, 0.5)
+    stub = pb_grpc.DetectorStub(channel)
+    await asyncio.wait_for(reports.read(), 10)
+    done = asyncio.Event()
+
+    async def caller() -> None:
+        while not done.is_set():
+            await stub.Detect(request, timeout=30)
+
+    callers = asyncio.gather(*(caller() for _ in range(4)))
+    try:
+        seen = [await asyncio.wait_for(reports.read(), 10) for _ in range(4)]
+    finally:
+        done.set()
+        await callers
+        reports.cancel()
+    assert max(r.application_utilization for r in seen) > 0.3, seen
+    assert max(r.rps_fractional for r in seen) > 1, seen
+    assert max(r.cpu_utilization for r in seen) > 0.1, seen
 
 
 async def test_detections_match_the_scene(channel: grpc.aio.Channel) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from eagleeye.router.v1 import router_pb2 as rpb
 from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
 
 ROUTER_TOML = """
 hold_down_s = 60.0
@@ -126,6 +129,92 @@ async def test_a_failed_primary_moves_only_its_own_share(pool: Pool) -> None:
     assert "not ready" in state_event["reason"] or "ended" in state_event["reason"], state_event
 
 
+async def test_new_streams_go_where_the_workers_own_reports_say_there_is_room(pool: Pool) -> None:
+    """Another caller (a second router replica, a zero-hop client) loads p1 directly: this router's own
+    counts cannot see that, p1's load reports can, and new streams go to p2."""
+    frames_per_stream = 40
+    async with grpc.aio.insecure_channel(pool.address["p1"]) as direct, \
+            grpc.aio.insecure_channel(pool.target) as ch, grpc.aio.insecure_channel(pool.admin) as admin_ch:
+        stop = asyncio.Event()
+
+        async def other_caller() -> None:  # keeps 16 frames in p1 at all times, as fast as p1 answers
+            window = asyncio.Semaphore(16)
+
+            async def frames() -> AsyncIterator[pb.DetectRequest]:
+                i = 0
+                while not stop.is_set() and i < 100_000:
+                    await window.acquire()  # a frame out per frame answered, never a backlog
+                    i += 1
+                    yield pb.DetectRequest(frame_id=i, encoded=b"x")
+            async for _ in pb_grpc.DetectorStub(direct).DetectStream(frames(), timeout=60):
+                window.release()
+
+        others = [asyncio.create_task(other_caller()) for _ in range(4)]
+        try:
+            admin = rpb_grpc.RouterAdminStub(admin_ch)
+            p1 = f"primary/{pool.address['p1']}"
+            for _ in range(200):  # until the router has a report of that load (one a second), bounded
+                state = (await admin.GetState(rpb.GetStateRequest(), timeout=5)).state
+                b = next(b for b in state.backends if b.name == p1)
+                if b.HasField("reported_queue") and b.reported_queue >= 32:
+                    break
+                await asyncio.sleep(0.05)  # polling the router's view, bounded
+            else:
+                raise AssertionError(f"the router never saw p1's load: {b}")
+
+            stub = pb_grpc.DetectorStub(ch)
+            seen: list[list[str]] = [[] for _ in range(10)]
+
+            async def camera(out: list[str]) -> None:
+                async def frames() -> AsyncIterator[pb.DetectRequest]:
+                    for i in range(1, frames_per_stream + 1):
+                        yield pb.DetectRequest(frame_id=i, encoded=b"x")
+                        await asyncio.sleep(0.01)  # a camera's pace
+                async for answer in stub.DetectStream(frames(), timeout=60):
+                    out.append(answer.worker)
+
+            await asyncio.gather(*(camera(s) for s in seen))
+        finally:
+            stop.set()
+            await asyncio.gather(*others, return_exceptions=True)
+    homes = collections.Counter(s[0] for s in seen)
+    # Without the reports, this router's counts (0 and 0) would split the ten streams about evenly.
+    assert homes["p2"] >= 9 and all(len(s) == frames_per_stream for s in seen), homes
+
+
+def test_zero_hop_clients_balance_the_primaries_by_their_load_reports(tmp_path: Path) -> None:
+    """Zero-hop: stock grpcio clients take the router's cluster policy (weighted round robin over the
+    workers' ORCA reports) and send most calls to the primary that serves more, where plain round robin
+    would send half of them to the slow one."""
+    procs: list[Proc] = []
+    try:
+        for name, service_ms, batch in (("fast", "5", "8"), ("slow", "50", "2"), ("s1", "5", "8")):
+            procs.append(Proc("python", ["-m", "bench.simworker", "--worker-id", name, "--service-ms", service_ms,
+                                         "--max-batch", batch, "--max-queue", "256"]))
+        fast, slow, standby = (p.wait_listening() for p in procs)
+        xds = f"127.0.0.1:{_free_port('127.0.0.1')}"
+        router = Proc("eagleeye-router", ["--listen", "127.0.0.1:0", "--xds-listen", xds, "--primary",
+                                          f"{fast},{slow}", "--standby", standby, "--hold-down", "60"])
+        procs.append(router)
+        router.wait_for_event("switch", 60, to_state="NORMAL", worker="fleet")
+        probe = subprocess.run([sys.executable, "-m", "tests.xdsprobe", "--xds-server", xds, "--method", "detect",
+                                "--threads", "8", "--duration", "9", "--window", "1", "--deadline", "5"],
+                               capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert probe.returncode == 0, probe.stderr
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    windows = [json.loads(line) for line in probe.stdout.splitlines() if '"t"' in line]
+    late = collections.Counter[str]()
+    for w in windows:
+        assert not w["errors"], w
+        if w["t"] > 5:  # the reports' blackout and a few weight updates later
+            late.update(w["workers"])
+    share = late["fast"] / max(late["fast"] + late["slow"], 1)
+    assert share > 0.75, (late, windows)
+    assert late["s1"] > 0, late  # the standby keeps its warm share (its own locality)
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -151,12 +240,12 @@ async def test_a_dns_name_is_a_pool_that_grows_and_shrinks_without_a_restart(tmp
     port = _free_port("127.0.0.2")
     procs: list[Proc] = []
     try:
-        for i, ip in enumerate(("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.1"), 1):
+        for i, ip in enumerate(("127.0.0.2", "127.0.0.3", "127.0.0.1"), 1):
             name = f"p{i}" if ip != "127.0.0.1" else "s1"
             procs.append(Proc("python", ["-m", "bench.simworker", "--worker-id", name, "--service-ms", "5",
                                          "--listen", f"{ip}:{port if name != 's1' else 0}"]))
-        standby = procs[3].wait_listening()
-        for p in procs[:3]:
+        standby = procs[2].wait_listening()
+        for p in procs[:2]:
             p.wait_listening()
         router = Proc("eagleeye-router", ["--listen", "127.0.0.1:0", "--primary", f"ee-pool:{port}",
                                           "--standby", standby, "--hold-down", "60"],
@@ -188,10 +277,22 @@ async def test_a_dns_name_is_a_pool_that_grows_and_shrinks_without_a_restart(tmp
                     out.append((answer.frame_id, answer.worker))
 
             cameras = [asyncio.create_task(camera(s)) for s in seen]
-            # Scale out: a third address joins and takes work, without a restart.
+            # Scale out: a third address joins while its "model" still loads (4 s), and takes work once
+            # ready, without a restart; until then it is no failed primary (no failover, no standby).
+            p3 = Proc("python", ["-m", "bench.simworker", "--worker-id", "p3", "--service-ms", "5",
+                                 "--listen", f"127.0.0.4:{port}", "--start-delay-s", "4"])
+            procs.append(p3)
+            p3.wait_listening()
+            before = len(router.events)
             hosts.write_text("127.0.0.1 localhost\n127.0.0.2 ee-pool\n127.0.0.3 ee-pool\n127.0.0.4 ee-pool\n")
-            await asyncio.to_thread(router.wait_for_event, "worker joined", 20, backend=f"primary/127.0.0.4:{port}")
+            p3_name = f"primary/127.0.0.4:{port}"
+            await asyncio.to_thread(router.wait_for_event, "worker joined", 20, backend=p3_name)
+            await asyncio.to_thread(router.wait_for_event, "worker ready: taking its share", 20, backend=p3_name)
             assert "p3" in await spread(100)
+            since = router.events[before:]
+            bad = [(e.get("worker"), e["from_state"], e["to_state"], e["reason"]) for e in since
+                   if e.get("event") == "switch" and e["to_state"] not in ("NORMAL", "RECOVERING")]
+            assert not bad, bad
             # Scale in: p1's address goes; its streams move at a frame boundary, then it is removed.
             hosts.write_text("127.0.0.1 localhost\n127.0.0.3 ee-pool\n127.0.0.4 ee-pool\n")
             await asyncio.to_thread(router.wait_for_event, "worker removed", 45, backend=f"primary/127.0.0.2:{port}")

@@ -79,6 +79,14 @@ def test_the_resources_route_everything_to_the_cluster_with_a_retry_policy() -> 
     assert retry.retry_back_off.base_interval.ToMilliseconds() == 5
     assert cluster.type == x.Cluster.EDS and cluster.eds_cluster_config.eds_config.HasField("ads")
     assert cluster.eds_cluster_config.service_name == "eagleeye-detector"
+    # Localities by the router's weights; within one, by the workers' load reports, else round robin.
+    (outer,) = cluster.load_balancing_policy.policies
+    assert outer.typed_extension_config.typed_config.type_url.endswith("wrr_locality.v3.WrrLocality")
+    inner = x.WrrLocality.FromString(outer.typed_extension_config.typed_config.value).endpoint_picking_policy
+    assert [p.typed_extension_config.name.rsplit(".", 1)[-1] for p in inner.policies] == [
+        "ClientSideWeightedRoundRobin", "RoundRobin"]
+    wrr = x.ClientSideWeightedRoundRobin.FromString(inner.policies[0].typed_extension_config.typed_config.value)
+    assert not wrr.enable_oob_load_report.value  # per-call reports: no stream per client per worker
     assert [(e.locality.zone, e.load_balancing_weight.value, e.priority,
              e.lb_endpoints[0].endpoint.address.socket_address.address) for e in cla.endpoints] == [
         ("primary", 95, 0, "10.0.0.1"), ("standby", 5, 0, "10.0.0.2")]

@@ -1,11 +1,14 @@
-"""A zero-hop client for the tests: threads calling GetModelInfo on `xds:///NAME`, tallied per window.
+"""A zero-hop client for the tests: threads calling GetModelInfo (or Detect) on `xds:///NAME`, tallied per
+window.
 
 Run as a process of its own (gRPC's xDS client reads its bootstrap once per process):
 
     python -m tests.xdsprobe --xds-server HOST:PORT --threads 4 --duration 20 --window 0.1
 
 Every window it prints one JSON line to stdout, {"t": seconds since start, "primary": n, "standby": n,
-"errors": {"CODE": n}}, after a first line {"ready": true} once a call has been answered.
+"workers": {"WORKER": n}, "errors": {"CODE": n}}, after a first line {"ready": true} once a call has been
+answered. `--method detect` calls Detect with a placeholder image
+(for simulated workers, bench/simworker.py: through the batcher, whose answers carry its load report).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--window", type=float, default=0.1)
     p.add_argument("--deadline", type=float, default=2.0)
+    p.add_argument("--method", choices=("info", "detect"), default="info")
     args = p.parse_args()
     os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = json.dumps(xds_bootstrap(args.xds_server, "xdsprobe"))
     import grpc  # after the bootstrap is in the environment
@@ -47,7 +51,10 @@ def main() -> int:
     def work() -> None:
         while time.monotonic() < end:
             try:
-                worker = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=args.deadline).worker
+                if args.method == "detect":
+                    worker = stub.Detect(pb.DetectRequest(encoded=b"x"), timeout=args.deadline).worker
+                else:
+                    worker = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=args.deadline).worker
                 key = worker
                 answered.set()
             except grpc.RpcError as e:
@@ -71,7 +78,8 @@ def main() -> int:
             ready_said = True
         errors = {k.split(":", 1)[1]: n for k, n in window.items() if k.startswith("error:")}
         print(json.dumps({"t": round(time.monotonic() - started, 3), "primary": window.get("primary", 0),
-                          "standby": window.get("standby", 0), "errors": errors}), flush=True)
+                          "standby": window.get("standby", 0), "errors": errors,
+                          "workers": {k: n for k, n in window.items() if not k.startswith("error:")}}), flush=True)
     for t in threads:
         t.join(args.deadline + 1)
     channel.close()

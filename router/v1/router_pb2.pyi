@@ -69,7 +69,7 @@ class SwitchResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[RouterState, _Mapping]] = ...) -> None: ...
 
 class BackendHealth(_message.Message):
-    __slots__ = ("backend", "address", "ready", "headroom", "reason", "watch_connected", "consecutive_check_failures", "consecutive_healthy_checks", "ejected", "drained", "weight", "name")
+    __slots__ = ("backend", "address", "ready", "headroom", "reason", "watch_connected", "consecutive_check_failures", "consecutive_healthy_checks", "ejected", "drained", "weight", "name", "outstanding", "reported_queue", "reported_utilization")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,9 @@ class BackendHealth(_message.Message):
     DRAINED_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
     backend: Backend
     address: str
     ready: bool
@@ -94,7 +97,10 @@ class BackendHealth(_message.Message):
     drained: bool
     weight: float
     name: str
-    def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., headroom: _Optional[bool] = ..., reason: _Optional[str] = ..., watch_connected: _Optional[bool] = ..., consecutive_check_failures: _Optional[int] = ..., consecutive_healthy_checks: _Optional[int] = ..., ejected: _Optional[bool] = ..., drained: _Optional[bool] = ..., weight: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
+    outstanding: int
+    reported_queue: float
+    reported_utilization: float
+    def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., headroom: _Optional[bool] = ..., reason: _Optional[str] = ..., watch_connected: _Optional[bool] = ..., consecutive_check_failures: _Optional[int] = ..., consecutive_healthy_checks: _Optional[int] = ..., ejected: _Optional[bool] = ..., drained: _Optional[bool] = ..., weight: _Optional[float] = ..., name: _Optional[str] = ..., outstanding: _Optional[int] = ..., reported_queue: _Optional[float] = ..., reported_utilization: _Optional[float] = ...) -> None: ...
 
 class SwitchEvent(_message.Message):
     __slots__ = ("time_unix", "from_state", "to_state", "reason", "detection_ms", "primary_weight", "standby_weight", "latency_before_ms", "latency_after_ms", "worker")

@@ -6,7 +6,8 @@ decision from the router and call the workers directly. What they get mirrors wh
 
     Listener NAME              api_listener: an inline route for every method to cluster NAME, with a
                                retry policy (UNAVAILABLE: 2 retries, 5-50 ms back-off)
-    Cluster NAME               EDS over ADS
+    Cluster NAME               EDS over ADS; localities by weight (wrr_locality), within one by the
+                               workers' ORCA load reports (weighted round robin), else round robin
     ClusterLoadAssignment NAME one locality per backend, weighted in whole percent as the policy says;
                                its endpoints HEALTHY when ready, DRAINING when drained by an operator,
                                UNHEALTHY when not ready
@@ -43,6 +44,14 @@ _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_man
 _ROUTER_FILTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 RETRY_BASE_MS, RETRY_MAX_MS = 5, 50
+_LB = "envoy.extensions.load_balancing_policies"
+_WRR_LOCALITY = f"{_LB}.wrr_locality.v3.WrrLocality"
+_WRR = f"{_LB}.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin"
+_ROUND_ROBIN = f"{_LB}.round_robin.v3.RoundRobin"
+# Weighted round robin: a worker's reports count once it has reported this long (its rates are over a
+# couple of seconds: common/loadreport.WINDOW_S; gRPC's default is 10 s), and weights are recomputed
+# every second.
+WRR_BLACKOUT_MS, WRR_UPDATE_MS = 2000, 1000
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,21 @@ class Snapshot:
     versions: Mapping[str, str]
 
 
+def _policy(type_name: str, config: object) -> x.LoadBalancingPolicy.Policy:
+    return x.LoadBalancingPolicy.Policy(typed_extension_config=x.TypedExtensionConfig(
+        name=type_name, typed_config=_pack(f"type.googleapis.com/{type_name}", config)))
+
+
+def load_balancing_policy() -> x.LoadBalancingPolicy:
+    """Localities by the weights the router publishes; within one (the primaries at full share), by the
+    workers' own load reports where the client can (gRPC's weighted round robin over ORCA, reported per
+    call: common/loadreport.py), else round robin."""
+    wrr = x.ClientSideWeightedRoundRobin(blackout_period=_duration_ms(WRR_BLACKOUT_MS),
+                                         weight_update_period=_duration_ms(WRR_UPDATE_MS))
+    within = x.LoadBalancingPolicy(policies=[_policy(_WRR, wrr), _policy(_ROUND_ROBIN, x.RoundRobin())])
+    return x.LoadBalancingPolicy(policies=[_policy(_WRR_LOCALITY, x.WrrLocality(endpoint_picking_policy=within))])
+
+
 def build(name: str, state: State, weights: Mapping[Backend, float], facts: Mapping[Backend, BackendFacts],
           num_retries: int = 2) -> Snapshot:
     """The resources for service `name` under the policy's decision."""
@@ -119,7 +143,8 @@ def build(name: str, state: State, weights: Mapping[Backend, float], facts: Mapp
     listener = x.Listener(name=name, api_listener=x.ApiListener(api_listener=_pack(_HCM, hcm)))
 
     cluster = x.Cluster(name=name, type=x.Cluster.EDS, connect_timeout=_duration_ms(1000),
-                        eds_cluster_config=x.EdsClusterConfig(service_name=name))
+                        eds_cluster_config=x.EdsClusterConfig(service_name=name),
+                        load_balancing_policy=load_balancing_policy())
     cluster.eds_cluster_config.eds_config.ads.SetInParent()
     cluster.eds_cluster_config.eds_config.resource_api_version = x.V3
 

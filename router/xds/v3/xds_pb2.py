@@ -27,17 +27,17 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n eagleeye/router/xds/v3/xds.proto\x12\x16\x65\x61gleeye.router.xds.v3\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\xcc\x01\n\x10\x44iscoveryRequest\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12*\n\x04node\x18\x02 \x01(\x0b\x32\x1c.eagleeye.router.xds.v3.Node\x12\x16\n\x0eresource_names\x18\x03 \x03(\t\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x05 \x01(\t\x12\x34\n\x0c\x65rror_detail\x18\x06 \x01(\x0b\x32\x1e.eagleeye.router.xds.v3.Status\"s\n\x11\x44iscoveryResponse\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\'\n\tresources\x18\x02 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\t\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"q\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x17\n\x0fuser_agent_name\x18\x06 \x01(\t\x12\x1a\n\x12user_agent_version\x18\x07 \x01(\t\x12\x17\n\x0f\x63lient_features\x18\n \x03(\t\"S\n\x08Listener\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x39\n\x0c\x61pi_listener\x18\x13 \x01(\x0b\x32#.eagleeye.router.xds.v3.ApiListener\"9\n\x0b\x41piListener\x12*\n\x0c\x61pi_listener\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"\xa8\x01\n\x15HttpConnectionManager\x12\x13\n\x0bstat_prefix\x18\x02 \x01(\t\x12@\n\x0croute_config\x18\x04 \x01(\x0b\x32*.eagleeye.router.xds.v3.RouteConfiguration\x12\x38\n\x0chttp_filters\x18\x05 \x03(\x0b\x32\".eagleeye.router.xds.v3.HttpFilter\"F\n\nHttpFilter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x0ctyped_config\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\"^\n\x12RouteConfiguration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12:\n\rvirtual_hosts\x18\x02 \x03(\x0b\x32#.eagleeye.router.xds.v3.VirtualHost\"[\n\x0bVirtualHost\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12-\n\x06routes\x18\x03 \x03(\x0b\x32\x1d.eagleeye.router.xds.v3.Route\"|\n\x05Route\x12\x31\n\x05match\x18\x01 \x01(\x0b\x32\".eagleeye.router.xds.v3.RouteMatch\x12\x32\n\x05route\x18\x02 \x01(\x0b\x32#.eagleeye.router.xds.v3.RouteAction\x12\x0c\n\x04name\x18\x0e \x01(\t\"\x1c\n\nRouteMatch\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"Y\n\x0bRouteAction\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x39\n\x0cretry_policy\x18\t \x01(\x0b\x32#.eagleeye.router.xds.v3.RetryPolicy\"\x90\x01\n\x0bRetryPolicy\x12\x10\n\x08retry_on\x18\x01 \x01(\t\x12\x31\n\x0bnum_retries\x18\x02 \x01(\x0b\x32\x1c.google.protobuf.UInt32Value\x12<\n\x0eretry_back_off\x18\x08 \x01(\x0b\x32$.eagleeye.router.xds.v3.RetryBackOff\"q\n\x0cRetryBackOff\x12\x30\n\rbase_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cmax_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x95\x02\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12;\n\x04type\x18\x02 \x01(\x0e\x32-.eagleeye.router.xds.v3.Cluster.DiscoveryType\x12\x44\n\x12\x65\x64s_cluster_config\x18\x03 \x01(\x0b\x32(.eagleeye.router.xds.v3.EdsClusterConfig\x12\x32\n\x0f\x63onnect_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"E\n\rDiscoveryType\x12\n\n\x06STATIC\x10\x00\x12\x0e\n\nSTRICT_DNS\x10\x01\x12\x0f\n\x0bLOGICAL_DNS\x10\x02\x12\x07\n\x03\x45\x44S\x10\x03\"b\n\x10\x45\x64sClusterConfig\x12\x38\n\neds_config\x18\x01 \x01(\x0b\x32$.eagleeye.router.xds.v3.ConfigSource\x12\x14\n\x0cservice_name\x18\x02 \x01(\t\"\x8d\x01\n\x0c\x43onfigSource\x12;\n\x03\x61\x64s\x18\x03 \x01(\x0b\x32..eagleeye.router.xds.v3.AggregatedConfigSource\x12@\n\x14resource_api_version\x18\x06 \x01(\x0e\x32\".eagleeye.router.xds.v3.ApiVersion\"\x18\n\x16\x41ggregatedConfigSource\"m\n\x15\x43lusterLoadAssignment\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12>\n\tendpoints\x18\x02 \x03(\x0b\x32+.eagleeye.router.xds.v3.LocalityLbEndpoints\"\xd2\x01\n\x13LocalityLbEndpoints\x12\x32\n\x08locality\x18\x01 \x01(\x0b\x32 .eagleeye.router.xds.v3.Locality\x12\x38\n\x0clb_endpoints\x18\x02 \x03(\x0b\x32\".eagleeye.router.xds.v3.LbEndpoint\x12;\n\x15load_balancing_weight\x18\x03 \x01(\x0b\x32\x1c.google.protobuf.UInt32Value\x12\x10\n\x08priority\x18\x05 \x01(\r\":\n\x08Locality\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x10\n\x08sub_zone\x18\x03 \x01(\t\"}\n\nLbEndpoint\x12\x32\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32 .eagleeye.router.xds.v3.Endpoint\x12;\n\rhealth_status\x18\x02 \x01(\x0e\x32$.eagleeye.router.xds.v3.HealthStatus\"<\n\x08\x45ndpoint\x12\x30\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0b\x32\x1f.eagleeye.router.xds.v3.Address\"H\n\x07\x41\x64\x64ress\x12=\n\x0esocket_address\x18\x01 \x01(\x0b\x32%.eagleeye.router.xds.v3.SocketAddress\"4\n\rSocketAddress\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nport_value\x18\x03 \x01(\r*&\n\nApiVersion\x12\x08\n\x04\x41UTO\x10\x00\x12\x06\n\x02V2\x10\x01\x12\x06\n\x02V3\x10\x02*E\n\x0cHealthStatus\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07HEALTHY\x10\x01\x12\r\n\tUNHEALTHY\x10\x02\x12\x0c\n\x08\x44RAINING\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n eagleeye/router/xds/v3/xds.proto\x12\x16\x65\x61gleeye.router.xds.v3\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\xcc\x01\n\x10\x44iscoveryRequest\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12*\n\x04node\x18\x02 \x01(\x0b\x32\x1c.eagleeye.router.xds.v3.Node\x12\x16\n\x0eresource_names\x18\x03 \x03(\t\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x05 \x01(\t\x12\x34\n\x0c\x65rror_detail\x18\x06 \x01(\x0b\x32\x1e.eagleeye.router.xds.v3.Status\"s\n\x11\x44iscoveryResponse\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\'\n\tresources\x18\x02 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\t\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"q\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x17\n\x0fuser_agent_name\x18\x06 \x01(\t\x12\x1a\n\x12user_agent_version\x18\x07 \x01(\t\x12\x17\n\x0f\x63lient_features\x18\n \x03(\t\"S\n\x08Listener\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x39\n\x0c\x61pi_listener\x18\x13 \x01(\x0b\x32#.eagleeye.router.xds.v3.ApiListener\"9\n\x0b\x41piListener\x12*\n\x0c\x61pi_listener\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"\xa8\x01\n\x15HttpConnectionManager\x12\x13\n\x0bstat_prefix\x18\x02 \x01(\t\x12@\n\x0croute_config\x18\x04 \x01(\x0b\x32*.eagleeye.router.xds.v3.RouteConfiguration\x12\x38\n\x0chttp_filters\x18\x05 \x03(\x0b\x32\".eagleeye.router.xds.v3.HttpFilter\"F\n\nHttpFilter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x0ctyped_config\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\"^\n\x12RouteConfiguration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12:\n\rvirtual_hosts\x18\x02 \x03(\x0b\x32#.eagleeye.router.xds.v3.VirtualHost\"[\n\x0bVirtualHost\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12-\n\x06routes\x18\x03 \x03(\x0b\x32\x1d.eagleeye.router.xds.v3.Route\"|\n\x05Route\x12\x31\n\x05match\x18\x01 \x01(\x0b\x32\".eagleeye.router.xds.v3.RouteMatch\x12\x32\n\x05route\x18\x02 \x01(\x0b\x32#.eagleeye.router.xds.v3.RouteAction\x12\x0c\n\x04name\x18\x0e \x01(\t\"\x1c\n\nRouteMatch\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"Y\n\x0bRouteAction\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x39\n\x0cretry_policy\x18\t \x01(\x0b\x32#.eagleeye.router.xds.v3.RetryPolicy\"\x90\x01\n\x0bRetryPolicy\x12\x10\n\x08retry_on\x18\x01 \x01(\t\x12\x31\n\x0bnum_retries\x18\x02 \x01(\x0b\x32\x1c.google.protobuf.UInt32Value\x12<\n\x0eretry_back_off\x18\x08 \x01(\x0b\x32$.eagleeye.router.xds.v3.RetryBackOff\"q\n\x0cRetryBackOff\x12\x30\n\rbase_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cmax_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe1\x02\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12;\n\x04type\x18\x02 \x01(\x0e\x32-.eagleeye.router.xds.v3.Cluster.DiscoveryType\x12\x44\n\x12\x65\x64s_cluster_config\x18\x03 \x01(\x0b\x32(.eagleeye.router.xds.v3.EdsClusterConfig\x12\x32\n\x0f\x63onnect_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12J\n\x15load_balancing_policy\x18) \x01(\x0b\x32+.eagleeye.router.xds.v3.LoadBalancingPolicy\"E\n\rDiscoveryType\x12\n\n\x06STATIC\x10\x00\x12\x0e\n\nSTRICT_DNS\x10\x01\x12\x0f\n\x0bLOGICAL_DNS\x10\x02\x12\x07\n\x03\x45\x44S\x10\x03\"\xb3\x01\n\x13LoadBalancingPolicy\x12\x44\n\x08policies\x18\x01 \x03(\x0b\x32\x32.eagleeye.router.xds.v3.LoadBalancingPolicy.Policy\x1aV\n\x06Policy\x12L\n\x16typed_extension_config\x18\x04 \x01(\x0b\x32,.eagleeye.router.xds.v3.TypedExtensionConfig\"P\n\x14TypedExtensionConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x0ctyped_config\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\"[\n\x0bWrrLocality\x12L\n\x17\x65ndpoint_picking_policy\x18\x01 \x01(\x0b\x32+.eagleeye.router.xds.v3.LoadBalancingPolicy\"\xad\x03\n\x1c\x43lientSideWeightedRoundRobin\x12:\n\x16\x65nable_oob_load_report\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.BoolValue\x12\x37\n\x14oob_reporting_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0f\x62lackout_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x18weight_expiration_period\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x14weight_update_period\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12>\n\x19\x65rror_utilization_penalty\x18\x06 \x01(\x0b\x32\x1b.google.protobuf.FloatValue\x12.\n&metric_names_for_computing_utilization\x18\x07 \x03(\t\"\x0c\n\nRoundRobin\"b\n\x10\x45\x64sClusterConfig\x12\x38\n\neds_config\x18\x01 \x01(\x0b\x32$.eagleeye.router.xds.v3.ConfigSource\x12\x14\n\x0cservice_name\x18\x02 \x01(\t\"\x8d\x01\n\x0c\x43onfigSource\x12;\n\x03\x61\x64s\x18\x03 \x01(\x0b\x32..eagleeye.router.xds.v3.AggregatedConfigSource\x12@\n\x14resource_api_version\x18\x06 \x01(\x0e\x32\".eagleeye.router.xds.v3.ApiVersion\"\x18\n\x16\x41ggregatedConfigSource\"m\n\x15\x43lusterLoadAssignment\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12>\n\tendpoints\x18\x02 \x03(\x0b\x32+.eagleeye.router.xds.v3.LocalityLbEndpoints\"\xd2\x01\n\x13LocalityLbEndpoints\x12\x32\n\x08locality\x18\x01 \x01(\x0b\x32 .eagleeye.router.xds.v3.Locality\x12\x38\n\x0clb_endpoints\x18\x02 \x03(\x0b\x32\".eagleeye.router.xds.v3.LbEndpoint\x12;\n\x15load_balancing_weight\x18\x03 \x01(\x0b\x32\x1c.google.protobuf.UInt32Value\x12\x10\n\x08priority\x18\x05 \x01(\r\":\n\x08Locality\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x10\n\x08sub_zone\x18\x03 \x01(\t\"}\n\nLbEndpoint\x12\x32\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32 .eagleeye.router.xds.v3.Endpoint\x12;\n\rhealth_status\x18\x02 \x01(\x0e\x32$.eagleeye.router.xds.v3.HealthStatus\"<\n\x08\x45ndpoint\x12\x30\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0b\x32\x1f.eagleeye.router.xds.v3.Address\"H\n\x07\x41\x64\x64ress\x12=\n\x0esocket_address\x18\x01 \x01(\x0b\x32%.eagleeye.router.xds.v3.SocketAddress\"4\n\rSocketAddress\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nport_value\x18\x03 \x01(\r*&\n\nApiVersion\x12\x08\n\x04\x41UTO\x10\x00\x12\x06\n\x02V2\x10\x01\x12\x06\n\x02V3\x10\x02*E\n\x0cHealthStatus\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07HEALTHY\x10\x01\x12\r\n\tUNHEALTHY\x10\x02\x12\x0c\n\x08\x44RAINING\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eagleeye.router.xds.v3.xds_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APIVERSION']._serialized_start=2967
-  _globals['_APIVERSION']._serialized_end=3005
-  _globals['_HEALTHSTATUS']._serialized_start=3007
-  _globals['_HEALTHSTATUS']._serialized_end=3076
+  _globals['_APIVERSION']._serialized_start=3846
+  _globals['_APIVERSION']._serialized_end=3884
+  _globals['_HEALTHSTATUS']._serialized_start=3886
+  _globals['_HEALTHSTATUS']._serialized_end=3955
   _globals['_DISCOVERYREQUEST']._serialized_start=152
   _globals['_DISCOVERYREQUEST']._serialized_end=356
   _globals['_DISCOVERYRESPONSE']._serialized_start=358
@@ -69,27 +69,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRYBACKOFF']._serialized_start=1601
   _globals['_RETRYBACKOFF']._serialized_end=1714
   _globals['_CLUSTER']._serialized_start=1717
-  _globals['_CLUSTER']._serialized_end=1994
-  _globals['_CLUSTER_DISCOVERYTYPE']._serialized_start=1925
-  _globals['_CLUSTER_DISCOVERYTYPE']._serialized_end=1994
-  _globals['_EDSCLUSTERCONFIG']._serialized_start=1996
-  _globals['_EDSCLUSTERCONFIG']._serialized_end=2094
-  _globals['_CONFIGSOURCE']._serialized_start=2097
-  _globals['_CONFIGSOURCE']._serialized_end=2238
-  _globals['_AGGREGATEDCONFIGSOURCE']._serialized_start=2240
-  _globals['_AGGREGATEDCONFIGSOURCE']._serialized_end=2264
-  _globals['_CLUSTERLOADASSIGNMENT']._serialized_start=2266
-  _globals['_CLUSTERLOADASSIGNMENT']._serialized_end=2375
-  _globals['_LOCALITYLBENDPOINTS']._serialized_start=2378
-  _globals['_LOCALITYLBENDPOINTS']._serialized_end=2588
-  _globals['_LOCALITY']._serialized_start=2590
-  _globals['_LOCALITY']._serialized_end=2648
-  _globals['_LBENDPOINT']._serialized_start=2650
-  _globals['_LBENDPOINT']._serialized_end=2775
-  _globals['_ENDPOINT']._serialized_start=2777
-  _globals['_ENDPOINT']._serialized_end=2837
-  _globals['_ADDRESS']._serialized_start=2839
-  _globals['_ADDRESS']._serialized_end=2911
-  _globals['_SOCKETADDRESS']._serialized_start=2913
-  _globals['_SOCKETADDRESS']._serialized_end=2965
+  _globals['_CLUSTER']._serialized_end=2070
+  _globals['_CLUSTER_DISCOVERYTYPE']._serialized_start=2001
+  _globals['_CLUSTER_DISCOVERYTYPE']._serialized_end=2070
+  _globals['_LOADBALANCINGPOLICY']._serialized_start=2073
+  _globals['_LOADBALANCINGPOLICY']._serialized_end=2252
+  _globals['_LOADBALANCINGPOLICY_POLICY']._serialized_start=2166
+  _globals['_LOADBALANCINGPOLICY_POLICY']._serialized_end=2252
+  _globals['_TYPEDEXTENSIONCONFIG']._serialized_start=2254
+  _globals['_TYPEDEXTENSIONCONFIG']._serialized_end=2334
+  _globals['_WRRLOCALITY']._serialized_start=2336
+  _globals['_WRRLOCALITY']._serialized_end=2427
+  _globals['_CLIENTSIDEWEIGHTEDROUNDROBIN']._serialized_start=2430
+  _globals['_CLIENTSIDEWEIGHTEDROUNDROBIN']._serialized_end=2859
+  _globals['_ROUNDROBIN']._serialized_start=2861
+  _globals['_ROUNDROBIN']._serialized_end=2873
+  _globals['_EDSCLUSTERCONFIG']._serialized_start=2875
+  _globals['_EDSCLUSTERCONFIG']._serialized_end=2973
+  _globals['_CONFIGSOURCE']._serialized_start=2976
+  _globals['_CONFIGSOURCE']._serialized_end=3117
+  _globals['_AGGREGATEDCONFIGSOURCE']._serialized_start=3119
+  _globals['_AGGREGATEDCONFIGSOURCE']._serialized_end=3143
+  _globals['_CLUSTERLOADASSIGNMENT']._serialized_start=3145
+  _globals['_CLUSTERLOADASSIGNMENT']._serialized_end=3254
+  _globals['_LOCALITYLBENDPOINTS']._serialized_start=3257
+  _globals['_LOCALITYLBENDPOINTS']._serialized_end=3467
+  _globals['_LOCALITY']._serialized_start=3469
+  _globals['_LOCALITY']._serialized_end=3527
+  _globals['_LBENDPOINT']._serialized_start=3529
+  _globals['_LBENDPOINT']._serialized_end=3654
+  _globals['_ENDPOINT']._serialized_start=3656
+  _globals['_ENDPOINT']._serialized_end=3716
+  _globals['_ADDRESS']._serialized_start=3718
+  _globals['_ADDRESS']._serialized_end=3790
+  _globals['_SOCKETADDRESS']._serialized_start=3792
+  _globals['_SOCKETADDRESS']._serialized_end=3844
 # @@protoc_insertion_point(module_scope)

@@ -175,7 +175,7 @@ class RetryBackOff(_message.Message):
     def __init__(self, base_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "type", "eds_cluster_config", "connect_timeout")
+    __slots__ = ("name", "type", "eds_cluster_config", "connect_timeout", "load_balancing_policy")
     class DiscoveryType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATIC: _ClassVar[Cluster.DiscoveryType]
@@ -190,11 +190,60 @@ class Cluster(_message.Message):
     TYPE_FIELD_NUMBER: _ClassVar[int]
     EDS_CLUSTER_CONFIG_FIELD_NUMBER: _ClassVar[int]
     CONNECT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_BALANCING_POLICY_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: Cluster.DiscoveryType
     eds_cluster_config: EdsClusterConfig
     connect_timeout: _duration_pb2.Duration
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[Cluster.DiscoveryType, str]] = ..., eds_cluster_config: _Optional[_Union[EdsClusterConfig, _Mapping]] = ..., connect_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    load_balancing_policy: LoadBalancingPolicy
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[Cluster.DiscoveryType, str]] = ..., eds_cluster_config: _Optional[_Union[EdsClusterConfig, _Mapping]] = ..., connect_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., load_balancing_policy: _Optional[_Union[LoadBalancingPolicy, _Mapping]] = ...) -> None: ...
+
+class LoadBalancingPolicy(_message.Message):
+    __slots__ = ("policies",)
+    class Policy(_message.Message):
+        __slots__ = ("typed_extension_config",)
+        TYPED_EXTENSION_CONFIG_FIELD_NUMBER: _ClassVar[int]
+        typed_extension_config: TypedExtensionConfig
+        def __init__(self, typed_extension_config: _Optional[_Union[TypedExtensionConfig, _Mapping]] = ...) -> None: ...
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    policies: _containers.RepeatedCompositeFieldContainer[LoadBalancingPolicy.Policy]
+    def __init__(self, policies: _Optional[_Iterable[_Union[LoadBalancingPolicy.Policy, _Mapping]]] = ...) -> None: ...
+
+class TypedExtensionConfig(_message.Message):
+    __slots__ = ("name", "typed_config")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPED_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    typed_config: _any_pb2.Any
+    def __init__(self, name: _Optional[str] = ..., typed_config: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
+
+class WrrLocality(_message.Message):
+    __slots__ = ("endpoint_picking_policy",)
+    ENDPOINT_PICKING_POLICY_FIELD_NUMBER: _ClassVar[int]
+    endpoint_picking_policy: LoadBalancingPolicy
+    def __init__(self, endpoint_picking_policy: _Optional[_Union[LoadBalancingPolicy, _Mapping]] = ...) -> None: ...
+
+class ClientSideWeightedRoundRobin(_message.Message):
+    __slots__ = ("enable_oob_load_report", "oob_reporting_period", "blackout_period", "weight_expiration_period", "weight_update_period", "error_utilization_penalty", "metric_names_for_computing_utilization")
+    ENABLE_OOB_LOAD_REPORT_FIELD_NUMBER: _ClassVar[int]
+    OOB_REPORTING_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    BLACKOUT_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_EXPIRATION_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_UPDATE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    ERROR_UTILIZATION_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    METRIC_NAMES_FOR_COMPUTING_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    enable_oob_load_report: _wrappers_pb2.BoolValue
+    oob_reporting_period: _duration_pb2.Duration
+    blackout_period: _duration_pb2.Duration
+    weight_expiration_period: _duration_pb2.Duration
+    weight_update_period: _duration_pb2.Duration
+    error_utilization_penalty: _wrappers_pb2.FloatValue
+    metric_names_for_computing_utilization: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, enable_oob_load_report: _Optional[_Union[_wrappers_pb2.BoolValue, _Mapping]] = ..., oob_reporting_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., blackout_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., weight_expiration_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., weight_update_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., error_utilization_penalty: _Optional[_Union[_wrappers_pb2.FloatValue, _Mapping]] = ..., metric_names_for_computing_utilization: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RoundRobin(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class EdsClusterConfig(_message.Message):
     __slots__ = ("eds_config", "service_name")

@@ -11,6 +11,7 @@ import collections
 import logging
 import random
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -97,6 +98,7 @@ class Controller:
         self.switches: collections.Counter[str] = collections.Counter()
         self.retries = 0
         self.hedges = 0
+        self.stream_rebalances = 0     # streams re-homed onto a primary that joined
         self.stream_migrations = 0
         self.replayed_frames = 0
         self.active_streams = 0       # client DetectStreams open now (the proxy counts them)
@@ -110,6 +112,8 @@ class Controller:
         # Primaries that joined while the router ran and have not been ready yet (a scaled-out pod loading
         # its model): no slot, no share, nothing for a standby to cover, until their first ready.
         self._joining: set[Backend] = set()
+        self._rebalance_onto: list[Backend] = []
+        self._places: weakref.WeakSet[StreamPlace] = weakref.WeakSet()  # every running stream's place
         self._was_ready: dict[Backend, bool] = {}
         self.leave_grace_s = LEAVE_GRACE_S
         self.metrics = RouterMetrics(
@@ -142,6 +146,7 @@ class Controller:
             if views[b].ready:
                 self._joining.discard(b)
                 event(log, "worker ready: taking its share", backend=b.value)
+                self._rebalance_onto.append(b)
             else:
                 del views[b]  # a new pod loading its model is not a failed primary
         for b, v in views.items():
@@ -151,6 +156,8 @@ class Controller:
             self._was_ready[b] = v.ready
         d = self.fleet_decision = self._policy.update({b.name: v for b, v in views.items() if b.primary},
                                                       {b.name: v for b, v in views.items() if not b.primary}, now)
+        while self._rebalance_onto:
+            self._rebalance(self._rebalance_onto.pop(0))
         self.decision = _summary(d, self.pooled)
         for t in d.transitions:
             self._emit(t, now)
@@ -318,7 +325,37 @@ class Controller:
     def place_new(self, place: StreamPlace) -> Backend | None:
         """Where a new stream goes: a home among the primaries by load, then where its affinity puts it."""
         place.home = self._new_home()
+        self._places.add(place)
         return self.placement(place, None)
+
+    def _rebalance(self, joined: Backend) -> None:
+        """A primary that joined the pool takes its part of the running streams: from each primary with
+        more than an even share of the streams homed on it, the excess is re-homed onto `joined`, up to
+        an even share in all. Each such stream moves once, at its next frame boundary (placement says so
+        and the stream core moves it as a switch-back does: nothing replayed); the others do not move.
+        """
+        d = self.fleet_decision
+        primaries = [n for n in d.slots if d.weights.get(n, 0.0) > 0]
+        if joined.name not in primaries or len(primaries) < 2:
+            return
+        homed: dict[str, list[StreamPlace]] = {n: [] for n in primaries}
+        for place in list(self._places):
+            home = place.home
+            if home is not None and home.name in homed and d.side(home.name, place.affinity) is Side.HOME:
+                homed[home.name].append(place)
+        fair = sum(len(v) for v in homed.values()) // len(primaries)
+        room, moved = fair - len(homed[joined.name]), 0
+        for name, places in sorted(homed.items(), key=lambda kv: -len(kv[1])):
+            if name == joined.name:
+                continue
+            for place in places[fair:]:
+                if moved >= room:
+                    break
+                place.home = joined
+                moved += 1
+        if moved:
+            self.stream_rebalances += moved
+            event(log, "streams rebalanced onto a new primary", backend=joined.value, streams=moved, fair_share=fair)
 
     def _new_home(self) -> Backend | None:
         homes = self._weighted(True) or [b for b in self.watchers if b.primary and b not in self._leaving]

@@ -43,10 +43,11 @@ Backend.PRIMARY = Backend(Role.PRIMARY, "primary")
 Backend.STANDBY = Backend(Role.STANDBY, "standby")
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: the controller keeps the live ones in a weak set
 class StreamPlace:
-    """Where a stream belongs: its `home` primary (chosen by load when it opens, and again if that primary
-    leaves the pool) and its `affinity` in [0, 100), which decides when it leaves home and comes back."""
+    """Where a stream belongs: its `home` primary (chosen by load when it opens, again if that primary
+    leaves the pool, and at most once more when a primary joins and the pool rebalances) and its
+    `affinity` in [0, 100), which decides when it leaves home and comes back."""
 
     affinity: float
     home: Backend | None = None

@@ -289,6 +289,16 @@ async def test_a_dns_name_is_a_pool_that_grows_and_shrinks_without_a_restart(tmp
             await asyncio.to_thread(router.wait_for_event, "worker joined", 20, backend=p3_name)
             await asyncio.to_thread(router.wait_for_event, "worker ready: taking its share", 20, backend=p3_name)
             assert "p3" in await spread(100)
+            # Running streams rebalance: an even share of them (8 // 3) moves onto p3, once each, at a frame
+            # boundary; the rest stay where they are.
+            rebalanced = await asyncio.to_thread(router.wait_for_event, "streams rebalanced onto a new primary",
+                                                 20, backend=p3_name)
+            assert rebalanced["streams"] == 2, rebalanced
+            for _ in range(500):  # until the moved streams have answers from p3, bounded
+                if sum(s[-1][1] == "p3" for s in seen) >= 2:
+                    break
+                await asyncio.sleep(0.01)  # polling what the streams have received, bounded
+            assert sum(s[-1][1] == "p3" for s in seen) == 2, [s[-1] for s in seen]
             since = router.events[before:]
             bad = [(e.get("worker"), e["from_state"], e["to_state"], e["reason"]) for e in since
                    if e.get("event") == "switch" and e["to_state"] not in ("NORMAL", "RECOVERING")]

@@ -18,6 +18,7 @@ from eagleeye.common.admission import Slots
 from eagleeye.common.cli import OneLineParser, parse_host_port, probe_bind, run_service
 from eagleeye.common.grpcguard import CallAdmission, guarded
 from eagleeye.common.health import HealthServicer
+from eagleeye.common.latency import BackendTimers
 from eagleeye.common.logs import LOG_FORMATS, event
 from eagleeye.common.looplag import LoopLagMonitor
 from eagleeye.common.memory import return_large_buffers
@@ -30,7 +31,6 @@ from eagleeye.router.adminaccess import ADMIN_MAX_CALLS, ADMIN_MAX_CALLS_PER_PEE
 from eagleeye.router.config import RouterConfig
 from eagleeye.router.controller import Controller
 from eagleeye.router.fleet import Backend
-from eagleeye.router.latency import BackendTimers
 from eagleeye.router.links import Links
 from eagleeye.router.membership import Membership, entries
 from eagleeye.router.proxy import Proxy

@@ -20,11 +20,11 @@ from grpc_health.v1 import health_pb2
 from opentelemetry import metrics
 
 from eagleeye.common.aio import wait_event
+from eagleeye.common.latency import BackendTimers
 from eagleeye.common.logs import event
 from eagleeye.common.names import LIVENESS, READINESS_NAMES, REDUNDANCY
 from eagleeye.router.fleet import Backend, Role, StreamPlace
 from eagleeye.router.fleetpolicy import FleetDecision, FleetPolicy, FleetTransition, Side
-from eagleeye.router.latency import BackendTimers
 from eagleeye.router.metrics import RouterMetrics
 from eagleeye.router.policy import Decision, PolicyConfig, State
 from eagleeye.router.watcher import BackendWatcher

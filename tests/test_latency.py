@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eagleeye.router.latency import BackendTimers, RecentQuantile, clamped
+from eagleeye.common.latency import BackendTimers, RecentQuantile, clamped
 
 
 def test_quantile_needs_enough_samples_and_forgets_old_ones() -> None:

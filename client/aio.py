@@ -1,0 +1,330 @@
+"""AsyncDetector: the Detector API with the router's guarantees, in every mode (asyncio).
+
+    async with AsyncDetector("xds:///eagleeye-detector", xds_server="router:50070") as det:
+        result = await det.detect(jpeg_bytes)
+        async for r in det.stream(frames()):        # one result per frame, in order, exactly once
+            ...
+
+A stream keeps its own window of frames sent and not yet answered (client/window.py). When the stream
+breaks, or no answer comes for its stall time while frames wait (learned from recent latency, as the
+router learns it), it is opened again and the unanswered frames are sent again; an answer that comes
+twice is given back once. In zero-hop mode (`xds:///NAME`) gRPC sends the new stream to a worker by
+the router's current assignment, so a worker that died or hung is left within the stall time;
+through a router, the router does this itself, and the library rides out a router restart or a
+rolling update the same way (its stall time is longer there, since the router is already watching
+the workers). Unary calls are retried on another attempt when a worker was busy or gone, and in
+zero-hop mode hedged (a second attempt after the recent p95, within a budget of one extra attempt
+per ten calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+
+from eagleeye.client import types
+from eagleeye.client.dial import BOOTSTRAP_ENV, XDS_SCHEME, Tls, channel, default_node_id, xds_bootstrap
+from eagleeye.client.errors import RETRIABLE, Unavailable, from_rpc_error
+from eagleeye.client.types import Image, Knobs, Result
+from eagleeye.client.window import Window
+from eagleeye.common.latency import RecentQuantile, clamped
+from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_WINDOW = 32
+# Stall time: this x the recent p99 wait for an answer, within these bounds (the upper one until enough
+# answers are known). Zero-hop: the library is what leaves a hung worker, so as quickly as the router
+# would; through a router, the router leaves hung workers, and the library waits for the router.
+STALL_MULTIPLIER = 4.0
+STALL_BOUNDS_ZERO_HOP = (0.2, 1.0)
+STALL_BOUNDS_ROUTER = (2.0, 10.0)
+# Unary hedging (zero-hop): a second attempt after the recent p95 within these bounds; each call earns
+# a tenth of an extra attempt, at most 10 saved up.
+HEDGE_BOUNDS = (0.02, 1.0)
+HEDGE_BUDGET_PER_CALL, HEDGE_BUDGET_MAX = 0.1, 10.0
+RETRY_BACKOFF_S = (0.02, 1.0)
+
+_Frames = AsyncIterable[Any] | Iterable[Any]
+
+
+def _configure_xds(target: str, xds_server: str | None) -> None:
+    if not target.startswith(XDS_SCHEME):
+        if xds_server:
+            raise ValueError("xds_server is for a target xds:///NAME (zero-hop mode)")
+        return
+    if xds_server:
+        # gRPC reads its xDS bootstrap once per process: the first zero-hop detector's server is the
+        # control plane for every later one in this process.
+        os.environ.setdefault("GRPC_XDS_BOOTSTRAP_CONFIG", json.dumps(xds_bootstrap(xds_server, default_node_id())))
+    elif not any(os.environ.get(k) for k in BOOTSTRAP_ENV):
+        raise ValueError(f"target {target} needs xds_server='HOST:PORT' (the router's --xds-listen address) "
+                         "or a bootstrap in GRPC_XDS_BOOTSTRAP")
+
+
+class AsyncDetector:
+    """A client of the Detector API: a router (HOST:PORT), a worker, or `xds:///NAME` (zero-hop)."""
+
+    def __init__(self, target: str, *, xds_server: str | None = None, tls: Tls | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S, window: int = DEFAULT_WINDOW) -> None:
+        _configure_xds(target, xds_server)
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.target = target
+        self.timeout = timeout
+        self.window = window
+        self.zero_hop = target.startswith(XDS_SCHEME)
+        self._channel = channel(target, tls)
+        self._stub = pb_grpc.DetectorStub(self._channel)
+        self._waits = RecentQuantile(0.99)      # a stream frame's wait for its answer
+        self._unary = RecentQuantile(0.95)      # a unary call's time
+        self._stall_bounds = STALL_BOUNDS_ZERO_HOP if self.zero_hop else STALL_BOUNDS_ROUTER
+        self._hedge_tokens = HEDGE_BUDGET_MAX
+        #: What the library did for the caller: streams reopened, frames sent again, answers dropped as
+        #: duplicates, unary retries and hedges.
+        self.stats = {"reopened": 0, "replayed": 0, "duplicates": 0, "retries": 0, "hedges": 0}
+
+    async def __aenter__(self) -> AsyncDetector:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def stall_s(self) -> float:
+        """How long a stream waits for an answer before it is opened again (learned from recent waits)."""
+        return clamped(self._waits.value(), *self._stall_bounds, scale=STALL_MULTIPLIER)
+
+    def _hedge_delay_s(self) -> float:
+        return clamped(self._unary.value(), *HEDGE_BOUNDS)
+
+    async def model_info(self) -> pb.GetModelInfoResponse:
+        """The model the service runs (name, version, classes, input size)."""
+        try:
+            info: pb.GetModelInfoResponse = await self._stub.GetModelInfo(pb.GetModelInfoRequest(),
+                                                                           timeout=self.timeout)
+            return info
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+
+    # -- unary ---------------------------------------------------------------------------------------
+
+    async def detect(self, image: Image, *, score_threshold: float | None = None, iou_threshold: float | None = None,
+                     max_detections: int | None = None, classes: Iterable[str] = ()) -> Result:
+        """Detections in one image (encoded bytes, an H x W x 3 uint8 RGB array or a PIL image)."""
+        req = types.request(image, Knobs(score_threshold, iou_threshold, max_detections, tuple(classes)))
+        started = time.monotonic()
+        deadline = started + self.timeout
+        self._hedge_tokens = min(HEDGE_BUDGET_MAX, self._hedge_tokens + HEDGE_BUDGET_PER_CALL)
+        attempts: set[asyncio.Task[pb.DetectResponse]] = set()
+        last: grpc.aio.AioRpcError | None = None
+        backoff = RETRY_BACKOFF_S[0]
+        try:
+            while time.monotonic() < deadline:
+                if not attempts:
+                    attempts.add(self._attempt(req, deadline))
+                hedge_at = self._hedge_delay_s() if self.zero_hop and len(attempts) == 1 else None
+                done, _ = await asyncio.wait(attempts, timeout=hedge_at, return_when=asyncio.FIRST_COMPLETED)
+                if not done:  # the hedge delay passed with no answer
+                    if self._hedge_tokens >= 1:
+                        self._hedge_tokens -= 1
+                        self.stats["hedges"] += 1
+                        attempts.add(self._attempt(req, deadline))
+                    else:
+                        await asyncio.wait(attempts, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                for task in done:
+                    attempts.discard(task)
+                    err = task.exception()
+                    if err is None:
+                        self._unary.add(time.monotonic() - started)
+                        return Result.of(0, task.result())
+                    if not isinstance(err, grpc.aio.AioRpcError) or err.code() not in RETRIABLE:
+                        raise from_rpc_error(err) if isinstance(err, grpc.aio.AioRpcError) else err
+                    last = err
+                if attempts:
+                    continue  # the other attempt may still answer
+                self.stats["retries"] += 1
+                await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))  # back-off before retrying
+                backoff = min(backoff * 2, RETRY_BACKOFF_S[1])
+        finally:
+            for task in attempts:
+                task.cancel()
+        if last is not None:
+            raise from_rpc_error(last)
+        raise Unavailable(f"no answer within {self.timeout:g} s", grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    def _attempt(self, req: pb.DetectRequest, deadline: float) -> asyncio.Task[pb.DetectResponse]:
+        return asyncio.ensure_future(self._stub.Detect(req, timeout=max(0.001, deadline - time.monotonic())))
+
+    # -- streams -------------------------------------------------------------------------------------
+
+    async def stream(self, frames: _Frames, *, score_threshold: float | None = None,
+                     iou_threshold: float | None = None, max_detections: int | None = None,
+                     classes: Iterable[str] = ()) -> AsyncGenerator[Result, None]:
+        """One result per frame, in order, exactly once: `frames` gives images, or (frame_id, image) pairs
+        (a result's frame_id is then the caller's; otherwise the frame's position, from 1)."""
+        run = _StreamRun(self, Knobs(score_threshold, iou_threshold, max_detections, tuple(classes)))
+        async for result in run.results(frames):
+            yield result
+
+
+class _StreamRun:
+    """One logical stream: any number of DetectStream calls, one at a time, and the window across them."""
+
+    def __init__(self, det: AsyncDetector, knobs: Knobs) -> None:
+        self._det = det
+        self._knobs = knobs
+        self._window = Window(det.window)
+        self._inbox: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._gen = 0
+        self._call: Any = None
+        self._outbox: asyncio.Queue[pb.DetectRequest | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._input_done = False
+        self._closing = False
+        self._progress_at = time.monotonic()   # the last answer, or when frames started to wait
+        self._answered_at = time.monotonic()   # the last answer (for the overall timeout)
+
+    async def results(self, frames: _Frames) -> AsyncIterator[Result]:
+        feeder = asyncio.ensure_future(self._feed(frames))
+        self._open(replay=False)
+        attempt = 0
+        try:
+            while True:
+                if self._input_done and self._window.held == 0:
+                    if not self._closing:
+                        self._closing = True
+                        self._outbox.put_nowait(None)  # done writing: the call ends once the service agrees
+                    break
+                wait = None
+                if self._window.unanswered:  # frames wait: no answer within the stall time is a stall
+                    wait = self._progress_at + self._det.stall_s() - time.monotonic()
+                    if wait <= 0:
+                        attempt = await self._again(attempt, None)
+                        continue
+                try:
+                    gen, kind, payload = await asyncio.wait_for(self._inbox.get(), wait)
+                except TimeoutError:
+                    continue
+                if kind == "input":
+                    if payload is not None:
+                        raise payload  # the caller's frames raised, or a frame is not an image
+                    continue
+                if gen != self._gen:
+                    continue  # from a call given up on
+                if kind == "answer":
+                    attempt = 0
+                    for result in self._answer(payload):
+                        yield result
+                elif kind == "end" and (self._window.unanswered or not self._input_done):
+                    attempt = await self._again(attempt, payload)
+        finally:
+            self._close_call()
+            for task in (feeder, *self._tasks):
+                task.cancel()
+            await asyncio.gather(feeder, *self._tasks, return_exceptions=True)
+
+    def _answer(self, resp: pb.DetectResponse) -> list[Result]:
+        now = time.monotonic()
+        due, waited, resend = self._window.answer(resp, now)
+        if waited is None:
+            self._det.stats["duplicates"] += 1
+            return []
+        self._det._waits.add(waited)
+        self._progress_at = self._answered_at = now
+        if resend is not None:
+            self._outbox.put_nowait(resend)  # a busy worker refused it: another try (maybe elsewhere)
+        if not self._window.full:
+            self._room.set()
+        return due
+
+    async def _again(self, attempt: int, error: grpc.aio.AioRpcError | None) -> int:
+        """The call broke or stalled: give up on it and open another with the unanswered frames."""
+        if error is not None and error.code() not in RETRIABLE:
+            raise from_rpc_error(error)
+        if time.monotonic() - self._answered_at > self._det.timeout:
+            if error is not None:
+                raise from_rpc_error(error)
+            raise Unavailable(f"no answer for {self._det.timeout:g} s", grpc.StatusCode.DEADLINE_EXCEEDED)
+        self._close_call()
+        self._det.stats["reopened"] += 1
+        if attempt:
+            await asyncio.sleep(min(RETRY_BACKOFF_S[0] * 2 ** attempt, RETRY_BACKOFF_S[1]))  # reconnection back-off
+        self._open(replay=True)
+        return attempt + 1
+
+    def _open(self, replay: bool) -> None:
+        self._gen += 1
+        self._call = self._det._stub.DetectStream()
+        self._outbox = asyncio.Queue()
+        now = time.monotonic()
+        if replay:
+            frames = self._window.replay(now)
+            self._det.stats["replayed"] += len(frames)
+            for req in frames:
+                self._outbox.put_nowait(req)
+            if self._input_done and not frames:
+                self._outbox.put_nowait(None)
+        self._progress_at = now
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks += [asyncio.ensure_future(self._send(self._call, self._outbox)),
+                        asyncio.ensure_future(self._receive(self._gen, self._call))]
+
+    def _close_call(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._outbox.put_nowait(None)
+
+    @staticmethod
+    async def _send(call: Any, outbox: asyncio.Queue[pb.DetectRequest | None]) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            while (req := await outbox.get()) is not None:
+                await call.write(req)
+            await call.done_writing()
+
+    async def _receive(self, gen: int, call: Any) -> None:
+        try:
+            async for resp in call:
+                self._inbox.put_nowait((gen, "answer", resp))
+            self._inbox.put_nowait((gen, "end", None))
+        except grpc.aio.AioRpcError as e:
+            self._inbox.put_nowait((gen, "end", e))
+
+    async def _feed(self, frames: _Frames) -> None:
+        try:
+            async for item in _aiter(frames):
+                user_id, image = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
+                req = types.request(image, self._knobs)
+                while self._window.full:
+                    self._room.clear()
+                    await self._room.wait()
+                now = time.monotonic()
+                if not self._window.unanswered:
+                    self._progress_at = now  # frames start waiting now, not since the last answer
+                self._outbox.put_nowait(self._window.add(user_id, req, now))
+                self._inbox.put_nowait((0, "input", None))
+            self._input_done = True
+            self._inbox.put_nowait((0, "input", None))
+        except Exception as e:
+            self._inbox.put_nowait((0, "input", e))
+
+
+async def _aiter(frames: _Frames) -> AsyncIterator[Any]:
+    if isinstance(frames, AsyncIterable):
+        async for item in frames:
+            yield item
+    else:
+        for item in frames:
+            yield item

@@ -1,0 +1,120 @@
+"""What the library takes and gives: images in (encoded bytes, numpy arrays, PIL images), typed results out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from eagleeye.client.errors import EagleEyeError, InvalidImage, error_for
+from eagleeye.detector.v1 import detector_pb2 as pb
+
+#: What `detect` and `stream` take as an image: a JPEG or PNG file's bytes, an H x W x 3 uint8 RGB
+#: numpy array (sent raw, no re-encoding) or a PIL image (converted to RGB, sent raw).
+Image = Any
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box in pixels of the image as sent (upright), x right, y down."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    score: float
+    box: Box
+    class_id: int
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where a frame's time went in the worker (milliseconds), and how many frames shared its batch."""
+
+    queue_ms: float
+    inference_ms: float
+    total_ms: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """One frame's answer. In a stream, `frame_id` is the frame's position (1-based) unless the caller
+    gave ids; `error` is set (and `detections` empty) when the service refused this frame alone."""
+
+    frame_id: Any
+    detections: tuple[Detection, ...]
+    worker: str
+    timing: Timing
+    image_width: int
+    image_height: int
+    error: EagleEyeError | None = None
+
+    @classmethod
+    def of(cls, frame_id: Any, resp: pb.DetectResponse) -> Result:
+        error = None
+        if resp.HasField("error") and (resp.error.code or resp.error.message):
+            code = next((c for c in grpc.StatusCode if c.value[0] == resp.error.code), grpc.StatusCode.UNKNOWN)
+            error = error_for(code, resp.error.message)
+        t = resp.timing
+        return cls(frame_id=frame_id, worker=resp.worker, image_width=resp.image_width,
+                   image_height=resp.image_height, error=error,
+                   timing=Timing(t.queue_ms, t.inference_ms, t.total_ms, t.batch_size),
+                   detections=tuple(Detection(label=d.label, score=d.score, class_id=d.class_id,
+                                              box=Box(d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max))
+                                    for d in resp.detections))
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Per-request settings; None: the worker's default."""
+
+    score_threshold: float | None = None
+    iou_threshold: float | None = None
+    max_detections: int | None = None
+    classes: Sequence[str] = ()
+
+    def apply(self, req: pb.DetectRequest) -> None:
+        if self.score_threshold is not None:
+            req.score_threshold = self.score_threshold
+        if self.iou_threshold is not None:
+            req.iou_threshold = self.iou_threshold
+        if self.max_detections is not None:
+            req.max_detections = self.max_detections
+        if self.classes:
+            req.classes.extend(self.classes)
+
+
+def request(image: Image, knobs: Knobs, frame_id: int = 0) -> pb.DetectRequest:
+    """The DetectRequest for one image; InvalidImage for something that is not one of the image types."""
+    req = pb.DetectRequest(frame_id=frame_id)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        if not len(image):
+            raise InvalidImage("empty image bytes")
+        req.encoded = bytes(image)
+    else:
+        pixels = _pixels(image)
+        height, width = pixels.shape[:2]
+        req.raw.data, req.raw.width, req.raw.height = pixels.tobytes(), width, height
+    knobs.apply(req)
+    return req
+
+
+def _pixels(image: Image) -> Any:
+    import numpy as np  # numpy and PIL only when the caller passes arrays or images
+
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise InvalidImage(f"not an image: {type(image).__name__} (give encoded bytes, an H x W x 3 uint8 "
+                           "numpy array or a PIL image)")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InvalidImage(f"an array image must be H x W x 3 uint8 RGB, not {image.shape} {image.dtype}")
+    return np.ascontiguousarray(image)

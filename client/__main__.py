@@ -17,12 +17,14 @@ import grpc
 
 from eagleeye.client import admin, annotate, dial, video
 from eagleeye.client.admin import address_arg, positive_arg, target_arg
+from eagleeye.client.aio import AsyncDetector
 from eagleeye.client.dial import UsageError, add_tls_arguments, add_xds_argument, channel
+from eagleeye.client.errors import EagleEyeError
 from eagleeye.client.progress import Progress
+from eagleeye.client.types import Result
 from eagleeye.common.cli import OneLineParser
 from eagleeye.common.telemetry import Telemetry, tracing_configured
 from eagleeye.common.telemetry import setup as telemetry_setup
-from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 PROG = "eagleeye"
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--size", type=_size, default=(320, 240), metavar="WxH", help="frame size (default 320x240)")
     lo.add_argument("--format", choices=["jpeg", "png", "raw"], default="jpeg", help="frame encoding (default jpeg)")
     lo.add_argument("--deadline", type=positive_arg, default=5.0, metavar="S", help="per unary call (default 5)")
+    lo.add_argument("--client", choices=["library", "naive"], default="library",
+                    help="through the client library (streams reopened and replayed, unary calls retried: "
+                         "the default), or a naive client on the raw stub, for comparison")
     lo.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     add_tls_arguments(lo)
     add_xds_argument(lo)
@@ -138,12 +143,11 @@ async def cmd_detect(args: argparse.Namespace) -> int:
             return 2
     progress = Progress("images", len(images)) if len(images) > 1 and sys.stderr.isatty() else None
     failed = 0
-    async with channel(args.target, args.tls) as ch:
-        stub = pb_grpc.DetectorStub(ch)
+    async with AsyncDetector(args.target, tls=args.tls, timeout=args.timeout) as det:
         for path in images:
             if progress is not None:
                 progress.clear()
-            failed += not await _detect_one(stub, path, classes, args)
+            failed += not await _detect_one(det, path, classes, args)
             if progress is not None:
                 progress.step()
     if progress is not None:
@@ -151,20 +155,17 @@ async def cmd_detect(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-async def _detect_one(stub: pb_grpc.DetectorStub, path: Path, classes: list[str], args: argparse.Namespace) -> bool:
+async def _detect_one(det: AsyncDetector, path: Path, classes: list[str], args: argparse.Namespace) -> bool:
     """Detect in one image file and print the result; False (said on stderr) if it failed."""
     try:
         data = path.read_bytes()
     except OSError as e:
         print(f"{path}: cannot read: {e.strerror}", file=sys.stderr)
         return False
-    req = pb.DetectRequest(encoded=data, classes=classes)
-    if args.score_threshold is not None:
-        req.score_threshold = args.score_threshold
     try:
-        resp = await stub.Detect(req, timeout=args.timeout)
-    except grpc.aio.AioRpcError as e:
-        print(f"{path}: {e.code().name}: {e.details()}", file=sys.stderr)
+        resp = await det.detect(data, score_threshold=args.score_threshold, classes=classes)
+    except EagleEyeError as e:
+        print(f"{path}: {e}", file=sys.stderr)
         return False
     dets = [{"label": d.label, "class_id": d.class_id, "score": round(d.score, 4),
              "box": [round(v, 1) for v in (d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max)]}
@@ -178,7 +179,7 @@ async def _detect_one(stub: pb_grpc.DetectorStub, path: Path, classes: list[str]
     return args.annotate is None or _write_annotated(path, data, resp, args.annotate)
 
 
-def _write_annotated(path: Path, data: bytes, resp: pb.DetectResponse, folder: Path) -> bool:
+def _write_annotated(path: Path, data: bytes, resp: Result, folder: Path) -> bool:
     """Write `path`'s image with `resp`'s detections drawn into `folder`; False (said on stderr) if not."""
     import io
 
@@ -197,8 +198,16 @@ def _write_annotated(path: Path, data: bytes, resp: pb.DetectResponse, folder: P
 
 
 async def cmd_load(args: argparse.Namespace) -> int:
+    from eagleeye.client.aio import AsyncDetector
     from eagleeye.harness.frames import make_pool
-    from eagleeye.harness.load import LoadPlan, print_progress, run_stream, run_unary
+    from eagleeye.harness.load import (
+        LoadPlan,
+        print_progress,
+        run_library_stream,
+        run_library_unary,
+        run_stream,
+        run_unary,
+    )
 
     w, h = args.size
     pool = make_pool(w, h, args.format)
@@ -206,11 +215,17 @@ async def cmd_load(args: argparse.Namespace) -> int:
     print(f"sending {round(args.rate * args.duration)} {w}x{h} {args.format} frames "
           f"({pool.payload_bytes} bytes each) at {args.rate:g}/s to {args.target}, {args.mode}", file=sys.stderr)
     started = time.monotonic()
-    async with channel(args.target, args.tls) as ch:
-        stub = pb_grpc.DetectorStub(ch)
-        run = run_unary if args.mode == "unary" else run_stream
-        tally = await run(stub, pool, plan, print_progress)
-    summary = tally.summary(mode=args.mode, rate=args.rate, duration_s=round(time.monotonic() - started, 2),
+    if args.client == "naive":
+        async with channel(args.target, args.tls) as ch:
+            stub = pb_grpc.DetectorStub(ch)
+            run = run_unary if args.mode == "unary" else run_stream
+            tally = await run(stub, pool, plan, print_progress)
+    else:
+        async with AsyncDetector(args.target, tls=args.tls, timeout=args.deadline) as det:
+            library_run = run_library_unary if args.mode == "unary" else run_library_stream
+            tally = await library_run(det, pool, plan, print_progress)
+    summary = tally.summary(mode=args.mode, client=args.client, rate=args.rate,
+                            duration_s=round(time.monotonic() - started, 2),
                             frame_bytes=pool.payload_bytes)
     text = (f"sent {summary['sent']}  answered {summary['answered']}  errors {summary['errors']}  "
             f"lost {summary['lost']}  duplicated {summary['duplicated']}  "
@@ -235,14 +250,12 @@ async def cmd_eval(args: argparse.Namespace) -> int:
     scenes = [make_scene(HELD_OUT_SEED_BASE + i) for i in range(args.images)]
     preds: list[Prediction] = []
     sem = asyncio.Semaphore(4)
-    async with channel(args.target, args.tls) as ch:
-        stub = pb_grpc.DetectorStub(ch)
-        info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    async with AsyncDetector(args.target, tls=args.tls) as det:
+        info = await det.model_info()
 
         async def one(i: int) -> None:
             async with sem:
-                resp = await stub.Detect(pb.DetectRequest(encoded=encode_png(scenes[i].image), score_threshold=0.05,
-                                                          max_detections=100), timeout=30)
+                resp = await det.detect(encode_png(scenes[i].image), score_threshold=0.05, max_detections=100)
             preds.extend(Prediction(i, d.class_id, d.score, (d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max))
                          for d in resp.detections)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from eagleeye.client.types import Detection
 from eagleeye.detector.v1 import detector_pb2 as pb
 
 # Distinct on dark and light backgrounds; a class keeps its colour in every image and frame.
@@ -18,7 +19,7 @@ def colour(class_id: int) -> tuple[int, int, int]:
     return _PALETTE[class_id % len(_PALETTE)]
 
 
-def draw(image: Image.Image, detections: Sequence[pb.Detection]) -> Image.Image:
+def draw(image: Image.Image, detections: Sequence[pb.Detection] | Sequence[Detection]) -> Image.Image:
     """A copy of `image` (RGB) with each detection's box and `label score` drawn on it."""
     out = image.convert("RGB")
     pen = ImageDraw.Draw(out)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.scenes import encode_jpeg, encode_png, make_scene
@@ -23,6 +26,13 @@ class FramePool:
         req.CopyFrom(self.requests[frame_id % len(self.requests)])
         req.frame_id = frame_id
         return req
+
+
+def image_of(req: pb.DetectRequest) -> Any:
+    """The image a request carries, as the client library takes it: encoded bytes, or an RGB array."""
+    if req.WhichOneof("image") == "raw":
+        return np.frombuffer(req.raw.data, np.uint8).reshape(req.raw.height, req.raw.width, 3)
+    return req.encoded
 
 
 def make_pool(width: int, height: int, fmt: str, count: int = 16, seed: int = 20_000_000) -> FramePool:

@@ -1,4 +1,9 @@
-"""The ingestion-worker load client: synthetic frames at a fixed rate, unary or over one stream."""
+"""The ingestion-worker load client: synthetic frames at a fixed rate, unary or over one stream.
+
+Through the client library (`run_library_unary`, `run_library_stream`: what an ingestion worker
+written against eagleeye.client does) or as a naive client on the raw stub (`run_unary`,
+`run_stream`: a broken stream's unanswered frames are lost), for comparison in benchmarks.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from eagleeye.client import AsyncDetector, EagleEyeError
 from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.harness.frames import FramePool
+from eagleeye.harness.frames import FramePool, image_of
 from eagleeye.harness.stats import Tally, percentile
 
 Progress = Callable[[float, Tally], None]
@@ -120,4 +126,51 @@ async def run_stream(stub: pb_grpc.DetectorStub, pool: FramePool, plan: LoadPlan
             err = receiver.exception()
             assert isinstance(err, grpc.aio.AioRpcError)
             tally.on_error(err.code().name)
+    return tally
+
+
+async def run_library_unary(det: AsyncDetector, pool: FramePool, plan: LoadPlan,
+                            progress: Progress | None = None) -> Tally:
+    """One `detect` per frame through the client library (its retries and hedges included)."""
+    tally = Tally(ordered=False)
+
+    async def one(frame_id: int) -> None:
+        t0 = time.monotonic()
+        try:
+            result = await det.detect(image_of(pool.frame(frame_id)))
+        except EagleEyeError as e:
+            tally.on_error(e.code.name if e.code is not None else type(e).__name__)
+            return
+        tally.on_answer(frame_id, (time.monotonic() - t0) * 1000, result.worker)
+
+    tasks = []
+    async for frame_id in _ticks(plan, progress, tally):
+        tally.on_sent(frame_id)
+        tasks.append(asyncio.create_task(one(frame_id)))
+    await asyncio.gather(*tasks)
+    return tally
+
+
+async def run_library_stream(det: AsyncDetector, pool: FramePool, plan: LoadPlan,
+                             progress: Progress | None = None) -> Tally:
+    """Every frame over the client library's stream: reopened and replayed as needed, each answered once."""
+    tally = Tally()
+    sent_at: dict[int, float] = {}
+
+    async def frames() -> AsyncIterator[tuple[int, object]]:
+        async for frame_id in _ticks(plan, progress, tally):
+            sent_at[frame_id] = time.monotonic()
+            tally.on_sent(frame_id)
+            yield frame_id, image_of(pool.frame(frame_id))
+
+    try:
+        async for result in det.stream(frames()):
+            t0 = sent_at.pop(result.frame_id, None)
+            if result.error is not None and result.error.code is not None:
+                tally.on_error(result.error.code.name)
+            else:
+                tally.on_answer(result.frame_id, None if t0 is None else (time.monotonic() - t0) * 1000,
+                                result.worker)
+    except EagleEyeError as e:
+        tally.on_error(e.code.name if e.code is not None else type(e).__name__)
     return tally

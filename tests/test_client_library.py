@@ -245,3 +245,28 @@ def test_the_blocking_detector_streams_from_a_plain_iterator_and_reports_a_dead_
     with pytest.raises(ValueError):
         AsyncDetector("127.0.0.1:1", xds_server="127.0.0.1:2")
     assert grpc  # the errors carry gRPC status codes
+
+
+def test_the_ingestion_example_in_the_docs_runs_as_written(tmp_path: Path) -> None:
+    """docs/client.md's example, extracted and run on a video file against a worker: it must work as
+    a user would copy it."""
+    from tests.videos import write_video
+
+    text = (ROOT / "docs" / "client.md").read_text()
+    example = text.split("## An ingestion worker", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "ingest.py"
+    script.write_text(example)
+    video = tmp_path / "clip.mp4"
+    write_video(video, 12)
+    worker = Proc("python", ["-m", "bench.simworker", "--worker-id", "docs", "--service-ms", "5"])
+    try:
+        address = worker.wait_listening()
+        worker.wait_for_event("model ready", 60)
+        done = subprocess.run([sys.executable, str(script), address, str(video)], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+    finally:
+        worker.stop()
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("frame ")]
+    assert len(lines) == 12 and all("on docs" in line for line in lines), done.stdout
+    assert "model: simulated" in done.stdout and "reconnects: 0" in done.stderr

@@ -2,9 +2,9 @@
 
 Frames are decoded with PyAV (FFmpeg), sent as JPEG over one DetectStream (through the router they
 survive a failover exactly once and in order), and, with --out, written again with their detections
-drawn, at the input's frame rate; --json writes the run's statistics. A broken stream (a worker called
-directly dies) is reopened and the frames it had not answered are sent again; answers are matched by
-frame_id, so none is counted twice. Ctrl-C ends the run and closes the output file properly with
+drawn, at the input's frame rate; --json writes the run's statistics. The stream is the client
+library's (eagleeye.client): a broken or stalled one is reopened and the frames it had not answered
+are sent again, each answered once. Ctrl-C ends the run and closes the output file properly with
 every frame answered so far.
 """
 
@@ -26,22 +26,19 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 from PIL import Image
 
 from eagleeye.client import annotate
-from eagleeye.client.dial import Tls, channel
+from eagleeye.client.aio import AsyncDetector
+from eagleeye.client.dial import Tls
+from eagleeye.client.errors import EagleEyeError
 from eagleeye.client.progress import Progress
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.client.types import Detection, Result
 from eagleeye.harness.stats import percentile
 from eagleeye.scenes import encode_jpeg
 
 WINDOW = 32             # frames sent and not yet answered, at most
-# Errors a new stream would meet again.
-_FINAL = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-          grpc.StatusCode.UNIMPLEMENTED)
 JPEG_QUALITY = 90
 # Input codecs the output may keep: encoders that take yuv420p at a usable speed (others become H.264).
 _YUV420_CODECS = ("h264", "hevc", "mpeg4", "vp8", "vp9")
@@ -70,7 +67,7 @@ class VideoStats:
     latencies_ms: list[float] = field(default_factory=list)
     _last_worker: str = ""
 
-    def answered(self, resp: pb.DetectResponse, latency_s: float) -> None:
+    def answered(self, resp: Result, latency_s: float) -> None:
         self.frames_answered += 1
         self.latencies_ms.append(latency_s * 1000)
         self.by_worker[resp.worker] += 1
@@ -204,11 +201,8 @@ class Run:
         if args.max_frames and stream.frames:
             self._expected = min(args.max_frames, stream.frames)
         self._pending: deque[tuple[int, np.ndarray]] = deque()  # read, not yet written, in order
-        self._unanswered: dict[int, tuple[bytes, float]] = {}    # frame_id -> (request, sent at)
-        self._outbox: asyncio.Queue[pb.DetectRequest | None] = asyncio.Queue()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._latest: list[pb.Detection] = []
+        self._sent_at: dict[int, float] = {}                      # frame index -> sent at, unanswered
+        self._latest: list[Detection] = []
         self._writer: Writer | None = None
         self._stop = asyncio.Event()
         self._done_reading = False
@@ -217,17 +211,15 @@ class Run:
 
     # -- the pieces --------------------------------------------------------------------------------
 
-    def _answered(self, resp: pb.DetectResponse) -> None:
-        sent = self._unanswered.pop(resp.frame_id, None)
-        if sent is None:
-            return  # a frame answered twice (sent again after a broken stream): counted once
-        self.stats.answered(resp, time.monotonic() - sent[1])
-        if len(self._unanswered) < WINDOW:
-            self._room.set()
-        while self._pending and self._pending[0][0] <= resp.frame_id:
+    def _answered(self, result: Result) -> None:
+        sent = self._sent_at.pop(result.frame_id, None)
+        if result.error is not None:
+            print(f"frame {result.frame_id}: {result.error}", file=sys.stderr)
+        self.stats.answered(result, time.monotonic() - sent if sent is not None else 0.0)
+        while self._pending and self._pending[0][0] <= result.frame_id:
             index, image = self._pending.popleft()
-            if index == resp.frame_id:
-                self._latest = list(resp.detections)  # frames not sent (--every) carry the latest boxes
+            if index == result.frame_id:
+                self._latest = list(result.detections)  # frames not sent (--every) carry the latest boxes
             self._write(image)
         self._report()
 
@@ -255,15 +247,9 @@ class Run:
             print(f"video: read {s.frames_read}" + (f" of {self._expected}" if self._expected else "")
                   + f", sent {s.frames_sent}, answered {s.frames_answered}", file=sys.stderr, flush=True)
 
-    @staticmethod
-    async def _requests(outbox: asyncio.Queue[pb.DetectRequest | None]) -> AsyncIterator[pb.DetectRequest]:
-        while True:
-            req = await outbox.get()
-            if req is None:
-                return
-            yield req
-
-    async def _read_frames(self, reader: Reader) -> None:
+    async def _frames(self, reader: Reader) -> AsyncIterator[tuple[int, bytes]]:
+        """The frames to send, as (index, JPEG) pairs: every --every'th, paced by --rate; the library's
+        window (frames sent and not yet answered) holds the reading back when the service is slower."""
         every = self.args.every
         gap = 1 / self.args.rate if self.args.rate else 0.0
         next_at = time.monotonic()
@@ -278,61 +264,20 @@ class Run:
             self.stats.frames_read += 1
             self._pending.append((index, item))
             if index % every == 0:
-                await self._room.wait()
                 if gap:
                     await asyncio.sleep(max(0.0, next_at - time.monotonic()))  # pacing, as --rate asks
                     next_at = max(next_at + gap, time.monotonic() - gap)
-                req = pb.DetectRequest(encoded=await asyncio.to_thread(encode_jpeg, item, JPEG_QUALITY), frame_id=index)
-                if self.args.score_threshold is not None:
-                    req.score_threshold = self.args.score_threshold
-                self._unanswered[index] = (req.SerializeToString(), time.monotonic())
+                jpeg = await asyncio.to_thread(encode_jpeg, item, JPEG_QUALITY)
+                self._sent_at[index] = time.monotonic()
                 self.stats.frames_sent += 1
-                self._outbox.put_nowait(req)
-                if len(self._unanswered) >= WINDOW:
-                    self._room.clear()
+                yield index, jpeg
             index += 1
             self._report()
         self._done_reading = True
-        self._outbox.put_nowait(None)
 
-    async def _stream(self, stub: pb_grpc.DetectorStub) -> None:
-        """Keep one DetectStream open until every sent frame is answered: a broken one (a worker called
-        directly died, or is still loading its model) is reopened with the frames it had not answered,
-        until no frame has been answered for --timeout seconds."""
-        progress_at = time.monotonic()
-        attempt = 0
-        while True:
-            outbox = self._outbox  # this stream's own queue: a dead stream's reader must not take frames
-            call = stub.DetectStream(self._requests(outbox))
-            try:
-                async for resp in call:
-                    attempt, progress_at = 0, time.monotonic()
-                    if resp.HasField("error") and resp.error.message:
-                        print(f"frame {resp.frame_id}: {resp.error.message}", file=sys.stderr)
-                    self._answered(resp)
-                return
-            except grpc.aio.AioRpcError as e:
-                call.cancel()
-                if self._stop.is_set():
-                    return
-                if e.code() in _FINAL or time.monotonic() - progress_at > self.args.timeout:
-                    raise
-                attempt += 1
-                self.stats.reconnects += 1
-                print(f"stream broke ({e.code().name}: {e.details()}); reopening it with the "
-                      f"{len(self._unanswered)} frames not answered yet", file=sys.stderr)
-                await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0))
-                fresh: asyncio.Queue[pb.DetectRequest | None] = asyncio.Queue()
-                for fid in sorted(self._unanswered):
-                    fresh.put_nowait(pb.DetectRequest.FromString(self._unanswered[fid][0]))
-                while not outbox.empty():  # frames queued after them, none sent twice
-                    item = outbox.get_nowait()
-                    if item is not None and item.frame_id not in self._unanswered:
-                        fresh.put_nowait(item)
-                if self._done_reading:
-                    fresh.put_nowait(None)  # the dead stream's reader may have taken the end marker already
-                outbox.put_nowait(None)  # and it stops reading its queue
-                self._outbox = fresh
+    async def _stream(self, det: AsyncDetector, reader: Reader) -> None:
+        async for result in det.stream(self._frames(reader), score_threshold=self.args.score_threshold):
+            self._answered(result)
 
     async def run(self, target: str, tls: Tls | None) -> int:
         reader = Reader(self._container, self.args.max_frames)
@@ -342,30 +287,29 @@ class Run:
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
         code = 0
         try:
-            async with channel(target, tls) as ch:
-                stub = pb_grpc.DetectorStub(ch)
-                streaming = asyncio.create_task(self._stream(stub))
-                reading = asyncio.create_task(self._read_frames(reader))
+            async with AsyncDetector(target, tls=tls, timeout=self.args.timeout, window=WINDOW) as det:
+                streaming = asyncio.create_task(self._stream(det, reader))
                 stopping = asyncio.create_task(self._stop.wait())
                 done, _ = await asyncio.wait({streaming, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if stopping in done:
                     self.stats.interrupted = True
                     streaming.cancel()
-                reading.cancel()
-                await asyncio.gather(streaming, reading, return_exceptions=True)
+                await asyncio.gather(streaming, return_exceptions=True)
                 stopping.cancel()
+                self.stats.reconnects = det.stats["reopened"]
                 if streaming in done and streaming.exception() is not None:
                     e = streaming.exception()
-                    assert isinstance(e, grpc.aio.AioRpcError)
-                    print(f"{self.args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
-                    self.stats.lost = len(self._unanswered)
+                    if not isinstance(e, EagleEyeError):
+                        raise e  # type: ignore[misc]
+                    print(f"{self.args.target}: {e}", file=sys.stderr)
+                    self.stats.lost = len(self._sent_at)
                     code = 1
         finally:
             reader.stop.set()
             with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(signal.SIGINT)
             if self.stats.interrupted:
-                self.stats.unanswered_at_stop = len(self._unanswered)
+                self.stats.unanswered_at_stop = len(self._sent_at)
             elif self._done_reading and not code:
                 while self._pending:  # frames read after the last one sent (--every): the latest boxes
                     self._write(self._pending.popleft()[1])

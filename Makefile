@@ -107,6 +107,7 @@ bench: setup tools
 	$(PY) -m bench.hostile --out bench/out
 	$(PY) -m bench.scale --out bench/out
 	$(PY) -m bench.scale --service-ms 10 --max-batch 8 --no-faults --out bench/out/scale-fast
+	$(PY) -m bench.library --out bench/out
 	@echo "fuzz/abuse pass, $(FUZZ_BENCH_EXAMPLES) examples per property"
 	FUZZ_EXAMPLES=$(FUZZ_BENCH_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 

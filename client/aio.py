@@ -199,6 +199,7 @@ class _StreamRun:
 
     async def results(self, frames: _Frames) -> AsyncIterator[Result]:
         feeder = asyncio.ensure_future(self._feed(frames))
+        watchdog = asyncio.ensure_future(self._watchdog())
         self._open(replay=False)
         attempt = 0
         try:
@@ -208,15 +209,10 @@ class _StreamRun:
                         self._closing = True
                         self._outbox.put_nowait(None)  # done writing: the call ends once the service agrees
                     break
-                wait = None
-                if self._window.unanswered:  # frames wait: no answer within the stall time is a stall
-                    wait = self._progress_at + self._det.stall_s() - time.monotonic()
-                    if wait <= 0:
+                gen, kind, payload = await self._inbox.get()
+                if kind == "stall":
+                    if self._window.unanswered and time.monotonic() - self._progress_at >= self._det.stall_s():
                         attempt = await self._again(attempt, None)
-                        continue
-                try:
-                    gen, kind, payload = await asyncio.wait_for(self._inbox.get(), wait)
-                except TimeoutError:
                     continue
                 if kind == "input":
                     if payload is not None:
@@ -232,9 +228,22 @@ class _StreamRun:
                     attempt = await self._again(attempt, payload)
         finally:
             self._close_call()
-            for task in (feeder, *self._tasks):
+            for task in (feeder, watchdog, *self._tasks):
                 task.cancel()
-            await asyncio.gather(feeder, *self._tasks, return_exceptions=True)
+            await asyncio.gather(feeder, watchdog, *self._tasks, return_exceptions=True)
+
+    async def _watchdog(self) -> None:
+        """Tells the reader when frames have waited the stall time with no answer (one timer per stream,
+        not one per message)."""
+        while True:
+            stall = self._det.stall_s()
+            delay = stall
+            if self._window.unanswered:
+                delay = self._progress_at + stall - time.monotonic()
+                if delay <= 0:
+                    self._inbox.put_nowait((self._gen, "stall", None))
+                    delay = stall
+            await asyncio.sleep(delay)  # the stall timer
 
     def _answer(self, resp: pb.DetectResponse) -> list[Result]:
         now = time.monotonic()
@@ -314,7 +323,6 @@ class _StreamRun:
                 if not self._window.unanswered:
                     self._progress_at = now  # frames start waiting now, not since the last answer
                 self._outbox.put_nowait(self._window.add(user_id, req, now))
-                self._inbox.put_nowait((0, "input", None))
             self._input_done = True
             self._inbox.put_nowait((0, "input", None))
         except Exception as e:

@@ -142,7 +142,7 @@ def pair() -> Iterator[Pair]:
 
 
 def _probe(target: str, xds: str | None, frames: int = 300, streams: int = 2) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "tests.clientprobe", "--target", target, "--frames", str(frames), "--fps", "50",
+    args = [sys.executable, "-m", "bench.clientprobe", "--target", target, "--frames", str(frames), "--fps", "50",
             "--streams", str(streams), "--warmup", "20"] + (["--xds-server", xds] if xds else [])
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

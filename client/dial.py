@@ -130,11 +130,12 @@ def xds_bootstrap(server: str, node_id: str) -> dict[str, Any]:
     """gRPC's xDS bootstrap for the router's control plane at HOST:PORT (plaintext).
 
     `ignore_resource_deletion`: should a control plane ever answer without a resource, clients keep
-    the one they have instead of failing every call.
+    the one they have instead of failing every call. `node.locality`: grpc-js refuses a bootstrap
+    without one ("locality field missing in node element"); an empty one says "no zone" to every gRPC.
     """
     return {"xds_servers": [{"server_uri": server, "channel_creds": [{"type": "insecure"}],
                              "server_features": ["xds_v3", "ignore_resource_deletion"]}],
-            "node": {"id": node_id, "cluster": "eagleeye-clients"}}
+            "node": {"id": node_id, "cluster": "eagleeye-clients", "locality": {}}}
 
 
 def default_node_id() -> str:

@@ -309,6 +309,7 @@ def test_bootstrap_prints_what_grpc_clients_need(capsys: pytest.CaptureFixture[s
     # Without it, a control plane that ever answers without a resource makes every call fail.
     assert "ignore_resource_deletion" in server["server_features"] and "xds_v3" in server["server_features"]
     assert boot["node"]["id"] == "ingest-7"
+    assert boot["node"]["locality"] == {}  # grpc-js refuses a node without one
 
 
 def test_unreadable_tls_files_name_the_flag_and_the_file(tmp_path: Path, certs: Path,

@@ -246,6 +246,9 @@ def test_monitoring_component_scrapes_every_metrics_port_and_carries_the_alerts_
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     endpoints = monitor["spec"]["endpoints"]
     assert [e["port"] for e in endpoints] == ["metrics"] and endpoints[0]["path"] == "/metrics"
+    # eagleeye_health_status carries its own `service` (the health name) that alerts select on: the
+    # target's must not rename it to exported_service.
+    assert endpoints[0].get("honorLabels") is True
     selector = monitor["spec"]["selector"]["matchLabels"]
     base = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     common = {k: v for entry in base["labels"] for k, v in entry["pairs"].items()}

@@ -13,14 +13,15 @@ BUF := $(VENV)/buf/node_modules/.bin/buf
 API_RELEASE := protos/api-release.binpb
 PYTEST_ARGS ?=
 
-.PHONY: setup tools protos check-protos lint lint-protos api-release test test-unit demo bench export-onnx k8s-monitoring train-default-model clean help
+.PHONY: setup tools protos check-protos docs lint lint-protos api-release test test-unit demo bench export-onnx k8s-monitoring train-default-model clean help
 
 help:
 	@echo "make demo     start a worker and stream synthetic video through it"
 	@echo "make test     stubs check, lint, type check and the whole test suite"
 	@echo "make bench    figures: fault matrix vs nginx and zero-hop, faults beyond it, proxy overhead, Check latency, clients behaving badly, long fuzz (~16 min)"
 	@echo "make setup    create $(VENV) and install the project (editable) with its test tools"
-	@echo "make protos   regenerate the gRPC stubs from protos/ (into detector/, router/ and common/)"
+	@echo "make protos   regenerate the gRPC stubs from protos/ (into api/)"
+	@echo "make docs     regenerate docs/client-api.md (the client library's reference) from its docstrings"
 	@echo "make lint     ruff, mypy, and buf lint + breaking-change check of protos/ (against the last API release)"
 	@echo "make train-default-model   retrain the embedded default model (about 25 minutes on 2 cores)"
 
@@ -45,23 +46,31 @@ tools:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 			--no-install-recommends prometheus docker-compose nginx iptables >/dev/null; }
 
-# Stubs (with .pyi type stubs) of protos/eagleeye/SERVICE/... are generated into the top-level folder
-# SERVICE/, which is the import package eagleeye.SERVICE (pyproject.toml's package-dir).
+# Stubs (with .pyi type stubs) of protos/eagleeye/PATH are generated into api/PATH, the import package
+# eagleeye.api.PATH: the wire contract that the client, the router and the worker share. protoc names
+# Python modules after the proto files' paths, so the generated imports (and the module names the
+# messages record) are moved under eagleeye.api; the proto files, packages and wire names are unchanged.
 define gen_protos
 	$(PY) -m grpc_tools.protoc -I protos --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) \
-		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=$(1) $(PROTO_FILES)
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=$(1) $(PROTO_FILES) && \
+	find $(1) -type f -name '*_pb2*.py*' -exec sed -i -E \
+		-e 's/^(from|import) eagleeye\./\1 eagleeye.api./' \
+		-e 's/(BuildTopDescriptorsAndMessages\(DESCRIPTOR, .)eagleeye\./\1eagleeye.api./' {} +
 endef
 
 protos: setup
 	@tmp=$$(mktemp -d) && $(call gen_protos,$$tmp) && \
-	for f in $$(cd $$tmp/eagleeye && find . -type f); do install -D -m 644 "$$tmp/eagleeye/$$f" "$$f"; done; \
-	rm -rf $$tmp; echo "stubs written into detector/, router/ and common/"
+	for f in $$(cd $$tmp/eagleeye && find . -type f); do install -D -m 644 "$$tmp/eagleeye/$$f" "api/$$f"; done; \
+	rm -rf $$tmp; echo "stubs written into api/"
 
 check-protos: setup
 	@tmp=$$(mktemp -d) && $(call gen_protos,$$tmp) && \
 	for f in $$(cd $$tmp/eagleeye && find . -type f); do \
-		cmp -s "$$tmp/eagleeye/$$f" "$$f" || { echo "stale generated stub $${f#./}: run 'make protos'"; rm -rf $$tmp; exit 1; }; \
+		cmp -s "$$tmp/eagleeye/$$f" "api/$$f" || { echo "stale generated stub api/$${f#./}: run 'make protos'"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated stubs are up to date"
+
+docs: setup
+	$(PY) docs/apiref.py > docs/client-api.md.tmp && mv docs/client-api.md.tmp docs/client-api.md
 
 # mypy cannot follow the editable install's import hook, so it reads the package through a tree of
 # links laid out as installed: $(VENV)/typecheck/eagleeye/NAME -> NAME/ for each package-dir entry.
@@ -93,7 +102,7 @@ test: setup tools check-protos lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m eagleeye.client.demo
+	$(PY) -m eagleeye.harness.demo
 
 # Figures, not assertions (docs/benchmarks.md): about 16 minutes on 2 cores. The fault matrix
 # installs the Debian package nginx if it is missing.

@@ -11,7 +11,7 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
-from eagleeye.harness.stats import percentile
+from eagleeye.common.latency import percentile
 
 PRIMARY = "primary"
 STANDBY = "standby"

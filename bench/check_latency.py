@@ -20,8 +20,8 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from eagleeye.common.latency import percentile
 from eagleeye.harness.processes import BIN, Proc
-from eagleeye.harness.stats import percentile
 
 
 async def check_latencies(address: str, n: int) -> list[float]:

@@ -82,7 +82,7 @@ async def _naive_stream(stub: Any, args: argparse.Namespace, ready: asyncio.Even
     """One DetectStream; when it breaks, another for the frames still to come (the unanswered are lost)."""
     import grpc
 
-    from eagleeye.detector.v1 import detector_pb2 as pb
+    from eagleeye.api.detector.v1 import detector_pb2 as pb
 
     frames = _Frames(args.frames, args.fps)
     room = asyncio.Semaphore(WINDOW)
@@ -150,7 +150,7 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.client == "library":
             streams = await asyncio.gather(*(_library_stream(det, args, ready) for _ in range(args.streams)))
         else:
-            from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+            from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
             stub = pb_grpc.DetectorStub(det._channel)
             streams = await asyncio.gather(*(_naive_stream(stub, args, ready) for _ in range(args.streams)))
         cpu = sum(os.times()[:2]) - cpu0

@@ -19,10 +19,10 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.names import DETECTOR_SERVICE, HEADROOM, LIVENESS, READINESS_NAMES
 from eagleeye.common import grpcopts
 from eagleeye.common.logs import event, setup
-from eagleeye.common.names import DETECTOR_SERVICE, HEADROOM, LIVENESS, READINESS_NAMES
-from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.router.wire import request_frame_id
 
 SERVICE = DETECTOR_SERVICE

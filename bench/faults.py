@@ -31,10 +31,10 @@ from bench.analysis import Record
 from bench.matrix import until_ready
 from bench.nginx import Nginx
 from bench.traffic import Clock, _paced, stream_load, unary_load
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.harness.frames import FramePool, make_pool
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.client.frames import FramePool, make_pool
+from eagleeye.common.latency import percentile
 from eagleeye.harness.processes import LocalCluster
-from eagleeye.harness.stats import percentile
 from tests.netns import NetNamespace, cleanup_stale, unavailable_reason
 
 RATE = 15.0            # unary calls per second, and stream frames per second

@@ -37,15 +37,15 @@ from bench.analysis import PRIMARY, Figures, Record, Run, first_answer_from
 from bench.cpu import cpu_seconds
 from bench.nginx import Nginx
 from bench.traffic import Clock, stream_load, unary_load
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2 as fi
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.api.router.v1 import router_pb2, router_pb2_grpc
 from eagleeye.client.dial import xds_bootstrap
-from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
-from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.harness.frames import make_pool
+from eagleeye.client.frames import make_pool
+from eagleeye.common.latency import percentile
 from eagleeye.harness.processes import LocalCluster, Proc
-from eagleeye.harness.stats import percentile
-from eagleeye.router.v1 import router_pb2, router_pb2_grpc
 
 # The load: 30 frames/s either way (unary calls with a 2 s deadline, or three 10 fps cameras).
 UNARY_RATE = 30.0

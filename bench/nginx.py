@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.cpu import cpu_seconds
-from eagleeye.common.names import DETECTOR_SERVICE
+from eagleeye.api.names import DETECTOR_SERVICE
 
 CONFIG = """\
 worker_processes 1;

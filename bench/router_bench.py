@@ -21,11 +21,11 @@ import grpc
 
 from bench.cpu import cpu_seconds
 from bench.otlp_sink import OtlpSink
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.harness.frames import make_pool
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.client.frames import make_pool
+from eagleeye.common.latency import percentile
 from eagleeye.harness.processes import LocalCluster
-from eagleeye.harness.stats import percentile
 
 
 async def sequential(address: str, request: pb.DetectRequest | None, calls: int) -> list[float]:

@@ -35,10 +35,10 @@ import grpc
 
 from bench.cpu import cpu_seconds
 from bench.matrix import XDS_TARGET, free_address, until_router_normal
-from eagleeye.client.admin import positive_arg
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.client.args import positive_arg
 from eagleeye.client.dial import XDS_CHANNEL_OPTIONS, xds_bootstrap
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.harness.processes import Proc
 
 SERVICE_MS, MAX_BATCH = 40.0, 4          # 100 frames/s per worker

@@ -35,17 +35,18 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from eagleeye.client.admin import positive_arg
+from eagleeye.api import names
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2 as fi
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.names import DETECTOR_SERVICE, HEADROOM, LIVENESS, READINESS_NAMES
+from eagleeye.client.args import positive_arg
 from eagleeye.common import grpcopts
 from eagleeye.common.cli import parse_host_port
 from eagleeye.common.grpcguard import guarded
 from eagleeye.common.health import HealthServicer
 from eagleeye.common.loadreport import Counters, LoadReporter
 from eagleeye.common.logs import event, setup
-from eagleeye.common.names import DETECTOR_SERVICE, HEADROOM, LIVENESS, READINESS_NAMES
-from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
-from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
-from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.router.wire import request_frame_id
 
 log = logging.getLogger("eagleeye.simworker")
@@ -189,7 +190,7 @@ class SimWorker:
             await self.batcher.submit()
         except QueueFull as e:
             context.set_trailing_metadata(
-                (*self.load.trailer(), (grpcopts.RETRY_ELSEWHERE_KEY, grpcopts.RETRY_ELSEWHERE_QUEUE_FULL)))
+                (*self.load.trailer(), (names.RETRY_ELSEWHERE_KEY, names.RETRY_ELSEWHERE_QUEUE_FULL)))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
 
     async def detect(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:

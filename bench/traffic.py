@@ -13,11 +13,11 @@ import time
 import grpc
 
 from bench.analysis import Record
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.client.dial import XDS_CHANNEL_OPTIONS, XDS_SCHEME
+from eagleeye.client.frames import FramePool
+from eagleeye.client.load import code_name
 from eagleeye.common.aio import wait_event
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.harness.frames import FramePool
-from eagleeye.harness.load import code_name
 
 
 class Clock:

@@ -15,17 +15,18 @@ import eagleeye.client.quiet  # noqa: F401  (before grpc loads)
 # isort: on
 import grpc
 
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.client import admin, annotate, dial, video
-from eagleeye.client.admin import address_arg, positive_arg, target_arg
+from eagleeye.client import args as args_mod
 from eagleeye.client.aio import AsyncDetector
-from eagleeye.client.dial import UsageError, add_tls_arguments, add_xds_argument, channel
+from eagleeye.client.args import add_tls_arguments, add_xds_argument, address_arg, positive_arg, target_arg
+from eagleeye.client.dial import UsageError, channel
 from eagleeye.client.errors import EagleEyeError
 from eagleeye.client.progress import Progress
 from eagleeye.client.types import Result
 from eagleeye.common.cli import OneLineParser
 from eagleeye.common.telemetry import Telemetry, tracing_configured
 from eagleeye.common.telemetry import setup as telemetry_setup
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 PROG = "eagleeye"
 
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     bo.add_argument("--node-id", metavar="ID",
                     help="how the router lists this client in `eagleeye status` (default: host name and pid)")
 
-    vi = video.add_parser(sub, target_arg, TARGET_HELP)
+    vi = video.add_parser(sub, TARGET_HELP)
     add_tls_arguments(vi)
     add_xds_argument(vi)
 
@@ -199,8 +200,8 @@ def _write_annotated(path: Path, data: bytes, resp: Result, folder: Path) -> boo
 
 async def cmd_load(args: argparse.Namespace) -> int:
     from eagleeye.client.aio import AsyncDetector
-    from eagleeye.harness.frames import make_pool
-    from eagleeye.harness.load import (
+    from eagleeye.client.frames import make_pool
+    from eagleeye.client.load import (
         LoadPlan,
         print_progress,
         run_library_stream,
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     prog = _prog(args)
     try:
         # Everything an action needs from files is read and checked before dialing.
-        args.tls = dial.tls_from_args(args) if args.command != "bootstrap" else None
+        args.tls = args_mod.tls_from_args(args) if args.command != "bootstrap" else None
         if args.command in ("detect", "load", "eval", "video"):
             dial.use_xds(args.target, args.xds_server)
         needs_token = args.command == "admin" and args.action in admin.ACTIONS

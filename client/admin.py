@@ -19,11 +19,12 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from eagleeye.client.dial import Tls, UsageError, add_tls_arguments, channel
-from eagleeye.common.cli import ConfigError, OneLineParser, is_loopback, parse_host_port
+from eagleeye.api.router.v1 import router_pb2 as rpb
+from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
+from eagleeye.client.args import add_tls_arguments, positive_arg, target_arg
+from eagleeye.client.dial import Tls, UsageError, channel
+from eagleeye.common.cli import OneLineParser, is_loopback, parse_host_port
 from eagleeye.common.printable import SHOWN_LIMIT, printable
-from eagleeye.router.v1 import router_pb2 as rpb
-from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 
 TOKEN_ENV = "EAGLEEYE_ADMIN_TOKEN"
 BACKENDS: dict[str, rpb.Backend] = {"primary": rpb.BACKEND_PRIMARY, "standby": rpb.BACKEND_STANDBY}
@@ -60,40 +61,6 @@ examples:
   eagleeye admin switch standby --force --target 10.0.0.5:50059 --tls-ca ca.pem --token-file token
 
 """ + EXIT_CODES
-
-
-def address_arg(text: str) -> str:
-    """argparse type for a HOST:PORT that is not a client target (--xds-server)."""
-    try:
-        parse_host_port("address", text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e).replace("address=", "")) from None
-    return text
-
-
-def target_arg(text: str) -> str:
-    """argparse type for --target: HOST:PORT, or xds:///NAME (zero-hop mode)."""
-    if text.startswith("xds:///"):
-        name = text[len("xds:///"):]
-        if not name or any(c in name for c in "/?# "):
-            raise argparse.ArgumentTypeError(f"{text!r} is not xds:///NAME, e.g. xds:///eagleeye-detector")
-        return text
-    try:
-        parse_host_port("--target", text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def positive_arg(text: str) -> float:
-    """argparse type for a number > 0 (seconds, rates)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
 
 
 def _count(text: str) -> int:

@@ -29,14 +29,14 @@ from typing import Any
 
 import grpc
 
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.client import types
 from eagleeye.client.dial import BOOTSTRAP_ENV, XDS_SCHEME, Tls, channel, default_node_id, xds_bootstrap
 from eagleeye.client.errors import RETRIABLE, Unavailable, from_rpc_error
 from eagleeye.client.types import Image, Knobs, Result
 from eagleeye.client.window import Window
 from eagleeye.common.latency import RecentQuantile, clamped
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_WINDOW = 32
@@ -70,7 +70,17 @@ def _configure_xds(target: str, xds_server: str | None) -> None:
 
 
 class AsyncDetector:
-    """A client of the Detector API: a router (HOST:PORT), a worker, or `xds:///NAME` (zero-hop)."""
+    """A client of the Detector API: a router (HOST:PORT), a worker, or `xds:///NAME` (zero-hop).
+
+    `xds_server`: with `xds:///NAME`, the router's control plane (its --xds-listen HOST:PORT); the
+    library then writes gRPC's xDS bootstrap itself, else GRPC_XDS_BOOTSTRAP must name one. gRPC reads
+    the bootstrap once per process, so every zero-hop client of a process uses the first one's.
+    `tls`: the CA to trust and an optional client certificate (None: plaintext). `timeout`: how long a
+    unary call may take, retries and hedges included, and how long a stream may go without any answer
+    before it gives up (`Unavailable`). `window`: frames of a stream sent and not yet answered, at most.
+    `stats` counts what the library did for the caller (streams reopened, frames replayed, duplicate
+    answers dropped, unary retries and hedges).
+    """
 
     def __init__(self, target: str, *, xds_server: str | None = None, tls: Tls | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S, window: int = DEFAULT_WINDOW) -> None:
@@ -98,6 +108,7 @@ class AsyncDetector:
         await self.close()
 
     async def close(self) -> None:
+        """End every call of this client and its connection; a stream still being read raises."""
         await self._channel.close()
 
     def stall_s(self) -> float:

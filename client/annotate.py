@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.client.types import Detection
-from eagleeye.detector.v1 import detector_pb2 as pb
 
 # Distinct on dark and light backgrounds; a class keeps its colour in every image and frame.
 _PALETTE = ((255, 56, 56), (72, 209, 255), (255, 196, 0), (120, 255, 80), (214, 102, 255), (255, 128, 196))

@@ -16,7 +16,8 @@ import grpc
 
 
 class EagleEyeError(Exception):
-    """A call the service did not answer with detections."""
+    """A call the service did not answer with detections. `code`: the gRPC status code (None when the
+    library itself gave up); `details`: the service's message."""
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None, details: str = "") -> None:
         super().__init__(message)

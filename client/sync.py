@@ -15,17 +15,18 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
+from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.client.aio import DEFAULT_TIMEOUT_S, DEFAULT_WINDOW, AsyncDetector
 from eagleeye.client.dial import Tls
 from eagleeye.client.types import Image, Result
-from eagleeye.detector.v1 import detector_pb2 as pb
 
 T = TypeVar("T")
 _END = object()
 
 
 class Detector:
-    """The same client as AsyncDetector, called from ordinary (threaded) code; safe to share."""
+    """The same client as AsyncDetector, called from ordinary (threaded) code; safe to share between
+    threads. It runs an event loop on a thread of its own; the arguments are AsyncDetector's."""
 
     def __init__(self, target: str, *, xds_server: str | None = None, tls: Tls | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S, window: int = DEFAULT_WINDOW) -> None:
@@ -44,6 +45,8 @@ class Detector:
 
     @property
     def stats(self) -> dict[str, int]:
+        """What the library did for the caller: streams reopened, frames sent again, answers dropped as
+        duplicates, unary retries and hedges."""
         return self._async.stats
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -56,6 +59,7 @@ class Detector:
         self.close()
 
     def close(self) -> None:
+        """End every call of this client, its connection and its thread; calling it again does nothing."""
         if self._loop.is_closed():
             return
         try:
@@ -78,6 +82,7 @@ class Detector:
         self._loop.close()
 
     def model_info(self) -> pb.GetModelInfoResponse:
+        """The model the service runs (name, version, classes, input size)."""
         return self._run(self._async.model_info())
 
     def detect(self, image: Image, **knobs: Any) -> Result:

@@ -8,8 +8,8 @@ from typing import Any
 
 import grpc
 
+from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.client.errors import EagleEyeError, InvalidImage, error_for
-from eagleeye.detector.v1 import detector_pb2 as pb
 
 #: What `detect` and `stream` take as an image: a JPEG or PNG file's bytes, an H x W x 3 uint8 RGB
 #: numpy array (sent raw, no re-encoding) or a PIL image (converted to RGB, sent raw).
@@ -28,6 +28,8 @@ class Box:
 
 @dataclass(frozen=True)
 class Detection:
+    """One object found: its class name (`label`) and index (`class_id`), the model's score (0-1), its box."""
+
     label: str
     score: float
     box: Box
@@ -59,6 +61,7 @@ class Result:
 
     @classmethod
     def of(cls, frame_id: Any, resp: pb.DetectResponse) -> Result:
+        """The Result of a DetectResponse (a frame refused alone becomes `error`), under `frame_id`."""
         error = None
         if resp.HasField("error") and (resp.error.code or resp.error.message):
             code = next((c for c in grpc.StatusCode if c.value[0] == resp.error.code), grpc.StatusCode.UNKNOWN)

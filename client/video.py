@@ -31,11 +31,12 @@ from PIL import Image
 
 from eagleeye.client import annotate
 from eagleeye.client.aio import AsyncDetector
+from eagleeye.client.args import target_arg
 from eagleeye.client.dial import Tls
 from eagleeye.client.errors import EagleEyeError
 from eagleeye.client.progress import Progress
 from eagleeye.client.types import Detection, Result
-from eagleeye.harness.stats import percentile
+from eagleeye.common.latency import percentile
 from eagleeye.scenes import encode_jpeg
 
 WINDOW = 32             # frames sent and not yet answered, at most
@@ -324,7 +325,7 @@ class Run:
         return code if not self.stats.lost else 1
 
 
-def add_parser(sub: Any, target_arg: Any, target_help: str) -> argparse.ArgumentParser:
+def add_parser(sub: Any, target_help: str) -> argparse.ArgumentParser:
     v: argparse.ArgumentParser = sub.add_parser(
         "video", help="detect objects in a video file, a stream URL or a camera; write it annotated",
         description="Send a video's frames over one DetectStream (through the router, a failover loses none); "

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.client.types import Result
-from eagleeye.detector.v1 import detector_pb2 as pb
 
 # A frame a worker could not take (its queue full: retry elsewhere) is sent again this many times at most.
 MAX_FRAME_RETRIES = 3

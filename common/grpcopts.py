@@ -23,11 +23,3 @@ def streams_per_connection(calls: int) -> list[tuple[str, int]]:
 def message_size_options(max_bytes: int) -> list[tuple[str, int]]:
     """Send/receive limits for messages carrying frames of up to `max_bytes`."""
     return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
-
-# Trailing metadata a worker sets on RESOURCE_EXHAUSTED when its queue is full (the request itself is
-# fine): the router may try another worker. An oversized image is RESOURCE_EXHAUSTED without it.
-RETRY_ELSEWHERE_KEY = "eagleeye-retry-elsewhere"
-# Trailing metadata of a router's answer when it filled in request defaults (request_defaults): the
-# router states whose defaults applied, with how many requests or frames each, e.g. "FAILOVER=1".
-REQUEST_DEFAULTS_KEY = "eagleeye-request-defaults"
-RETRY_ELSEWHERE_QUEUE_FULL = "queue-full"

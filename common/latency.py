@@ -74,3 +74,11 @@ class BackendTimers:
 
     def stall_s(self) -> float:
         return self._stall_s
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (nearest rank), None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]

@@ -35,14 +35,13 @@ from dataclasses import dataclass
 
 import grpc
 
+from eagleeye.api import names
+from eagleeye.api.common.orca.v3 import orca_pb2
 from eagleeye.common.admission import Full, Slots, peer_key
-from eagleeye.common.orca.v3 import orca_pb2
 
-TRAILER = "endpoint-load-metrics-bin"
-OOB_SERVICE = "xds.service.orca.v3.OpenRcaService"
-OOB_METHOD = "StreamCoreMetrics"
+TRAILER, OOB_SERVICE, OOB_METHOD = names.ORCA_TRAILER, names.ORCA_OOB_SERVICE, names.ORCA_OOB_METHOD
 OOB_PATH = f"/{OOB_SERVICE}/{OOB_METHOD}"
-QUEUE, QUEUE_CAPACITY, GPU = "queue", "queue_capacity", "gpu"
+QUEUE, QUEUE_CAPACITY, GPU = names.ORCA_QUEUE, names.ORCA_QUEUE_CAPACITY, names.ORCA_GPU
 
 WINDOW_S = 2.0            # rates and utilisation are over about this long
 CACHE_S = 0.1             # a report is recomputed at most this often

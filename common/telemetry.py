@@ -20,9 +20,9 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 
+from eagleeye.api.names import DETECTOR_SERVICE
 from eagleeye.common.cli import ConfigError, parse_host_port
 from eagleeye.common.logs import event
-from eagleeye.common.names import DETECTOR_SERVICE
 
 log = logging.getLogger("eagleeye.telemetry")
 

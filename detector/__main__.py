@@ -16,6 +16,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from eagleeye.api import names
+from eagleeye.api.detector.v1 import detector_pb2_grpc
+from eagleeye.api.names import DETECTOR_SERVICE
 from eagleeye.common import grpcopts
 from eagleeye.common import telemetry as telemetry_mod
 from eagleeye.common.cli import ConfigError, OneLineParser, parse_host_port, probe_bind, run_service
@@ -24,7 +27,6 @@ from eagleeye.common.health import HealthServicer
 from eagleeye.common.loadreport import Counters, LoadReporter
 from eagleeye.common.logs import LOG_FORMATS, event
 from eagleeye.common.looplag import LoopLagMonitor
-from eagleeye.common.names import DETECTOR_SERVICE
 from eagleeye.common.serving import HEALTH_SERVICE, add_listener, health_server, serve_reflection
 from eagleeye.common.tls import ServerTls
 from eagleeye.detector import config as config_mod
@@ -37,7 +39,6 @@ from eagleeye.detector.metrics import DetectorMetrics
 from eagleeye.detector.monitor import Golden, HealthPublisher, Monitor
 from eagleeye.detector.pipeline import LatencyWindow, Pipeline
 from eagleeye.detector.server import Defaults, DetectorServicer
-from eagleeye.detector.v1 import detector_pb2_grpc
 
 log = logging.getLogger("eagleeye.detector")
 PROG = "eagleeye-detector"
@@ -129,7 +130,7 @@ def load_and_warm(cfg: DetectorConfig, device: str) -> tuple[Detector, Any, Gold
 async def serve(cfg: DetectorConfig) -> int:
     """Run the worker until SIGTERM/SIGINT; returns the exit code."""
     loop = asyncio.get_running_loop()
-    frame_limit = cfg.max_image_bytes + 64 * 1024
+    frame_limit = cfg.max_image_bytes + names.MESSAGE_OVERHEAD_BYTES
     host, wanted = parse_host_port("listen", cfg.listen)
     probe_bind("listen", host, wanted)
     tel = telemetry_mod.setup("eagleeye-detector", cfg.worker_id or cfg.listen, cfg.metrics_listen or None)
@@ -175,8 +176,8 @@ async def serve(cfg: DetectorConfig) -> int:
     hooks: InferenceHooks | None = None
     telemetry = SwitchableSource(NoGpu("device not opened yet"))
     if cfg.fault_injection:
+        from eagleeye.api.detector.testing.v1 import fault_injection_pb2, fault_injection_pb2_grpc
         from eagleeye.detector.faults import FaultHooks, FaultInjectionServicer
-        from eagleeye.detector.testing.v1 import fault_injection_pb2, fault_injection_pb2_grpc
 
         hooks = FaultHooks()
     monitor = Monitor(cfg.health, telemetry, publisher, latency)

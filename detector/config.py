@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eagleeye.api import names
 from eagleeye.common import settings, tls
 from eagleeye.common.cli import ConfigError, is_loopback, parse_host_port
 from eagleeye.common.logs import LOG_FORMATS
@@ -100,10 +101,10 @@ class DetectorConfig:
     score_threshold: float = 0.3
     iou_threshold: float = 0.5
     max_detections: int = 100
-    max_image_bytes: int = 32 * MiB
+    max_image_bytes: int = names.DEFAULT_MAX_IMAGE_BYTES
     # 4K is the largest input a 256-320 px model gains anything from; a 4096x4096 RGB image decodes to
     # 48 MiB. Larger images (by header, before decoding) are refused.
-    max_image_pixels: int = 4096 * 4096
+    max_image_pixels: int = names.DEFAULT_MAX_IMAGE_PIXELS
     # Encoded bytes admitted to decoding at once; beyond it RESOURCE_EXHAUSTED (busy: try another
     # worker). Four largest images: decoding runs on two threads, so two more wait.
     max_decode_bytes: int = 128 * MiB

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import grpc
 
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2 as pb
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2_grpc as pb_grpc
 from eagleeye.common.logs import event
 from eagleeye.detector.batcher import Batcher, InferenceHooks
 from eagleeye.detector.gpu import GpuSample, SwitchableSource
-from eagleeye.detector.testing.v1 import fault_injection_pb2 as pb
-from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as pb_grpc
 
 log = logging.getLogger("eagleeye.faults")
 

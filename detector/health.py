@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from eagleeye.common.names import HEADROOM, LIVENESS, READINESS_NAMES
+from eagleeye.api.names import HEADROOM, LIVENESS, READINESS_NAMES
 from eagleeye.detector.config import HealthConfig
 from eagleeye.detector.gpu import GpuSample
 

@@ -12,9 +12,11 @@ from typing import Any
 
 import grpc
 
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.api.names import RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL
 from eagleeye.common.errors import IncidentLog
 from eagleeye.common.grpcguard import MalformedRequest
-from eagleeye.common.grpcopts import RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL
 from eagleeye.common.loadreport import LoadReporter
 from eagleeye.common.logs import event
 from eagleeye.detector.batcher import InferenceFailed, InferenceUnavailable, QueueFull
@@ -22,8 +24,6 @@ from eagleeye.detector.imaging import ImageError
 from eagleeye.detector.metrics import DetectorMetrics
 from eagleeye.detector.pipeline import DecodeBusy, EncodedImage, Pipeline, Query, RawImage, Result
 from eagleeye.detector.postprocess import Selection
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 
 log = logging.getLogger("eagleeye.detector")
 

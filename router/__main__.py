@@ -13,6 +13,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from eagleeye.api.names import DETECTOR_SERVICE
+from eagleeye.api.router.v1 import router_pb2, router_pb2_grpc
 from eagleeye.common import grpcopts, settings, telemetry
 from eagleeye.common.admission import Slots
 from eagleeye.common.cli import OneLineParser, parse_host_port, probe_bind, run_service
@@ -22,7 +24,6 @@ from eagleeye.common.latency import BackendTimers
 from eagleeye.common.logs import LOG_FORMATS, event
 from eagleeye.common.looplag import LoopLagMonitor
 from eagleeye.common.memory import return_large_buffers
-from eagleeye.common.names import DETECTOR_SERVICE
 from eagleeye.common.serving import HEALTH_SERVICE, add_listener, health_server, serve_reflection
 from eagleeye.common.tls import ServerTls
 from eagleeye.router import config as config_mod
@@ -34,7 +35,6 @@ from eagleeye.router.fleet import Backend
 from eagleeye.router.links import Links
 from eagleeye.router.membership import Membership, entries
 from eagleeye.router.proxy import Proxy
-from eagleeye.router.v1 import router_pb2, router_pb2_grpc
 from eagleeye.router.watcher import BackendWatcher
 from eagleeye.router.xds.server import XdsPublisher
 

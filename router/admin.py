@@ -34,14 +34,14 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from eagleeye.api.router.v1 import router_pb2 as pb
+from eagleeye.api.router.v1 import router_pb2_grpc as pb_grpc
 from eagleeye.common.admission import Full, Slots, peer_key
 from eagleeye.common.logs import event
 from eagleeye.common.printable import printable
 from eagleeye.router.adminaccess import AdminLimits, FailurePacing
 from eagleeye.router.controller import Controller, SwitchEvent
 from eagleeye.router.fleet import Backend
-from eagleeye.router.v1 import router_pb2 as pb
-from eagleeye.router.v1 import router_pb2_grpc as pb_grpc
 from eagleeye.router.xds import resources as xds
 from eagleeye.router.xds.server import XdsPublisher
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eagleeye.api import names
 from eagleeye.common import settings, tls
 from eagleeye.common.cli import ConfigError, parse_host_port
 from eagleeye.common.logs import LOG_FORMATS
@@ -95,7 +96,7 @@ class RouterConfig:
     admin_max_anonymous_streams_per_peer: int = AdminLimits.max_anonymous_streams_per_peer
     # The worker's limit (its max_image_bytes plus 64 KiB), so that nothing the router accepts is
     # refused by a worker for its size; counted after decompression.
-    max_message_bytes: int = 32 * 1024 * 1024 + 64 * 1024
+    max_message_bytes: int = names.DEFAULT_MAX_IMAGE_BYTES + names.MESSAGE_OVERHEAD_BYTES
     max_concurrent_rpcs: int = 1000     # unary calls at once, all clients together
     max_concurrent_streams: int = 1000  # DetectStream calls at once, all clients together
     # ... and from one client (its address, with mTLS also its certificate identity): a quarter, so that

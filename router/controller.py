@@ -19,10 +19,10 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 from opentelemetry import metrics
 
+from eagleeye.api.names import LIVENESS, READINESS_NAMES, REDUNDANCY
 from eagleeye.common.aio import wait_event
 from eagleeye.common.latency import BackendTimers
 from eagleeye.common.logs import event
-from eagleeye.common.names import LIVENESS, READINESS_NAMES, REDUNDANCY
 from eagleeye.router.fleet import Backend, Role, StreamPlace
 from eagleeye.router.fleetpolicy import FleetDecision, FleetPolicy, FleetTransition, Side
 from eagleeye.router.metrics import RouterMetrics

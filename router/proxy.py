@@ -20,13 +20,11 @@ from typing import Any
 
 import grpc
 
+from eagleeye.api.names import DETECTOR_SERVICE, ORCA_TRAILER, REQUEST_DEFAULTS_KEY, RETRY_ELSEWHERE_KEY
 from eagleeye.common.admission import Full, Slots, peer_key
 from eagleeye.common.errors import IncidentLog
-from eagleeye.common.grpcopts import REQUEST_DEFAULTS_KEY, RETRY_ELSEWHERE_KEY
-from eagleeye.common.loadreport import TRAILER
 from eagleeye.common.logs import event
 from eagleeye.common.memory import LargeMessageReclaimer
-from eagleeye.common.names import DETECTOR_SERVICE
 from eagleeye.router import stream as st
 from eagleeye.router import unary as un
 from eagleeye.router.budget import RetryBudget
@@ -45,7 +43,7 @@ STREAM_METHOD = "DetectStream"
 # A worker's load report (common/loadreport.py) describes that worker, not the router: a client that
 # balances router replicas by load must not read a worker's report as the replica's.
 _HOP_BY_HOP = frozenset({"content-type", "te", "user-agent", "grpc-timeout", "grpc-encoding",
-                         "grpc-accept-encoding", "host", "authorization", TRAILER})
+                         "grpc-accept-encoding", "host", "authorization", ORCA_TRAILER})
 # When the router traces, its own client interceptor writes these (as the child of its span).
 TRACE_HEADERS = frozenset({"traceparent", "tracestate", "grpc-trace-bin", "baggage"})
 Metadata = tuple[tuple[str, str | bytes], ...]

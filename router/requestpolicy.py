@@ -15,8 +15,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.common.cli import ConfigError
-from eagleeye.detector.v1 import detector_pb2 as pb
 
 STATES = ("NORMAL", "DEGRADED", "FAILOVER", "RECOVERING", "STANDBY_DOWN", "BOTH_DOWN")
 

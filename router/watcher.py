@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from eagleeye.api.names import HEADROOM, READINESS
 from eagleeye.common import loadreport
 from eagleeye.common.loadreport import Load
 from eagleeye.common.logs import event
-from eagleeye.common.names import HEADROOM, READINESS
 from eagleeye.common.tls import channel_credentials
 from eagleeye.router.config import RouterConfig
 from eagleeye.router.policy import BackendView

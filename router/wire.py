@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from google.protobuf.message import DecodeError
 
-from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2 as pb
 
 
 class WireError(ValueError):

@@ -21,11 +21,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2 as fi
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.common.grpcopts import CONNECTION_SPARE_CALLS
-from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
-from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.harness.processes import BIN, LocalCluster, Proc
 from eagleeye.scenes import encode_png, make_scene
 from tests.conftest import fast_config
@@ -151,8 +151,8 @@ async def test_a_router_starting_while_another_client_holds_every_watch_slot_kee
     """Issue 20: a client holds all 100 Watch slots of the primary (here a worker without the per-client
     bound), then a router starts. The refusal is not a failure: the router keeps the primary by its Checks,
     says so, and takes a Watch once a slot frees."""
-    from eagleeye.router.v1 import router_pb2 as rpb
-    from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+    from eagleeye.api.router.v1 import router_pb2 as rpb
+    from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
 
     (tmp_path / "primary").mkdir()
     (tmp_path / "standby").mkdir()

@@ -22,11 +22,11 @@ import pytest
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from eagleeye.common.names import HEADROOM, LIVENESS, READINESS_NAMES
+from eagleeye.api.names import HEADROOM, LIVENESS, READINESS_NAMES
+from eagleeye.api.router.v1 import router_pb2 as rpb
+from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
 from eagleeye.harness.processes import BIN, Proc
 from eagleeye.router.adminaccess import ADMIN_MAX_CALLS_PER_PEER, ADMIN_REQUEST_TIMEOUT_S
-from eagleeye.router.v1 import router_pb2 as rpb
-from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 from tests.h2raw import StalledPeer
 
 pytestmark = pytest.mark.integration

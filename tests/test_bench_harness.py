@@ -18,9 +18,9 @@ from bench.analysis import Run, fault_figures
 from bench.nginx import Nginx
 from bench.nginx import find as find_nginx
 from bench.traffic import Clock, stream_load, unary_load
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.harness.frames import make_pool
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.client.frames import make_pool
 from eagleeye.harness.processes import Proc
 
 pytestmark = pytest.mark.integration

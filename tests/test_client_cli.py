@@ -20,9 +20,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from eagleeye.api.router.v1 import router_pb2 as rpb
+from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
 from eagleeye.client.__main__ import main
-from eagleeye.router.v1 import router_pb2 as rpb
-from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token-of-32-bytes-or-more"  # as long as a router accepts

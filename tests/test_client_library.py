@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.client import AsyncDetector, Detector, InvalidImage, Unavailable
 from eagleeye.client import types as ct
 from eagleeye.client.window import MAX_FRAME_RETRIES, Window
-from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.harness.processes import Proc
 from eagleeye.scenes import encode_png, make_scene
 

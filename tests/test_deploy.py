@@ -1082,6 +1082,14 @@ def dockerfile_stages() -> dict[str, str]:
     return {re.match(r"FROM \S+(?: AS (\S+))?", p).group(1) or "": p for p in parts}  # type: ignore[union-attr]
 
 
+def test_the_dockerfile_copies_every_folder_the_package_is_built_from() -> None:
+    import tomllib
+
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    copied = set(re.findall(r"^COPY (\S+) /src/\1$", (ROOT / "compose" / "Dockerfile").read_text(), re.M))
+    assert set(folders) <= copied, f"compose/Dockerfile does not COPY {sorted(set(folders) - copied)}"
+
+
 @pytest.mark.parametrize("stage", ["router", "detector"])
 def test_dockerfile_images_are_non_root_with_a_grpc_healthcheck_on_the_health_port(stage: str) -> None:
     stages = dockerfile_stages()

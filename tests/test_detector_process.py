@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eagleeye.api.common.orca.v3 import orca_pb2
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2 as fi
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.common import loadreport
 from eagleeye.common.loadreport import QUEUE_CAPACITY, TRAILER
-from eagleeye.common.orca.v3 import orca_pb2
-from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
-from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.scenes import encode_jpeg, encode_png, make_scene
 from tests.conftest import fast_config
 from tests.h2raw import Relay, literal_header_values

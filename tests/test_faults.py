@@ -16,9 +16,9 @@ import grpc
 import pytest
 
 from bench.faults import SHORT, LoadFigures, hang, overload, partition, slow_reader
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.harness.frames import make_pool
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.client.frames import make_pool
 from tests.conftest import fast_config
 from tests.procs import Proc, start_detector
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.harness.processes import LocalCluster
 from eagleeye.scenes import encode_jpeg, encode_png, make_scene
 

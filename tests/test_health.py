@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from eagleeye.common.names import HEADROOM, LIVENESS, READINESS_NAMES
+from eagleeye.api.names import HEADROOM, LIVENESS, READINESS_NAMES
 from eagleeye.detector.config import HealthConfig
 from eagleeye.detector.gpu import LOST, GpuSample
 from eagleeye.detector.health import (

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 import grpc
 import pytest
 
+from eagleeye.api.common.orca.v3 import orca_pb2
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.common import loadreport
 from eagleeye.common.loadreport import CACHE_S, GPU, QUEUE, QUEUE_CAPACITY, TRAILER, Counters, Load, LoadReporter
-from eagleeye.common.orca.v3 import orca_pb2
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.harness.processes import Proc
 from tests.h2raw import Relay, literal_header_values
 

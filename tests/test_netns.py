@@ -16,9 +16,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from eagleeye.api.router.v1 import router_pb2 as router_pb
+from eagleeye.api.router.v1 import router_pb2_grpc as router_grpc
 from eagleeye.harness.processes import LocalCluster, Proc
-from eagleeye.router.v1 import router_pb2 as router_pb
-from eagleeye.router.v1 import router_pb2_grpc as router_grpc
 from tests.netns import NetNamespace, cleanup_stale, unavailable_reason
 from tests.procs import SERVING
 

@@ -83,8 +83,8 @@ def test_a_worker_on_onnx_runtime_serves_names_its_backend_and_reaches_the_bar(o
 def test_model_info_names_the_backend(onnx_worker: Proc) -> None:
     import grpc
 
-    from eagleeye.detector.v1 import detector_pb2 as pb
-    from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+    from eagleeye.api.detector.v1 import detector_pb2 as pb
+    from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
 
     onnx_worker.wait_for_event("model ready", timeout=120)
     with grpc.insecure_channel(onnx_worker.address) as ch:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from eagleeye.common.names import DETECTOR_SERVICE
-from eagleeye.detector.v1 import detector_pb2
+from eagleeye.api.detector.v1 import detector_pb2
+from eagleeye.api.names import DETECTOR_SERVICE
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_ONLY = ("torch", "nvidia-ml-py")
@@ -68,8 +68,9 @@ def test_the_wheel_holds_only_the_eagleeye_package_and_its_typed_stubs(wheel: Pa
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"eagleeye"}
-    for stub in ("eagleeye/detector/v1/detector_pb2.pyi", "eagleeye/router/v1/router_pb2.pyi",
-                 "eagleeye/detector/testing/v1/py.typed", "eagleeye/detector/defaultmodel/default.pt2"):
+    for stub in ("eagleeye/api/detector/v1/detector_pb2.pyi", "eagleeye/api/router/v1/router_pb2.pyi",
+                 "eagleeye/api/detector/testing/v1/py.typed", "eagleeye/api/names.py",
+                 "eagleeye/detector/defaultmodel/default.pt2"):
         assert stub in names
     assert not [n for n in names if n.startswith(("eagleeye/bench", "eagleeye/tests", "tests/", "bench/"))]
 
@@ -85,12 +86,12 @@ def test_torch_and_nvml_come_only_with_the_detector_extra(wheel: Path) -> None:
 
 
 def test_router_and_client_import_without_torch_and_top_level_folders_are_not_installed(installed: Path) -> None:
-    done = run_in(installed, "import sys, eagleeye.router.__main__, eagleeye.client.__main__, eagleeye.harness.load; "
+    done = run_in(installed, "import sys, eagleeye.router.__main__, eagleeye.client.__main__, eagleeye.client.load; "
                              "print(eagleeye.router.__main__.__file__); print('torch' in sys.modules)")
     assert done.returncode == 0, done.stderr
     where, torch_loaded = done.stdout.split()
     assert str(installed) in where and torch_loaded == "False"
-    for name in ("common", "client", "detector", "router", "harness", "scenes"):
+    for name in ("api", "common", "client", "detector", "router", "harness", "scenes"):
         refused = run_in(installed, f"import {name}")
         assert refused.returncode != 0 and "ModuleNotFoundError" in refused.stderr, name
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.api.router.v1 import router_pb2 as rpb
+from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
 from eagleeye.harness.processes import Proc
-from eagleeye.router.v1 import router_pb2 as rpb
-from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,9 +23,9 @@ import grpc
 import pytest
 import yaml
 
+from eagleeye.api.router.v1 import router_pb2 as rpb
+from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
 from eagleeye.harness.processes import LocalCluster
-from eagleeye.router.v1 import router_pb2 as rpb
-from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 from tests.test_router_process import LoadRun
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.common.cli import ConfigError
-from eagleeye.detector.v1 import detector_pb2 as pb
 from eagleeye.router.requestpolicy import RequestPolicy, check, parse_flag
 
 SEED = {"FAILOVER": {"score_threshold": 0.4}}

@@ -16,10 +16,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
-from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2 as fi
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.harness.processes import BIN, LocalCluster
 from eagleeye.scenes import encode_png, make_scene
 from tests.conftest import fast_config
@@ -249,8 +249,8 @@ def test_status_cli_and_admin_actions(cluster: LocalCluster) -> None:
     assert weights == {"BACKEND_PRIMARY": 95, "BACKEND_STANDBY": 5}
     assert state["recent_events"][-1]["to_state"] == "NORMAL"
 
-    from eagleeye.router.v1 import router_pb2 as rpb
-    from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+    from eagleeye.api.router.v1 import router_pb2 as rpb
+    from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
 
     # Reflection: the client port shows the Detector API (and not the admin API), the admin port the admin API.
     listed, methods = reflect(cluster.router_address, "eagleeye.detector.v1.Detector")
@@ -286,8 +286,8 @@ def test_status_cli_and_admin_actions(cluster: LocalCluster) -> None:
 
 
 async def test_request_defaults_apply_in_their_state_only_and_say_so(cluster: LocalCluster) -> None:
-    from eagleeye.router.v1 import router_pb2 as rpb
-    from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+    from eagleeye.api.router.v1 import router_pb2 as rpb
+    from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
 
     image = encode_png(make_scene(3, (160, 120)).image)
 
@@ -371,8 +371,8 @@ async def test_a_client_streams_own_deadline_is_not_a_worker_failure(cluster: Lo
     assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
     moved = [e for e in cluster.router.events if e["event"] in ("stream moved", "switch", "ejected")]
     assert not moved, moved
-    from eagleeye.router.v1 import router_pb2 as rpb
-    from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
+    from eagleeye.api.router.v1 import router_pb2 as rpb
+    from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
 
     with grpc.insecure_channel(cluster.admin_address) as ch:  # (a Detect may go to the standby: 5 % of them do)
         state = rpb_grpc.RouterAdminStub(ch).GetState(rpb.GetStateRequest(), timeout=5).state

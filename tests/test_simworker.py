@@ -10,11 +10,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.simworker import Faults, QueueFull, SimBatcher
-from eagleeye.common.grpcopts import RETRY_ELSEWHERE_KEY
-from eagleeye.detector.testing.v1 import fault_injection_pb2 as fi
-from eagleeye.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2 as fi
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.api.names import RETRY_ELSEWHERE_KEY
 from eagleeye.harness.processes import Proc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eagleeye.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.router.wire import WireError, request_frame_id, response_frame_id
 
 

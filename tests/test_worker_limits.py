@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
+from eagleeye.api.names import RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL
 from eagleeye.common.errors import IncidentLog
-from eagleeye.common.grpcopts import RETRY_ELSEWHERE_KEY, RETRY_ELSEWHERE_QUEUE_FULL
 from eagleeye.detector.batcher import BatchResult, InferenceFailed, InferenceUnavailable, QueueFull
 from eagleeye.detector.contract import ModelMeta, RawDetections
 from eagleeye.detector.imaging import ImageError, ImageLimits, Letterbox
 from eagleeye.detector.pipeline import DecodeAdmission, DecodeBusy, EncodedImage, LatencyWindow, Pipeline, RawImage
 from eagleeye.detector.server import Defaults, DetectorServicer, RequestError, Slots, _status_of
-from eagleeye.detector.v1 import detector_pb2 as pb
-from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
 from eagleeye.scenes import encode_png
 
 MiB = 1024 * 1024

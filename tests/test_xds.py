@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from eagleeye.api.router.xds.v3 import xds_pb2 as x
 from eagleeye.common.printable import SHOWN_LIMIT, printable
 from eagleeye.router.fleet import Backend
 from eagleeye.router.policy import State
 from eagleeye.router.xds import resources as xds
 from eagleeye.router.xds import session as ads
-from eagleeye.router.xds.v3 import xds_pb2 as x
 
 P, S = Backend.PRIMARY, Backend.STANDBY
 HEALTHY, UNHEALTHY, DRAINING, UNKNOWN = x.HEALTHY, x.UNHEALTHY, x.DRAINING, x.UNKNOWN

@@ -21,15 +21,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from eagleeye.api.router.v1 import router_pb2 as rpb
+from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
+from eagleeye.api.router.xds.v3 import xds_pb2 as x
 from eagleeye.client.admin import print_state
 from eagleeye.common.printable import SHOWN_LIMIT, printable
 from eagleeye.harness.processes import Proc
-from eagleeye.router.v1 import router_pb2 as rpb
-from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 from eagleeye.router.xds import resources as xds
 from eagleeye.router.xds.server import ADS_METHOD, ADS_PATH, FIRST_REQUEST_TIMEOUT_S
 from eagleeye.router.xds.session import MAX_NAMES_PER_TYPE, NACK_LOG_INTERVAL_S
-from eagleeye.router.xds.v3 import xds_pb2 as x
 from tests.h2raw import StalledPeer
 
 pytestmark = pytest.mark.integration

@@ -1,9 +1,13 @@
-"""Zero-hop mode with real processes: stock grpcio xDS clients take the router's decisions and call the
-workers directly (tests/xdsprobe.py: threads calling GetModelInfo on xds:///eagleeye-detector)."""
+"""Zero-hop mode with real processes: stock xDS clients take the router's decisions and call the workers
+directly: grpcio's (tests/xdsprobe.py: threads calling GetModelInfo on xds:///eagleeye-detector) and, in
+another gRPC implementation, grpc-js's (tests/grpcjs/xdsprobe.js, with the bootstrap `eagleeye
+bootstrap` prints; npm packages installed by the test's own setup)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +21,9 @@ from typing import Any
 import grpc
 import pytest
 
+from eagleeye.api.router.v1 import router_pb2 as rpb
+from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
 from eagleeye.harness.processes import BIN, LocalCluster
-from eagleeye.router.v1 import router_pb2 as rpb
-from eagleeye.router.v1 import router_pb2_grpc as rpb_grpc
 from tests.conftest import fast_config
 
 pytestmark = pytest.mark.integration
@@ -27,13 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Probe:
-    """tests/xdsprobe.py in the background; its windows as they come."""
+    """tests/xdsprobe.py (or `command`: a probe printing the same lines) in the background; its windows as
+    they come."""
 
-    def __init__(self, xds_address: str, duration: float, threads: int = 4, window: float = 0.05) -> None:
+    def __init__(self, xds_address: str, duration: float, threads: int = 4, window: float = 0.05,
+                 command: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "tests.xdsprobe", "--xds-server", xds_address, "--threads", str(threads),
-             "--duration", str(duration), "--window", str(window)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            command or [sys.executable, "-m", "tests.xdsprobe", "--xds-server", xds_address, "--threads",
+                        str(threads), "--duration", str(duration), "--window", str(window)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.windows: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self._ready = False
@@ -50,10 +56,18 @@ class Probe:
                 else:
                     self.windows.append(item)
                 self._cond.notify_all()
+        self.popen.wait()  # its output ended: wake whoever waits, to see it gone
+        with self._cond:
+            self._cond.notify_all()
 
     def wait_ready(self, timeout: float = 30) -> None:
         with self._cond:
-            assert self._cond.wait_for(lambda: self._ready, timeout), self.popen.stderr
+            ready = self._cond.wait_for(lambda: self._ready or self.popen.poll() is not None, timeout) and self._ready
+        if not ready:
+            self.stop()
+            assert self.popen.stderr is not None
+            raise AssertionError(f"the probe never got an answer: its calls' errors {totals(self.windows)[2]}; "
+                                 f"its stderr: {self.popen.stderr.read()[-3000:]}")
         self.wait_windows(2)
 
     def wait_windows(self, n: int, timeout: float = 30) -> None:
@@ -259,3 +273,66 @@ def test_the_client_tool_and_status_in_zero_hop_mode(cluster: LocalCluster) -> N
     summary = json.loads(load.stdout.strip().splitlines()[-1])
     assert load.returncode == 0 and summary["errors"] == 0, load.stderr
     assert summary["by_worker"].get("primary", 0) > summary["by_worker"].get("standby", 0)
+
+
+# -- another gRPC implementation: grpc-js ---------------------------------------------------------------
+
+GRPCJS = ROOT / "tests" / "grpcjs"
+
+
+@pytest.fixture(scope="module")
+def grpcjs_modules() -> Path:
+    """tests/grpcjs/package.json's packages, installed with npm into the virtual environment (once, and
+    again when package.json changes). No lock file: one would name the registry it came from."""
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.fail("node and npm are needed for the grpc-js zero-hop test (Debian packages nodejs and npm)")
+    where = Path(sys.prefix) / "grpcjs"
+    wanted = (GRPCJS / "package.json").read_text()
+    installed = where / "package.json"
+    if not installed.exists() or installed.read_text() != wanted or not (where / "node_modules").is_dir():
+        where.mkdir(parents=True, exist_ok=True)
+        installed.write_text(wanted)
+        done = subprocess.run([npm, "install", "--no-package-lock", "--no-audit", "--no-fund", "--silent"],
+                              cwd=where, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            installed.unlink()  # installed again next time
+            pytest.fail(f"npm install of tests/grpcjs/package.json failed: {done.stderr[-2000:]}")
+    return where / "node_modules"
+
+
+def grpcjs_probe(cluster: LocalCluster, modules: Path, tmp_path: Path, duration: float) -> Probe:
+    bootstrap = subprocess.run([str(BIN / "eagleeye"), "bootstrap", "--xds-server", cluster.xds_address,
+                                "--node-id", "grpcjs-probe"], capture_output=True, text=True, timeout=30, check=True)
+    (tmp_path / "bootstrap.json").write_text(bootstrap.stdout)
+    env = {**os.environ, "GRPC_XDS_BOOTSTRAP": str(tmp_path / "bootstrap.json"), "NODE_PATH": str(modules)}
+    env.pop("GRPC_XDS_BOOTSTRAP_CONFIG", None)
+    return Probe(cluster.xds_address, duration, env=env, command=[
+        "node", str(GRPCJS / "xdsprobe.js"), "--protos", str(ROOT / "protos"), "--calls", "4",
+        "--duration", str(duration), "--window", "0.05"])
+
+
+def test_a_grpcjs_client_with_eagleeyes_bootstrap_splits_and_rides_out_a_primary_sigkill(
+        cluster: LocalCluster, grpcjs_modules: Path, tmp_path: Path) -> None:
+    probe = grpcjs_probe(cluster, grpcjs_modules, tmp_path, duration=12)
+    try:
+        probe.wait_ready()
+        start = time.time()
+        probe.wait_windows(80)  # 4 s
+        before = probe.since(start)
+        killed = time.time()
+        cluster.primary.signal(signal.SIGKILL)
+        probe.finish()
+        after = probe.since(killed)
+        _, _, errors = totals(probe.windows)
+    finally:
+        probe.stop()
+    primary, standby, _ = totals(before)
+    share = 100 * primary / max(1, primary + standby)
+    standby_after = sum(w["standby"] for w in after)
+    print(f"\ngrpc-js zero-hop: {primary} primary, {standby} standby = {share:.1f} % primary; after a SIGKILL of "
+          f"the primary {standby_after} standby answers; errors {errors or 'none'}")
+    assert not errors, (errors, probe.popen.stderr.read() if probe.popen.stderr else "")
+    assert primary + standby > 300
+    assert 90 <= share <= 99
+    assert standby_after > 100 and sum(w["primary"] for w in after[40:]) == 0

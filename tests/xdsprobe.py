@@ -37,8 +37,8 @@ def main() -> int:
     os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = json.dumps(xds_bootstrap(args.xds_server, "xdsprobe"))
     import grpc  # after the bootstrap is in the environment
 
-    from eagleeye.detector.v1 import detector_pb2 as pb
-    from eagleeye.detector.v1 import detector_pb2_grpc as pb_grpc
+    from eagleeye.api.detector.v1 import detector_pb2 as pb
+    from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
 
     channel = grpc.insecure_channel(f"xds:///{args.name}", options=XDS_CHANNEL_OPTIONS)
     stub = pb_grpc.DetectorStub(channel)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
+from eagleeye.api.router.xds.v3 import xds_pb2 as x
 from eagleeye.router.fleet import Backend
 from eagleeye.router.policy import State
-from eagleeye.router.xds.v3 import xds_pb2 as x
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"

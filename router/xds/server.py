@@ -23,6 +23,7 @@ import grpc
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from eagleeye.api.router.xds.v3 import xds_pb2 as x
 from eagleeye.common.admission import Full, Slots, peer_key
 from eagleeye.common.cli import parse_host_port
 from eagleeye.common.logs import event
@@ -31,7 +32,6 @@ from eagleeye.router.controller import Controller
 from eagleeye.router.fleet import Backend
 from eagleeye.router.xds import resources as xds
 from eagleeye.router.xds.session import AdsSession
-from eagleeye.router.xds.v3 import xds_pb2 as x
 
 log = logging.getLogger("eagleeye.xds")
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from eagleeye.api.router.xds.v3 import xds_pb2 as x
 from eagleeye.common.printable import printable
 from eagleeye.router.xds.resources import ENDPOINTS, SHORT, TYPES, Snapshot
-from eagleeye.router.xds.v3 import xds_pb2 as x
 
 # The router serves one resource per type (named xds_name); a client process subscribes to the names
 # it dials, a handful at most. The limits keep a stream's state small (names are kept, up to twice:

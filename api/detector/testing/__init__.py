@@ -1,0 +1,1 @@
+"""Generated stubs of protos/eagleeye/detector/testing (`make protos`)."""

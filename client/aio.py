@@ -179,14 +179,14 @@ class AsyncDetector:
 
     # -- streams -------------------------------------------------------------------------------------
 
-    async def stream(self, frames: _Frames, *, score_threshold: float | None = None,
-                     iou_threshold: float | None = None, max_detections: int | None = None,
-                     classes: Iterable[str] = ()) -> AsyncGenerator[Result, None]:
+    def stream(self, frames: _Frames, *, score_threshold: float | None = None,
+               iou_threshold: float | None = None, max_detections: int | None = None,
+               classes: Iterable[str] = ()) -> AsyncGenerator[Result, None]:
         """One result per frame, in order, exactly once: `frames` gives images, or (frame_id, image) pairs
-        (a result's frame_id is then the caller's; otherwise the frame's position, from 1)."""
+        (a result's frame_id is then the caller's; otherwise the frame's position, from 1). An async
+        generator: `async for r in det.stream(...)`, and `aclose()` it (or leave the loop) to stop early."""
         run = _StreamRun(self, Knobs(score_threshold, iou_threshold, max_detections, tuple(classes)))
-        async for result in run.results(frames):
-            yield result
+        return run.results(frames)
 
 
 class _StreamRun:
@@ -196,46 +196,47 @@ class _StreamRun:
         self._det = det
         self._knobs = knobs
         self._window = Window(det.window)
-        self._inbox: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
         self._room = asyncio.Event()
         self._room.set()
         self._gen = 0
         self._call: Any = None
         self._outbox: asyncio.Queue[pb.DetectRequest | None] = asyncio.Queue()
+        # One write at a time on a call: the sender task's, or the feeder's own when nothing waits to go
+        # before its frame (the common case: no task switch per frame).
+        self._write_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._input_done = False
+        self._input_error: Exception | None = None
         self._closing = False
+        self._reading = False   # waiting for the call's next answer (the watchdog may interrupt it)
+        self._stalled = False   # the watchdog gave up on the call
         self._progress_at = time.monotonic()   # the last answer, or when frames started to wait
         self._answered_at = time.monotonic()   # the last answer (for the overall timeout)
 
-    async def results(self, frames: _Frames) -> AsyncIterator[Result]:
+    async def results(self, frames: _Frames) -> AsyncGenerator[Result, None]:
         feeder = asyncio.ensure_future(self._feed(frames))
         watchdog = asyncio.ensure_future(self._watchdog())
         self._open(replay=False)
         attempt = 0
         try:
             while True:
+                if self._input_error is not None:
+                    raise self._input_error  # the caller's frames raised, or a frame is not an image
                 if self._input_done and self._window.held == 0:
-                    if not self._closing:
-                        self._closing = True
-                        self._outbox.put_nowait(None)  # done writing: the call ends once the service agrees
+                    self._end_writing()
                     break
-                gen, kind, payload = await self._inbox.get()
-                if kind == "stall":
-                    if self._window.unanswered and time.monotonic() - self._progress_at >= self._det.stall_s():
-                        attempt = await self._again(attempt, None)
-                    continue
-                if kind == "input":
-                    if payload is not None:
-                        raise payload  # the caller's frames raised, or a frame is not an image
-                    continue
-                if gen != self._gen:
-                    continue  # from a call given up on
+                kind, payload = await self._read(self._call)
                 if kind == "answer":
                     attempt = 0
                     for result in self._answer(payload):
                         yield result
-                elif kind == "end" and (self._window.unanswered or not self._input_done):
+                elif kind == "interrupted":
+                    if self._stalled:
+                        self._stalled = False
+                        attempt = await self._again(attempt, None)
+                    elif self._input_error is None:
+                        raise Unavailable("the stream was cancelled: the client is closing", grpc.StatusCode.CANCELLED)
+                elif self._window.unanswered or not self._input_done:  # the call ended
                     attempt = await self._again(attempt, payload)
         finally:
             self._close_call()
@@ -243,16 +244,46 @@ class _StreamRun:
                 task.cancel()
             await asyncio.gather(feeder, watchdog, *self._tasks, return_exceptions=True)
 
+    async def _read(self, call: Any) -> tuple[str, Any]:
+        """The call's next answer ("answer"), its end ("end", with the error if it failed), or "interrupted":
+        the watchdog or the feeder cancelled it (the caller's own task being cancelled raises)."""
+        self._reading = True
+        try:
+            resp = await call.read()
+        except grpc.aio.AioRpcError as e:
+            return "end", e
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return "interrupted", None
+        finally:
+            self._reading = False
+        return ("end", None) if resp is grpc.aio.EOF else ("answer", resp)
+
+    def _interrupt(self) -> None:
+        """Wake the reader waiting on the call by cancelling it (the call is given up on either way)."""
+        if self._reading and self._call is not None:
+            self._call.cancel()
+
+    def _end_writing(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._outbox.put_nowait(None)  # done writing: the call ends once the service agrees
+
     async def _watchdog(self) -> None:
-        """Tells the reader when frames have waited the stall time with no answer (one timer per stream,
-        not one per message)."""
+        """Gives up on the call when frames have waited the stall time with no answer while the reader
+        waits for one (one timer per stream, not one per message). A caller slow to take its results is
+        not a stall: answers then wait in the call, unread."""
         while True:
             stall = self._det.stall_s()
             delay = stall
             if self._window.unanswered:
                 delay = self._progress_at + stall - time.monotonic()
                 if delay <= 0:
-                    self._inbox.put_nowait((self._gen, "stall", None))
+                    if self._reading:
+                        self._stalled = True
+                        self._interrupt()
                     delay = stall
             await asyncio.sleep(delay)  # the stall timer
 
@@ -299,32 +330,42 @@ class _StreamRun:
                 self._outbox.put_nowait(None)
         self._progress_at = now
         self._tasks = [t for t in self._tasks if not t.done()]
-        self._tasks += [asyncio.ensure_future(self._send(self._call, self._outbox)),
-                        asyncio.ensure_future(self._receive(self._gen, self._call))]
+        self._tasks.append(asyncio.ensure_future(self._send(self._call, self._outbox)))
 
     def _close_call(self) -> None:
         if self._call is not None:
             self._call.cancel()
             self._outbox.put_nowait(None)
 
-    @staticmethod
-    async def _send(call: Any, outbox: asyncio.Queue[pb.DetectRequest | None]) -> None:
+    async def _send(self, call: Any, outbox: asyncio.Queue[pb.DetectRequest | None]) -> None:
+        """Writes what is queued for `call` (frames sent again, frames the feeder could not write at once),
+        then ends the writing side."""
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             while (req := await outbox.get()) is not None:
-                await call.write(req)
-            await call.done_writing()
+                async with self._write_lock:
+                    await call.write(req)
+            async with self._write_lock:
+                await call.done_writing()
 
-    async def _receive(self, gen: int, call: Any) -> None:
-        try:
-            async for resp in call:
-                self._inbox.put_nowait((gen, "answer", resp))
-            self._inbox.put_nowait((gen, "end", None))
-        except grpc.aio.AioRpcError as e:
-            self._inbox.put_nowait((gen, "end", e))
+    async def _write_now(self, req: pb.DetectRequest) -> None:
+        """The feeder writes its frame itself. A call that broke meanwhile is no loss: the frame is in the
+        window, and the next call is sent the unanswered frames."""
+        call = self._call
+        async with self._write_lock:
+            try:
+                await call.write(req)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                pass
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this stream is ending
+                # else the call was cancelled (given up on), not the feeder: as above
+
 
     async def _feed(self, frames: _Frames) -> None:
         try:
-            async for item in _aiter(frames):
+            async for item in frames if isinstance(frames, AsyncIterable) else _aiter(frames):
                 user_id, image = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
                 req = types.request(image, self._knobs)
                 while self._window.full:
@@ -333,17 +374,19 @@ class _StreamRun:
                 now = time.monotonic()
                 if not self._window.unanswered:
                     self._progress_at = now  # frames start waiting now, not since the last answer
-                self._outbox.put_nowait(self._window.add(user_id, req, now))
+                req = self._window.add(user_id, req, now)
+                if self._outbox.empty() and not self._write_lock.locked():
+                    await self._write_now(req)
+                else:
+                    self._outbox.put_nowait(req)
             self._input_done = True
-            self._inbox.put_nowait((0, "input", None))
+            if self._window.held == 0:
+                self._end_writing()  # nothing left to answer: the reader sees the call end
         except Exception as e:
-            self._inbox.put_nowait((0, "input", e))
+            self._input_error = e
+            self._interrupt()
 
 
-async def _aiter(frames: _Frames) -> AsyncIterator[Any]:
-    if isinstance(frames, AsyncIterable):
-        async for item in frames:
-            yield item
-    else:
-        for item in frames:
-            yield item
+async def _aiter(frames: Iterable[Any]) -> AsyncIterator[Any]:
+    for item in frames:
+        yield item

@@ -7,6 +7,7 @@ and the library rides out a router restart), and against a single worker.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -86,6 +87,24 @@ def test_images_become_requests_and_anything_else_is_refused_before_sending() ->
     for bad in (b"", "street.jpg", np.zeros((4, 6), np.uint8), np.zeros((4, 6, 3), np.float32), None):
         with pytest.raises(InvalidImage):
             ct.request(bad, ct.Knobs())
+
+
+def test_a_result_is_the_same_value_as_one_built_field_by_field() -> None:
+    resp = pb.DetectResponse(frame_id=7, worker="primary", image_width=640, image_height=480)
+    resp.timing.queue_ms, resp.timing.inference_ms, resp.timing.total_ms, resp.timing.batch_size = 1.5, 7.25, 9.0, 4
+    resp.detections.add(label="ellipse", score=0.875, class_id=1).box.CopyFrom(pb.Box(x_min=1, y_min=2, x_max=30,
+                                                                                        y_max=40))
+    got = ct.Result.of("cam-1", resp)
+    built = ct.Result(frame_id="cam-1", worker="primary", image_width=640, image_height=480, error=None,
+                      timing=ct.Timing(1.5, 7.25, 9.0, 4),
+                      detections=(ct.Detection("ellipse", 0.875, ct.Box(1.0, 2.0, 30.0, 40.0), 1),))
+    assert got == built and hash(got) == hash(built) and repr(got) == repr(built)
+    with pytest.raises(AttributeError):
+        got.detections[0].box.x_min = 5.0  # type: ignore[misc]  # frozen, as built by __init__
+    refused = pb.DetectResponse(frame_id=1)
+    refused.error.code, refused.error.message = grpc.StatusCode.INVALID_ARGUMENT.value[0], "not an image"
+    error = ct.Result.of(1, refused).error
+    assert isinstance(error, InvalidImage) and "not an image" in str(error)
 
 
 # -- against real processes ----------------------------------------------------------------------------
@@ -245,6 +264,27 @@ def test_the_blocking_detector_streams_from_a_plain_iterator_and_reports_a_dead_
     with pytest.raises(ValueError):
         AsyncDetector("127.0.0.1:1", xds_server="127.0.0.1:2")
     assert grpc  # the errors carry gRPC status codes
+
+
+async def test_a_caller_slow_to_take_its_results_is_not_a_stalled_stream() -> None:
+    """Answers wait unread in the call while the caller is busy: the stream must not be given up on and
+    its frames sent again, however long the caller takes."""
+    worker = Proc("python", ["-m", "bench.simworker", "--worker-id", "w", "--service-ms", "5"])
+    try:
+        address = worker.wait_listening()
+        worker.wait_for_event("model ready", 60)
+        async with AsyncDetector(address) as det:
+            async for _ in det.stream([b"x"] * 40):
+                pass  # enough answers to learn the stall time (its floor, 2 s), rather than wait its ceiling
+            ids = []
+            async for r in det.stream([b"x"] * 60):
+                ids.append(r.frame_id)
+                if r.frame_id == 30:
+                    await asyncio.sleep(1.5 * det.stall_s())  # the caller busy elsewhere (the stall time: 2 s)
+            assert ids == list(range(1, 61))
+            assert det.stats["reopened"] == 0 and det.stats["replayed"] == 0, det.stats
+    finally:
+        worker.stop()
 
 
 def test_the_ingestion_example_in_the_docs_runs_as_written(tmp_path: Path) -> None:

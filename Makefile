@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo     start a worker and stream synthetic video through it"
 	@echo "make test     stubs check, lint, type check and the whole test suite"
-	@echo "make bench    figures: fault matrix vs nginx and zero-hop, faults beyond it, proxy overhead, Check latency, clients behaving badly, long fuzz (~16 min)"
+	@echo "make bench    figures: fault matrix vs nginx and zero-hop, faults beyond it, proxy overhead, Check latency, clients behaving badly, scale-out, the client library, the worker's own cost, long fuzz (~20 min)"
 	@echo "make setup    create $(VENV) and install the project (editable) with its test tools"
 	@echo "make protos   regenerate the gRPC stubs from protos/ (into api/)"
 	@echo "make docs     regenerate docs/client-api.md (the client library's reference) from its docstrings"
@@ -117,6 +117,7 @@ bench: setup tools
 	$(PY) -m bench.scale --out bench/out
 	$(PY) -m bench.scale --service-ms 10 --max-batch 8 --no-faults --out bench/out/scale-fast
 	$(PY) -m bench.library --out bench/out
+	$(PY) -m bench.worker --out bench/out
 	@echo "fuzz/abuse pass, $(FUZZ_BENCH_EXAMPLES) examples per property"
 	FUZZ_EXAMPLES=$(FUZZ_BENCH_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 

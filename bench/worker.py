@@ -1,7 +1,7 @@
 """The worker's own cost: the bare model against a worker process, at batch 1 and saturated.
 
-    python -m bench.worker [--runs 200] [--seconds 6] [--callers 16] [--backends torch,onnxruntime]
-                           [--inputs raw,jpeg] [--threads 1] [--out bench/out]
+    python -m bench.worker [--runs 300] [--seconds 9] [--rounds 3] [--callers 16]
+                           [--backends torch,onnxruntime] [--inputs raw,jpeg] [--threads 1] [--out bench/out]
 
 For each backend (the embedded model as .pt2 on torch, as .onnx on ONNX Runtime) and input (raw
 256x256 RGB frames: no decode, no resize; or the same frame as a JPEG):
@@ -10,8 +10,10 @@ For each backend (the embedded model as .pt2 on torch, as .onnx on ONNX Runtime)
 - worker, batch 1: one Detect call at a time to an eagleeye-detector on 127.0.0.1 (the same model and
   thread count), p50 and p99 as the caller sees them; the difference is what the worker adds;
 - bare, batch 8: images/s of back-to-back `infer` on 8 frames;
-- worker, saturated: images/s answered to `--callers` concurrent callers for `--seconds`, and that as a
-  share of the bare batch-8 rate.
+- worker, saturated: images/s answered to `--callers` concurrent callers, and that as a share of the
+  bare batch-8 rate.
+
+Bare and worker take turns (`--rounds`), so a slow spell of a shared machine falls on both alike.
 
 The caller runs in this process, on the same machine: its own CPU is part of what the worker competes
 with, as in any single-machine measurement. Prints one JSON line per row and a Markdown table with
@@ -65,26 +67,30 @@ def load(backend: str, threads: int) -> Any:
     return load_model(DEFAULT_MODEL_PATH, "cpu", half=False)
 
 
-def bare(model: Any, image: np.ndarray, runs: int) -> dict[str, float]:
+def model_input(model: Any, image: np.ndarray) -> np.ndarray:
     from eagleeye.detector.imaging import letterbox
 
-    pixels, _ = letterbox(image, model.meta.input_size)
-    one, eight = pixels[None], np.stack([pixels] * BATCH)
-    for _ in range(5):
-        model.infer(one)
-        model.infer(eight)
+    return letterbox(image, model.meta.input_size)[0]
+
+
+def bare_batch1(model: Any, pixels: np.ndarray, runs: int) -> list[float]:
+    one = pixels[None]
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         model.infer(one)
         times.append(time.perf_counter() - start)
-    batch_times = []
-    for _ in range(max(10, runs // 8)):
-        start = time.perf_counter()
+    return times
+
+
+def bare_saturated(model: Any, pixels: np.ndarray, seconds: float) -> tuple[int, float]:
+    """Images and seconds of back-to-back batch-8 forwards for about `seconds`."""
+    eight = np.stack([pixels] * BATCH)
+    images, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
         model.infer(eight)
-        batch_times.append(time.perf_counter() - start)
-    return {"p50_ms": 1000 * statistics.median(times), "p99_ms": 1000 * _percentile(times, 99),
-            "batch8_images_s": BATCH / statistics.median(batch_times)}
+        images += BATCH
+    return images, time.perf_counter() - started
 
 
 def request(image: np.ndarray, kind: str) -> Any:
@@ -97,39 +103,63 @@ def request(image: np.ndarray, kind: str) -> Any:
     return pb.DetectRequest(raw=pb.RawImage(data=image.tobytes(), width=w, height=h))
 
 
-async def worker_rows(address: str, req: Any, runs: int, seconds: float, callers: int) -> dict[str, float]:
+async def worker_batch1(stub: Any, req: Any, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        await stub.Detect(req, timeout=30)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+async def worker_saturated(stub: Any, req: Any, seconds: float, callers: int) -> tuple[int, float]:
+    answered = 0
+    end = time.monotonic() + seconds
+
+    async def caller() -> None:
+        nonlocal answered
+        while time.monotonic() < end:
+            await stub.Detect(req, timeout=30)
+            answered += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return answered, time.perf_counter() - started
+
+
+async def measure(address: str, model: Any, image: np.ndarray, kind: str, args: argparse.Namespace) -> dict[str, float]:
+    """Bare and worker in turns (`--rounds` of each), so that a slow spell of a shared machine falls on
+    both alike; percentiles over every sample, throughput over every round."""
     import grpc
 
     from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
 
+    pixels, req = model_input(model, image), request(image, kind)
+    bare_t: list[float] = []
+    worker_t: list[float] = []
+    bare_n = worker_n = 0
+    bare_s = worker_s = 0.0
+    per_round = max(1, args.runs // args.rounds)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.DetectorStub(channel)
         for _ in range(10):
             await stub.Detect(req, timeout=30)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            await stub.Detect(req, timeout=30)
-            times.append(time.perf_counter() - start)
-        answered = 0
-        end = time.monotonic() + seconds
-
-        async def caller() -> None:
-            nonlocal answered
-            while time.monotonic() < end:
-                await stub.Detect(req, timeout=30)
-                answered += 1
-
-        started = time.monotonic()
-        await asyncio.gather(*(caller() for _ in range(callers)))
-        elapsed = time.monotonic() - started
-    return {"p50_ms": 1000 * statistics.median(times), "p99_ms": 1000 * _percentile(times, 99),
-            "saturated_images_s": answered / elapsed}
+            model.infer(pixels[None])
+        for _ in range(args.rounds):
+            bare_t += bare_batch1(model, pixels, per_round)
+            worker_t += await worker_batch1(stub, req, per_round)
+            n, s = bare_saturated(model, pixels, args.seconds / args.rounds)
+            bare_n, bare_s = bare_n + n, bare_s + s
+            n, s = await worker_saturated(stub, req, args.seconds / args.rounds, args.callers)
+            worker_n, worker_s = worker_n + n, worker_s + s
+    return {"bare_p50_ms": 1000 * statistics.median(bare_t), "bare_p99_ms": 1000 * _percentile(bare_t, 99),
+            "worker_p50_ms": 1000 * statistics.median(worker_t), "worker_p99_ms": 1000 * _percentile(worker_t, 99),
+            "bare_batch8_images_s": bare_n / bare_s, "saturated_images_s": worker_n / worker_s}
 
 
 def start_worker(backend: str, threads: int, extra: list[str]) -> Proc:
     proc = Proc("eagleeye-detector", ["--listen", "127.0.0.1:0", "--backend", backend, "--torch-threads",
-                                      str(threads), "--log-level", "warning", *extra])
+                                      str(threads), *extra])
     try:
         proc.wait_listening()
         proc.wait_for_event("model ready", 120)
@@ -142,8 +172,9 @@ def start_worker(backend: str, threads: int, extra: list[str]) -> Proc:
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=int, default=200, help="batch-1 calls timed per row (default 200)")
-    p.add_argument("--seconds", type=float, default=6.0, help="length of each saturated run (default 6)")
+    p.add_argument("--runs", type=int, default=300, help="batch-1 calls timed per row, each side (default 300)")
+    p.add_argument("--seconds", type=float, default=9.0, help="saturated seconds per row, each side (default 9)")
+    p.add_argument("--rounds", type=int, default=3, help="turns of bare and worker per row (default 3)")
     p.add_argument("--callers", type=int, default=16, help="concurrent callers when saturated (default 16)")
     p.add_argument("--backends", default="torch,onnxruntime")
     p.add_argument("--inputs", default="raw,jpeg")
@@ -156,26 +187,21 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for backend in args.backends.split(","):
         model = load(backend, args.threads)
-        base = bare(model, image, args.runs)
-        del model
         proc = start_worker(backend, args.threads, args.worker_arg)
         try:
             for kind in args.inputs.split(","):
-                print(f"{backend}, {kind}: {args.runs} calls at batch 1, then {args.callers} callers for "
-                      f"{args.seconds:g} s", file=sys.stderr, flush=True)
-                got = asyncio.run(worker_rows(proc.address, request(image, kind), args.runs, args.seconds,
-                                              args.callers))
-                row = {"backend": backend, "input": kind,
-                       "bare_p50_ms": round(base["p50_ms"], 2), "bare_p99_ms": round(base["p99_ms"], 2),
-                       "worker_p50_ms": round(got["p50_ms"], 2), "worker_p99_ms": round(got["p99_ms"], 2),
-                       "added_p50_ms": round(got["p50_ms"] - base["p50_ms"], 2),
-                       "bare_batch8_images_s": round(base["batch8_images_s"], 1),
-                       "saturated_images_s": round(got["saturated_images_s"], 1),
-                       "saturated_share": round(got["saturated_images_s"] / base["batch8_images_s"], 3)}
+                print(f"{backend}, {kind}: {args.rounds} rounds of {args.runs // args.rounds} calls at batch 1 and "
+                      f"{args.seconds / args.rounds:g} s saturated, bare and worker in turns", file=sys.stderr,
+                      flush=True)
+                got = asyncio.run(measure(proc.address, model, image, kind, args))
+                row = {"backend": backend, "input": kind, **{k: round(v, 2) for k, v in got.items()},
+                       "added_p50_ms": round(got["worker_p50_ms"] - got["bare_p50_ms"], 2),
+                       "saturated_share": round(got["saturated_images_s"] / got["bare_batch8_images_s"], 3)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:
             proc.stop()
+            del model
     command = "python -m bench.worker " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} " \
               f"{platform.python_version()}, {args.threads} intra-op thread(s), CPU inference"

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"intra-op threads for CPU inference (default {config_mod.DEFAULT_TORCH_THREADS})")
     p.add_argument("--max-batch", type=int, metavar="N", help="largest dynamic batch (default 8)")
     p.add_argument("--max-queue-delay-ms", type=float, metavar="MS",
-                   help="how long a frame waits for others to share its batch (default 3)")
+                   help="how long a frame waits for others to share its batch while the model is idle "
+                        "(default 0: adaptive, batches form while the model runs)")
     p.add_argument("--max-queue", type=int, metavar="N",
                    help="frames waiting for inference before RESOURCE_EXHAUSTED (default 64)")
     p.add_argument("--shutdown-grace-s", type=float, metavar="S",

@@ -95,8 +95,10 @@ class DetectorConfig:
     worker_id: str = ""                 # "": host:port once bound
     torch_threads: int = DEFAULT_TORCH_THREADS
     max_batch: int = 8
-    # Triton's dynamic batcher favours short waits; a few ms lets concurrent frames share a batch.
-    max_queue_delay_ms: float = 3.0
+    # 0: adaptive batching. The model never waits with frames queued: frames that arrive while a batch
+    # runs share the next one, so batches grow with the load and a lone frame goes straight in. A fixed
+    # wait (a few ms, Triton's style) only delays frames while the model sits idle.
+    max_queue_delay_ms: float = 0.0
     max_queue: int = 64
     score_threshold: float = 0.3
     iou_threshold: float = 0.5

@@ -114,6 +114,8 @@ def letterbox(image: np.ndarray, size: tuple[int, int],
     """
     th, tw = size
     w, h = full or (image.shape[1], image.shape[0])
+    if (w, h) == (tw, th) and image.shape[:2] == (th, tw):
+        return image, Letterbox(scale=1.0, pad_x=0.0, pad_y=0.0, width=w, height=h)  # as it is: no copy
     scale = min(tw / w, th / h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))

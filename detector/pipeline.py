@@ -167,7 +167,10 @@ class Pipeline:
 
     async def prepare(self, image: EncodedImage | RawImage) -> tuple[np.ndarray, Letterbox]:
         """Decode and letterbox on the decode threads; raises ImageError for a bad image, DecodeBusy
-        (at once, before queueing) when admitting it would exceed max_decode_bytes."""
+        (at once, before queueing) when admitting it would exceed max_decode_bytes. A raw frame of the
+        model's input size is used as it is, here: no decoding, no copy, no trip to a thread."""
+        if isinstance(image, RawImage) and (image.height, image.width) == self.meta.input_size:
+            return self._prepare(image)
         size = len(image.data)
         self._admission.admit(size)
         try:

@@ -29,33 +29,43 @@ class Detection:
     class_id: int
 
 
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    ix = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
-    iy = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
+def _pairwise_iou(boxes: np.ndarray) -> np.ndarray:
+    """IoU of every box with every other (N x N), boxes N x 4 as x0 y0 x1 y1."""
+    ix = np.clip(np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0]),
+                 0, None)
+    iy = np.clip(np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1]),
+                 0, None)
     inter = ix * iy
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return np.asarray(inter / np.maximum(area + areas - inter, 1e-9))
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return np.asarray(inter / np.maximum(areas[:, None] + areas[None, :] - inter, 1e-9))
 
 
 def select(raw: RawDetections, lb: Letterbox, sel: Selection) -> list[Detection]:
-    """Threshold, filter classes, suppress overlaps per class, cap, and map to image pixels."""
+    """Threshold, filter classes, suppress overlaps per class, cap, and map to image pixels.
+
+    Vectorised: one IoU matrix for the candidates above the threshold (a few to the model's top-K),
+    then the greedy pass (best first; a box is dropped when it overlaps a kept box of its class by more
+    than the IoU threshold, or lies entirely in the letterbox padding) over plain Python values.
+    """
     keep = np.isfinite(raw.scores) & (raw.scores >= sel.score_threshold)
     if sel.class_ids is not None:
         keep &= np.isin(raw.classes, list(sel.class_ids))
     idx = np.flatnonzero(keep)
+    if not len(idx):
+        return []
     idx = idx[np.argsort(-raw.scores[idx], kind="stable")]
-    boxes = lb.to_image(raw.boxes[idx]) if len(idx) else np.zeros((0, 4), np.float32)
+    boxes = lb.to_image(raw.boxes[idx])
+    classes = raw.classes[idx]
+    clash = ((_pairwise_iou(boxes) > sel.iou_threshold) & (classes[:, None] == classes[None, :])).tolist()
+    empty = ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).tolist()
     chosen: list[int] = []
     for i in range(len(idx)):
         if len(chosen) >= sel.max_detections:
             break
-        same = [j for j in chosen if raw.classes[idx[j]] == raw.classes[idx[i]]]
-        if same and float(_iou(boxes[i], boxes[same]).max()) > sel.iou_threshold:
+        row = clash[i]
+        if empty[i] or any(row[j] for j in chosen):
             continue
-        if boxes[i, 2] <= boxes[i, 0] or boxes[i, 3] <= boxes[i, 1]:
-            continue  # a box entirely in the letterbox padding
         chosen.append(i)
-    return [Detection(box=(float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3])),
-                      score=float(raw.scores[idx[i]]), class_id=int(raw.classes[idx[i]]))
+    box_list, scores, class_list = boxes.tolist(), raw.scores[idx].tolist(), classes.tolist()
+    return [Detection(box=tuple(box_list[i]), score=scores[i], class_id=int(class_list[i]))
             for i in chosen]

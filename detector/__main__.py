@@ -38,6 +38,7 @@ from eagleeye.detector.imaging import ImageLimits, letterbox
 from eagleeye.detector.metrics import DetectorMetrics
 from eagleeye.detector.monitor import Golden, HealthPublisher, Monitor
 from eagleeye.detector.pipeline import LatencyWindow, Pipeline
+from eagleeye.detector.requestview import with_request_views
 from eagleeye.detector.server import Defaults, DetectorServicer
 
 log = logging.getLogger("eagleeye.detector")
@@ -159,7 +160,7 @@ async def serve(cfg: DetectorConfig) -> int:
                               gpu=lambda: monitor_ref[0].gpu if monitor_ref else None, health=publisher.statuses)
     detector = DetectorServicer(worker_id, defaults, cfg.max_stream_inflight, metrics,
                                 max_rpcs=cfg.max_concurrent_rpcs, max_streams=cfg.max_concurrent_streams)
-    detector_pb2_grpc.add_DetectorServicer_to_server(detector, guarded(server))
+    detector_pb2_grpc.add_DetectorServicer_to_server(detector, with_request_views(guarded(server)))
 
     def load_counters() -> Counters:
         b, gpu = batcher_ref[0] if batcher_ref else None, monitor_ref[0].gpu if monitor_ref else None

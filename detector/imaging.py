@@ -10,6 +10,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from typing import IO, Any, cast
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -125,7 +126,7 @@ def letterbox(image: np.ndarray, size: tuple[int, int],
     return out, Letterbox(scale=scale, pad_x=float(px), pad_y=float(py), width=w, height=h)
 
 
-def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
+def decode_encoded(data: bytes | memoryview, limits: ImageLimits) -> np.ndarray:
     """Decode a JPEG or PNG into upright RGB uint8, refusing empty, oversized, bomb, broken and other files.
 
     A JPEG's EXIF Orientation (2..8) is applied, so the result is the image as viewers show it, and its
@@ -134,7 +135,7 @@ def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
     return decode_encoded_to_fit(data, limits, None)[0]
 
 
-def decode_encoded_to_fit(data: bytes, limits: ImageLimits,
+def decode_encoded_to_fit(data: bytes | memoryview, limits: ImageLimits,
                           fit: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
     """As decode_encoded, and the upright image's full (width, height); with `fit` (height, width), a
     JPEG is decoded at the smallest of 1/1, 1/2, 1/4 or 1/8 scale that still covers what letterbox()
@@ -149,7 +150,7 @@ def decode_encoded_to_fit(data: bytes, limits: ImageLimits,
         raise ImageError(f"image is {len(data)} bytes; the limit is {limits.max_bytes} (max_image_bytes)",
                          too_large=True)
     try:
-        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        img = Image.open(_reader(data), formats=ACCEPTED_FORMATS)
         # The header gives the size before any pixel is decoded: refuse bombs here. A quarter turn
         # swaps width and height, so the upright image has the same number of pixels.
         w, h = img.size
@@ -187,6 +188,40 @@ def decode_encoded_to_fit(data: bytes, limits: ImageLimits,
     return np.asarray(picture.convert("RGB"), dtype=np.uint8), full
 
 
+class _ViewReader(io.RawIOBase):
+    """A read-only file over a memoryview: the decoder reads the request's bytes in chunks, with no
+    copy of the whole image (io.BytesIO copies anything but a bytes object)."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), len(self._view) - self._pos))
+        buffer[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
+def _reader(data: bytes | memoryview) -> IO[bytes]:
+    return io.BytesIO(data) if isinstance(data, bytes) else cast(IO[bytes], _ViewReader(data))
+
+
 def _upright(img: Image.Image) -> Image.Transpose | None:
     """The transpose a JPEG's EXIF Orientation asks for, or None (no tag, 1, or no valid value)."""
     exif = img.info.get("exif")
@@ -201,7 +236,7 @@ def _upright(img: Image.Image) -> Image.Transpose | None:
     return _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
 
 
-def _other_format(data: bytes) -> str | None:
+def _other_format(data: bytes | memoryview) -> str | None:
     """The name of the format `data` looks like, by its signature alone, or None."""
     for offset, signature, name in _OTHER_SIGNATURES:
         if data[offset:offset + len(signature)] == signature:
@@ -209,7 +244,7 @@ def _other_format(data: bytes) -> str | None:
     return None
 
 
-def decode_raw(data: bytes, width: int, height: int, limits: ImageLimits) -> np.ndarray:
+def decode_raw(data: bytes | memoryview, width: int, height: int, limits: ImageLimits) -> np.ndarray:
     """View raw RGB bytes (height x width x 3, row-major) as an image, checking the size."""
     if width <= 0 or height <= 0:
         raise ImageError(f"raw image needs positive width and height, got {width}x{height}")

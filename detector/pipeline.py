@@ -29,16 +29,16 @@ from eagleeye.detector.postprocess import Detection, Selection, select
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """JPEG/PNG bytes."""
+    """JPEG/PNG bytes (or a view of the request's bytes: detector/requestview.py)."""
 
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
 class RawImage:
-    """RGB pixels, height x width x 3, row-major."""
+    """RGB pixels, height x width x 3, row-major (bytes, or a view of the request's bytes)."""
 
-    data: bytes
+    data: bytes | memoryview
     width: int
     height: int
 

@@ -24,6 +24,7 @@ from eagleeye.detector.imaging import ImageError
 from eagleeye.detector.metrics import DetectorMetrics
 from eagleeye.detector.pipeline import DecodeBusy, EncodedImage, Pipeline, Query, RawImage, Result
 from eagleeye.detector.postprocess import Selection
+from eagleeye.detector.requestview import RequestView
 
 log = logging.getLogger("eagleeye.detector")
 
@@ -130,14 +131,15 @@ class DetectorServicer(pb_grpc.DetectorServicer):
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "model is loading or warming up; retry shortly")
         return self.pipeline
 
-    def _query(self, request: pb.DetectRequest, pipeline: Pipeline) -> Query:
+    def _query(self, request: pb.DetectRequest, pipeline: Pipeline, view: RequestView | None = None) -> Query:
         d = self._defaults
-        kind = request.WhichOneof("image")
+        kind = view.kind if view is not None else request.WhichOneof("image")
         image: EncodedImage | RawImage
         if kind == "encoded":
-            image = EncodedImage(request.encoded)
+            image = EncodedImage(view.image if view is not None else request.encoded)
         elif kind == "raw":
-            image = RawImage(request.raw.data, request.raw.width, request.raw.height)
+            image = RawImage(view.image if view is not None else request.raw.data, request.raw.width,
+                             request.raw.height)
         else:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                "request has no image: set `encoded` (JPEG/PNG bytes) or `raw` (RGB pixels)")
@@ -170,11 +172,16 @@ class DetectorServicer(pb_grpc.DetectorServicer):
                              total_ms=result.total_ms, batch_size=result.batch_size),
             worker=self.worker_id, image_width=result.width, image_height=result.height)
 
-    async def _serve(self, request: pb.DetectRequest, method: str) -> pb.DetectResponse:
+    async def _serve(self, received: pb.DetectRequest | RequestView, method: str) -> pb.DetectResponse:
         if self._metrics is not None:
             self._metrics.frame(method)
         pipeline = self._pipeline()
-        result = await pipeline.run(self._query(request, pipeline))
+        view: RequestView | None
+        if isinstance(received, RequestView):
+            view, request = received, received.message
+        else:
+            view, request = None, received
+        result = await pipeline.run(self._query(request, pipeline, view))
         if self._metrics is not None:
             labels = pipeline.meta.classes
             self._metrics.request(method, "OK")
@@ -212,7 +219,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
             await self._refuse("Detect", _status_of(e), context)
             raise  # unreachable: abort raises
 
-    async def _stream_frame(self, request: pb.DetectRequest | MalformedRequest) -> pb.DetectResponse:
+    async def _stream_frame(self, request: pb.DetectRequest | RequestView | MalformedRequest) -> pb.DetectResponse:
         """One stream frame: a bad frame is answered with an error; UNAVAILABLE ends the stream."""
         if isinstance(request, MalformedRequest):
             self._count("DetectStream", RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.error))
@@ -224,7 +231,8 @@ class DetectorServicer(pb_grpc.DetectorServicer):
             self._count("DetectStream", err)
             if err.code == grpc.StatusCode.UNAVAILABLE:
                 raise err from None
-            return pb.DetectResponse(frame_id=request.frame_id, worker=self.worker_id,
+            message = request.message if isinstance(request, RequestView) else request
+            return pb.DetectResponse(frame_id=message.frame_id, worker=self.worker_id,
                                      error=pb.FrameError(code=err.code.value[0], message=err.message,
                                                          retry_elsewhere=err.retry_elsewhere))
 

@@ -178,8 +178,9 @@ async def test_new_streams_go_where_the_workers_own_reports_say_there_is_room(po
             stop.set()
             await asyncio.gather(*others, return_exceptions=True)
     homes = collections.Counter(s[0] for s in seen)
-    # Without the reports, this router's counts (0 and 0) would split the ten streams about evenly.
-    assert homes["p2"] >= 9 and all(len(s) == frames_per_stream for s in seen), homes
+    # Without the reports, this router's counts (0 and 0) would split the primaries' streams about evenly
+    # (p1 at most one of about 9.5: 2 % likely). The standby takes its 5 % as ever (two of ten: 9 %).
+    assert homes["p1"] <= 1 and all(len(s) == frames_per_stream for s in seen), homes
 
 
 def test_zero_hop_clients_balance_the_primaries_by_their_load_reports(tmp_path: Path) -> None:

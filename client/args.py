@@ -50,6 +50,17 @@ def positive_arg(text: str) -> float:
     return value
 
 
+def at_least_one_arg(text: str) -> int:
+    """argparse type for a whole number >= 1 (counts of frames)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return n
+
+
 def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     """The TLS options, identical on every command that dials."""
     g = parser.add_argument_group(

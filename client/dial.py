@@ -15,8 +15,7 @@ from typing import Any
 import grpc
 
 from eagleeye.api import names
-
-MAX_MESSAGE_BYTES = names.CLIENT_MAX_MESSAGE_BYTES
+from eagleeye.common import grpcopts
 
 # Client interceptors added to every channel (the trace context, when tracing is configured).
 INTERCEPTORS: list[Any] = []
@@ -39,8 +38,7 @@ class Tls:
 def channel(target: str, tls: Tls | None = None) -> grpc.aio.Channel:
     """A channel to HOST:PORT or xds:///NAME, plaintext or TLS, that carries large frames (and the trace,
     when tracing)."""
-    options: list[tuple[str, Any]] = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    options: list[tuple[str, Any]] = [*grpcopts.message_size_options(names.CLIENT_MAX_MESSAGE_BYTES)]
     if target.startswith(XDS_SCHEME):
         options += XDS_CHANNEL_OPTIONS
     interceptors = list(INTERCEPTORS) or None

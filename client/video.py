@@ -31,7 +31,7 @@ from PIL import Image
 
 from eagleeye.client import annotate
 from eagleeye.client.aio import AsyncDetector
-from eagleeye.client.args import target_arg
+from eagleeye.client.args import at_least_one_arg, target_arg
 from eagleeye.client.dial import Tls
 from eagleeye.client.errors import EagleEyeError
 from eagleeye.client.progress import Progress
@@ -336,25 +336,15 @@ def add_parser(sub: Any, target_help: str) -> argparse.ArgumentParser:
     v.add_argument("--target", required=True, type=target_arg, metavar="HOST:PORT", help=target_help)
     v.add_argument("--out", type=Path, metavar="FILE", help="write the annotated video here (e.g. out.mp4)")
     v.add_argument("--json", type=Path, metavar="FILE", help="write the run's statistics here (JSON)")
-    v.add_argument("--every", type=_at_least_one, default=1, metavar="N",
+    v.add_argument("--every", type=at_least_one_arg, default=1, metavar="N",
                    help="send every Nth frame (the others are written with the latest boxes; default 1)")
-    v.add_argument("--max-frames", type=_at_least_one, metavar="N", help="stop after N frames of the source")
+    v.add_argument("--max-frames", type=at_least_one_arg, metavar="N", help="stop after N frames of the source")
     v.add_argument("--rate", type=float, metavar="FPS",
                    help="send at most FPS frames a second (a file is otherwise sent as fast as answered)")
     v.add_argument("--score-threshold", type=float, metavar="S", help="keep detections scoring at least S")
     v.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="give up when no frame has been answered for S seconds (default 30)")
     return v
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
-    return n
 
 
 async def cmd_video(args: argparse.Namespace) -> int:

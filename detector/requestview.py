@@ -84,9 +84,10 @@ def _fields(data: bytes, start: int, end: int) -> list[tuple[int, int, int, int,
     return out
 
 
-def _split(data: bytes) -> tuple[bytes, str, int, int] | None:
-    """The message without its image bytes, the image's kind, and where its bytes lie in `data`; None
-    when the request is not one the view takes (small image, unusual layout, malformed)."""
+def _split(data: bytes) -> tuple[bytes, bytes | None, str, int, int] | None:
+    """The message without its image field; for a raw image, its RawImage without the pixels; the
+    image's kind; and where its bytes lie in `data`. None when the request is not one the view takes
+    (small image, unusual layout, malformed)."""
     try:
         fields = _fields(data, 0, len(data))
         images = [f for f in fields if f[0] in (_ENCODED, _RAW)]
@@ -96,30 +97,16 @@ def _split(data: bytes) -> tuple[bytes, str, int, int] | None:
         if field == _ENCODED:
             if value_end - value_start < VIEW_MIN_BYTES:
                 return None
-            return data[:field_start] + data[value_end:], "encoded", value_start, value_end
+            return data[:field_start] + data[value_end:], None, "encoded", value_start, value_end
         inner = _fields(data, value_start, value_end)
         pixels = [f for f in inner if f[0] == _RAW_DATA]
         if len(pixels) != 1 or pixels[0][1] != _LEN or pixels[0][4] - pixels[0][3] < VIEW_MIN_BYTES:
             return None
         _, _, data_field_start, data_start, data_end = pixels[0]
         raw_rest = data[value_start:data_field_start] + data[data_end:value_end]
-        # The raw field again, holding the rest of the RawImage (width, height): its length prefix anew.
-        raw_field = bytes([(_RAW << 3) | _LEN]) + _encode_varint(len(raw_rest)) + raw_rest
-        return data[:field_start] + raw_field + data[value_end:], "raw", data_start, data_end
+        return data[:field_start] + data[value_end:], raw_rest, "raw", data_start, data_end
     except (ValueError, IndexError):
         return None
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def parse(data: bytes) -> pb.DetectRequest | RequestView:
@@ -128,10 +115,11 @@ def parse(data: bytes) -> pb.DetectRequest | RequestView:
     split = _split(data)
     if split is None:
         return pb.DetectRequest.FromString(data)
-    rest, kind, start, end = split
+    rest, raw_rest, kind, start, end = split
     message = pb.DetectRequest.FromString(rest)
-    if kind == "raw" and message.WhichOneof("image") != "raw":
-        message.raw.SetInParent()  # width and height both 0: the RawImage is still the one given
+    if raw_rest is not None:  # the only image field: setting it after the others keeps protobuf's meaning
+        message.raw.SetInParent()
+        message.raw.MergeFromString(raw_rest)
     return RequestView(message, kind, memoryview(data)[start:end])
 
 

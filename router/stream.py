@@ -308,6 +308,9 @@ class StreamCore:
         self._charge(f, len(data))
         self._frames.append(f)
         self._queued.append(f)
+        if self.backend is not None and now >= self._next_check:
+            # Idle, the stream had no timer: look at health and weights now, before the frame goes out.
+            return self._check(now) + self._pump(now)
         return self._pump(now)
 
     def on_answer(self, gen: int, fid: int, data: bytes, queue_full: bool, now: float) -> list[Action]:
@@ -380,11 +383,16 @@ class StreamCore:
     def next_timer(self) -> float | None:
         if self.finished or self.backend is None:
             return None
-        at = self._next_check
-        if self._inflight:
-            at = min(at, self._backend_quiet_since() + self._stall_s(), self._progress_at + self._cfg.leg_stall_s)
-        if self._deadline is not None:
-            at = min(at, self._deadline)
+        at = self._deadline
+        # An idle stream (nothing queued or unanswered) has no timer but its deadline: a router holding
+        # thousands of open, quiet streams does not wake for each of them ten times a second. Its next
+        # frame looks at health and weights first (on_frame); a leg that breaks meanwhile ends by itself.
+        if self._inflight or self._queued:
+            check = self._next_check
+            if self._inflight:
+                check = min(check, self._backend_quiet_since() + self._stall_s(),
+                            self._progress_at + self._cfg.leg_stall_s)
+            at = check if at is None else min(at, check)
         return at
 
     def on_timer(self, now: float) -> list[Action]:
@@ -392,9 +400,14 @@ class StreamCore:
             return []
         if self._deadline is not None and now >= self._deadline:
             return self._end(Abort("DEADLINE_EXCEEDED", "deadline exceeded"))
+        return self._check(now)
+
+    def _check(self, now: float) -> list[Action]:
+        """Follow health, weights and stalls: fail over or move the stream when they say so."""
         if now >= self._next_check:
             self._next_check = now + self._cfg.placement_check_s
         b = self.backend
+        assert b is not None
         if not self._fleet.usable(b):
             return self._fail_over(f"{b.value} not ready", False, now)
         if self._inflight:

@@ -326,11 +326,9 @@ def test_after_a_clean_end_new_frames_open_a_new_leg() -> None:
 def test_the_stall_time_is_the_fleets_and_only_counts_while_frames_are_outstanding() -> None:
     fleet = FakeFleet(stall=0.5)
     h = started(Harness(fleet))
-    assert h.core.next_timer() == 0.1                # nothing outstanding: only placement checks
-    h.send(1, now=1.0)
-    assert h.core.next_timer() == 0.1
-    h.core.on_timer(1.0)
-    assert h.core.next_timer() == 1.1
+    assert h.core.next_timer() is None               # nothing outstanding: no timer at all
+    h.send(1, now=1.0)                               # the frame looks at health and weights first ...
+    assert h.core.next_timer() == 1.1                # ... and the next look is due before the stall time
     h.core.on_timer(1.1)
     assert h.core.next_timer() == pytest.approx(1.2)
     assert h.core.on_timer(1.49) == []
@@ -441,3 +439,27 @@ def test_a_clients_share_counts_in_the_routers_pool_only_up_to_its_capacity(name
     for op, who, n, router_used, b_has_room in POOL_STEPS[name]:
         getattr(shares[who], op)(n)
         assert (router.used, shares["b"].room_for(10)) == (router_used, b_has_room), (name, op, who, n)
+
+
+@pytest.mark.parametrize("change, first_write, moved", [
+    # (what changed while the stream was idle, where its next frame goes, how it got there)
+    ("none", Write(1, frame(1)), None),
+    ("primary not ready", Write(2, frame(1)), Moved(P, S, "primary not ready", 0, True)),
+    ("weights send it to the standby", Write(2, frame(1)), Moved(P, S, "weights", 0, False)),
+])
+def test_an_idle_stream_has_no_timer_and_its_next_frame_follows_health_and_weights(
+        change: str, first_write: Write, moved: Moved | None) -> None:
+    fleet = FakeFleet()
+    h = started(Harness(fleet))
+    assert h.core.next_timer() is None           # nothing outstanding: it wakes nobody, however long
+    if change == "primary not ready":
+        fleet.usable_set = {S}
+    elif change == "weights send it to the standby":
+        fleet.wanted = S
+    out = h.send(1, now=60.0)
+    writes = [a for a in out if isinstance(a, Write)]
+    assert writes == [first_write]               # the frame went where health and weights say, once
+    assert [a for a in out if isinstance(a, Moved)] == ([moved] if moved else [])
+    if moved is not None:
+        assert out.index(moved) < out.index(first_write)
+    assert h.core.next_timer() == pytest.approx(60.1)   # busy again: watched again

@@ -194,7 +194,7 @@ class _StreamRun:
 
     def __init__(self, det: AsyncDetector, knobs: Knobs) -> None:
         self._det = det
-        self._knobs = knobs
+        self._knobs = knobs if knobs else None   # looked at once, not per frame
         self._window = Window(det.window)
         self._room = asyncio.Event()
         self._room.set()
@@ -225,10 +225,26 @@ class _StreamRun:
                 if self._input_done and self._window.held == 0:
                     self._end_writing()
                     break
-                kind, payload = await self._read(self._call)
+                # The call's next answer, its end (with the error if it failed), or "interrupted": the
+                # watchdog or the feeder cancelled it (this task being cancelled raises). Inline: once
+                # per frame.
+                self._reading = True
+                payload: Any = None
+                try:
+                    resp = await self._call.read()
+                    kind = "end" if resp is grpc.aio.EOF else "answer"
+                except grpc.aio.AioRpcError as e:
+                    kind, payload = "end", e
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    kind = "interrupted"
+                finally:
+                    self._reading = False
                 if kind == "answer":
                     attempt = 0
-                    for result in self._answer(payload):
+                    for result in self._answer(resp):
                         yield result
                 elif kind == "interrupted":
                     if self._stalled:
@@ -243,23 +259,6 @@ class _StreamRun:
             for task in (feeder, watchdog, *self._tasks):
                 task.cancel()
             await asyncio.gather(feeder, watchdog, *self._tasks, return_exceptions=True)
-
-    async def _read(self, call: Any) -> tuple[str, Any]:
-        """The call's next answer ("answer"), its end ("end", with the error if it failed), or "interrupted":
-        the watchdog or the feeder cancelled it (the caller's own task being cancelled raises)."""
-        self._reading = True
-        try:
-            resp = await call.read()
-        except grpc.aio.AioRpcError as e:
-            return "end", e
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            return "interrupted", None
-        finally:
-            self._reading = False
-        return ("end", None) if resp is grpc.aio.EOF else ("answer", resp)
 
     def _interrupt(self) -> None:
         """Wake the reader waiting on the call by cancelling it (the call is given up on either way)."""
@@ -347,22 +346,6 @@ class _StreamRun:
             async with self._write_lock:
                 await call.done_writing()
 
-    async def _write_now(self, req: pb.DetectRequest) -> None:
-        """The feeder writes its frame itself. A call that broke meanwhile is no loss: the frame is in the
-        window, and the next call is sent the unanswered frames."""
-        call = self._call
-        async with self._write_lock:
-            try:
-                await call.write(req)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-                pass
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # this stream is ending
-                # else the call was cancelled (given up on), not the feeder: as above
-
-
     async def _feed(self, frames: _Frames) -> None:
         try:
             async for item in frames if isinstance(frames, AsyncIterable) else _aiter(frames):
@@ -375,10 +358,25 @@ class _StreamRun:
                 if not self._window.unanswered:
                     self._progress_at = now  # frames start waiting now, not since the last answer
                 req = self._window.add(user_id, req, now)
-                if self._outbox.empty() and not self._write_lock.locked():
-                    await self._write_now(req)
-                else:
-                    self._outbox.put_nowait(req)
+                lock = self._write_lock
+                if not self._outbox.empty() or lock.locked():
+                    self._outbox.put_nowait(req)  # behind frames sent again, or the sender is writing
+                    continue
+                # The feeder writes its frame itself (inline: once per frame). A call that broke
+                # meanwhile is no loss: the frame is in the window, and the next call is sent the
+                # unanswered frames.
+                await lock.acquire()  # free (checked above): takes it without waiting
+                try:
+                    await self._call.write(req)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                    pass
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # this stream is ending
+                    # else the call was cancelled (given up on), not the feeder: as above
+                finally:
+                    lock.release()
             self._input_done = True
             if self._window.held == 0:
                 self._end_writing()  # nothing left to answer: the reader sees the call end

@@ -112,11 +112,12 @@ class Knobs:
             req.classes.extend(self.classes)
 
 
-def request(image: Image, knobs: Knobs, frame_id: int = 0) -> pb.DetectRequest:
-    """The DetectRequest for one image; InvalidImage for something that is not one of the image types."""
+def request(image: Image, knobs: Knobs | None, frame_id: int = 0) -> pb.DetectRequest:
+    """The DetectRequest for one image (`knobs` None: none set); InvalidImage for something that is not
+    one of the image types."""
     if type(image) is bytes and image:  # the common case, first
         req = pb.DetectRequest(frame_id=frame_id, encoded=image)
-        if knobs:
+        if knobs is not None:
             knobs.apply(req)
         return req
     req = pb.DetectRequest(frame_id=frame_id)
@@ -128,7 +129,8 @@ def request(image: Image, knobs: Knobs, frame_id: int = 0) -> pb.DetectRequest:
         pixels = _pixels(image)
         height, width = pixels.shape[:2]
         req.raw.data, req.raw.width, req.raw.height = pixels.tobytes(), width, height
-    knobs.apply(req)
+    if knobs is not None:
+        knobs.apply(req)
     return req
 
 

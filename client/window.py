@@ -18,7 +18,7 @@ from eagleeye.client.types import Result
 MAX_FRAME_RETRIES = 3
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     user_id: Any
     request: pb.DetectRequest

@@ -1,10 +1,11 @@
 """The worker's own cost: the bare model against a worker process, at batch 1 and saturated.
 
     python -m bench.worker [--runs 300] [--seconds 9] [--rounds 3] [--callers 16]
-                           [--backends torch,onnxruntime] [--inputs raw,jpeg] [--threads 1] [--out bench/out]
+                           [--backends torch,onnxruntime,null] [--inputs raw,jpeg] [--threads 1] [--out bench/out]
 
-For each backend (the embedded model as .pt2 on torch, as .onnx on ONNX Runtime) and input (raw
-256x256 RGB frames: no decode, no resize; or the same frame as a JPEG):
+For each backend (the embedded model as .pt2 on torch, as .onnx on ONNX Runtime; `null`: torch with a
+model that does almost nothing, so the worker's own cost is seen without a CPU model's convolutions
+around it) and input (raw 256x256 RGB frames: no decode, no resize; or the same frame as a JPEG):
 
 - bare, batch 1: `model.infer` on one letterboxed frame in this process, p50 and p99 of `--runs`;
 - worker, batch 1: one Detect call at a time to an eagleeye-detector on 127.0.0.1 (the same model and
@@ -28,8 +29,10 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,10 @@ import numpy as np
 from eagleeye.harness.processes import Proc
 
 BATCH = 8
+# A backend of its own in --backends: torch with null_model(), so that the worker's own cost is seen
+# without a CPU model's 10 ms of convolutions between requests (on a CPU they evict the caches the
+# request path then runs from cold, which a GPU's forward pass does not).
+NULL = "null"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -52,12 +59,37 @@ def frame() -> np.ndarray:
     return make_scene(7, size=(256, 256)).image
 
 
-def load(backend: str, threads: int) -> Any:
+def null_model(folder: Path) -> Path:
+    """A .pt2 following the model contract that does almost nothing (a mean of the input, five fixed
+    boxes): the worker around it is then nearly all there is to measure."""
+    import torch
+
+    from eagleeye.detector.model import export_model
+
+    class Null(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            n, m = x.shape[0], x.mean(dim=(1, 2, 3))
+            fixed = torch.tensor([[10.0, 10.0, 60.0, 60.0], [100.0, 100.0, 180.0, 200.0], [20.0, 150.0, 90.0, 240.0],
+                                  [5.0, 5.0, 40.0, 40.0], [150.0, 20.0, 250.0, 90.0]])
+            boxes = fixed.expand(n, 5, 4) + m[:, None, None]
+            scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]).expand(n, 5) + 0 * m[:, None]
+            return boxes.contiguous(), scores.contiguous(), torch.tensor([0, 1, 2, 0, 1]).expand(n, 5).contiguous()
+
+    path = folder / "null.pt2"
+    export_model(Null(), path, name="null", version="1", classes=("person", "car", "bicycle"), input_size=(256, 256))
+    return path
+
+
+def load(backend: str, threads: int, path: Path | None = None) -> Any:
     import torch
 
     from eagleeye.detector.defaultmodel import DEFAULT_MODEL_PATH, DEFAULT_ONNX_PATH
 
     torch.set_num_threads(threads)
+    if path is not None:
+        from eagleeye.detector.model import load_model
+
+        return load_model(path, "cpu", half=False)
     if backend == "onnxruntime":
         from eagleeye.detector.onnxmodel import OnnxDetector
 
@@ -176,7 +208,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=9.0, help="saturated seconds per row, each side (default 9)")
     p.add_argument("--rounds", type=int, default=3, help="turns of bare and worker per row (default 3)")
     p.add_argument("--callers", type=int, default=16, help="concurrent callers when saturated (default 16)")
-    p.add_argument("--backends", default="torch,onnxruntime")
+    p.add_argument("--backends", default="torch,onnxruntime,null",
+                   help="torch, onnxruntime, null: torch with a model that does almost nothing (default: all)")
     p.add_argument("--inputs", default="raw,jpeg")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads, model and worker (default 1)")
     p.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
@@ -185,9 +218,12 @@ def main() -> int:
     args = p.parse_args()
     image = frame()
     rows: list[dict[str, Any]] = []
+    scratch = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     for backend in args.backends.split(","):
-        model = load(backend, args.threads)
-        proc = start_worker(backend, args.threads, args.worker_arg)
+        model_file = null_model(scratch) if backend == NULL else None
+        model = load(backend, args.threads, model_file)
+        proc = start_worker("torch" if backend == NULL else backend, args.threads,
+                            [*args.worker_arg, *(["--model", str(model_file)] if model_file else [])])
         try:
             for kind in args.inputs.split(","):
                 print(f"{backend}, {kind}: {args.rounds} rounds of {args.runs // args.rounds} calls at batch 1 and "
@@ -202,6 +238,7 @@ def main() -> int:
         finally:
             proc.stop()
             del model
+    shutil.rmtree(scratch, ignore_errors=True)
     command = "python -m bench.worker " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} " \
               f"{platform.python_version()}, {args.threads} intra-op thread(s), CPU inference"

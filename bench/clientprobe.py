@@ -51,22 +51,25 @@ class _Frames:
             if self.fps:
                 await asyncio.sleep(1 / self.fps)  # a camera's pace
 
+    async def images(self) -> AsyncIterator[bytes]:
+        """The frames themselves, placeholder bytes (what a camera gives the library)."""
+        for i in range(1, self.n + 1):
+            self.sent[i] = time.monotonic()
+            yield b"x"
+            if self.fps:
+                await asyncio.sleep(1 / self.fps)  # a camera's pace
+
 
 async def _library_stream(det: Any, args: argparse.Namespace, ready: asyncio.Event) -> dict[str, Any]:
     from eagleeye.client import EagleEyeError
 
     frames = _Frames(args.frames, args.fps)
-
-    async def images() -> AsyncIterator[bytes]:
-        async for _ in frames.ids():
-            yield b"x"
-
     ids: list[int] = []
     workers: list[str] = []
     waits: list[float] = []
     error = ""
     try:
-        async for r in det.stream(images()):
+        async for r in det.stream(frames.images()):
             ids.append(r.frame_id)
             waits.append(time.monotonic() - frames.sent[r.frame_id])
             if not workers or workers[-1] != r.worker:

@@ -365,9 +365,10 @@ class _StreamRun:
                 # The feeder writes its frame itself (inline: once per frame). A call that broke
                 # meanwhile is no loss: the frame is in the window, and the next call is sent the
                 # unanswered frames.
-                await lock.acquire()  # free (checked above): takes it without waiting
+                call = self._call  # the call of now: if it is replaced meanwhile, the replay has the frame
+                await lock.acquire()
                 try:
-                    await self._call.write(req)
+                    await call.write(req)
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
                     pass
                 except asyncio.CancelledError:

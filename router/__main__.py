@@ -266,7 +266,7 @@ async def serve(cfg: RouterConfig) -> int:
     event(log, "draining", grace_s=cfg.shutdown_grace_s, streams=controller.active_streams)
     await health.enter_graceful_shutdown()
     if proxy is not None:
-        proxy.drain()  # streams answer what they read, then end UNAVAILABLE: their clients reconnect
+        await proxy.drain()  # streams answer what they read, then end UNAVAILABLE: their clients reconnect
     for task in xds_tasks:
         task.cancel()
     if "xds_listen" in servers:

@@ -108,6 +108,8 @@ class Controller:
         self._decision_listeners: list[Callable[[], None]] = []
         self._failure_listeners: list[Callable[[Backend], None]] = []
         self._removal_listeners: list[Callable[[Backend, BackendWatcher], None]] = []
+        self._placement_listeners: list[Callable[[], None]] = []
+        self._usable_seen: frozenset[Backend] = frozenset()   # ready and not leaving, at the last evaluation
         self._leaving: dict[Backend, float] = {}   # left the pool at: no new work; removed once idle
         # Primaries that joined while the router ran and have not been ready yet (a scaled-out pod loading
         # its model): no slot, no share, nothing for a standby to cover, until their first ready.
@@ -156,14 +158,27 @@ class Controller:
             self._was_ready[b] = v.ready
         d = self.fleet_decision = self._policy.update({b.name: v for b, v in views.items() if b.primary},
                                                       {b.name: v for b, v in views.items() if not b.primary}, now)
+        rehomed = 0
         while self._rebalance_onto:
-            self._rebalance(self._rebalance_onto.pop(0))
+            rehomed += self._rebalance(self._rebalance_onto.pop(0))
         self.decision = _summary(d, self.pooled)
         for t in d.transitions:
             self._emit(t, now)
         for listener in self._decision_listeners:
             listener()
+        usable = frozenset(b for b, v in views.items() if v.ready)
+        if usable != self._usable_seen or rehomed:
+            self._usable_seen = usable
+            for moved in self._placement_listeners:
+                moved()
         self._dirty.set()
+
+    def on_placement_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` when where running streams belong may have changed at once: a worker became
+        usable or not (health, ejection, an operator's drain), began leaving the pool, or a rebalance
+        re-homed streams. (Ramps change weights a little at every tick: a stream follows them at its
+        next frame.)"""
+        self._placement_listeners.append(listener)
 
     def on_decision(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every evaluation of the policy (signals changed, or time passed)."""
@@ -328,7 +343,7 @@ class Controller:
         self._places.add(place)
         return self.placement(place, None)
 
-    def _rebalance(self, joined: Backend) -> None:
+    def _rebalance(self, joined: Backend) -> int:
         """A primary that joined the pool takes its part of the running streams: from each primary with
         more than an even share of the streams homed on it, the excess is re-homed onto `joined`, up to
         an even share in all. Each such stream moves once, at its next frame boundary (placement says so
@@ -337,7 +352,7 @@ class Controller:
         d = self.fleet_decision
         primaries = [n for n in d.slots if d.weights.get(n, 0.0) > 0]
         if joined.name not in primaries or len(primaries) < 2:
-            return
+            return 0
         homed: dict[str, list[StreamPlace]] = {n: [] for n in primaries}
         for place in list(self._places):
             home = place.home
@@ -356,6 +371,7 @@ class Controller:
         if moved:
             self.stream_rebalances += moved
             event(log, "streams rebalanced onto a new primary", backend=joined.value, streams=moved, fair_share=fair)
+        return moved
 
     def _new_home(self) -> Backend | None:
         homes = self._weighted(True) or [b for b in self.watchers if b.primary and b not in self._leaving]
@@ -407,8 +423,12 @@ class Controller:
         return w is not None and w.view().ready
 
     def record(self, backend: Backend, ok: bool, latency_s: float | None = None) -> None:
-        """A real call's outcome (ok, or a failure of the backend) and its latency."""
-        self.watchers[backend].record_call(ok)
+        """A real call's outcome (ok, or a failure of the backend) and its latency; nothing for a worker
+        already removed from the pool (a call or leg that outlived it)."""
+        watcher = self.watchers.get(backend)
+        if watcher is None:
+            return
+        watcher.record_call(ok)
         if ok:
             now = self._clock()
             self._progress_at[backend] = now
@@ -417,11 +437,13 @@ class Controller:
 
     def unary_answered(self, backend: Backend, latency_s: float) -> None:
         self.record(backend, True, latency_s)
-        self.timers[backend].unary_answered(latency_s)
+        if (timers := self.timers.get(backend)) is not None:
+            timers.unary_answered(latency_s)
 
     def stream_answered(self, backend: Backend, latency_s: float, waited_s: float) -> None:
         self.record(backend, True, latency_s)
-        self.timers[backend].stream_progress(waited_s)
+        if (timers := self.timers.get(backend)) is not None:
+            timers.stream_progress(waited_s)
 
     # -- admin -------------------------------------------------------------------------------------
 

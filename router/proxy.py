@@ -58,6 +58,7 @@ _CODES = {c.name: c for c in grpc.StatusCode}
 # The longest a unary call waits for room in its client's share and the router's window before it is
 # refused RESOURCE_EXHAUSTED (or its deadline, if sooner): a burst of large requests is slowed, not refused.
 UNARY_ROOM_WAIT_S = 5.0
+DRAIN_BATCH = 64    # streams drained per loop pass at shutdown
 DRAIN_MESSAGE = ("router shutting down: every frame it read has been answered; reconnect (to another router "
                  "replica) and send the frames after the last answer")
 
@@ -118,6 +119,7 @@ class Proxy:
         self.unary_slots = Slots(cfg.max_concurrent_rpcs, cfg.max_concurrent_rpcs_per_peer)
         self.stream_slots = Slots(cfg.max_concurrent_streams, cfg.max_concurrent_streams_per_peer)
         self._sessions: set[StreamSession] = set()
+        controller.on_placement_change(self._fleet_changed)
         self.frames_read = 0          # stream frames read from clients ...
         self.frames_answered = 0      # ... and answers handed to them: equal once every stream has ended
         self.draining = False
@@ -173,12 +175,23 @@ class Proxy:
         return self.incidents.report(f"detector worker call failed ({code.name})", details, logging.WARNING,
                                      what="worker call failed")
 
-    def drain(self) -> None:
-        """Shutting down: every stream stops reading frames, gets the answers to those it sent already,
-        then ends UNAVAILABLE with a message to reconnect; new streams are refused the same way."""
-        self.draining = True
+    def _fleet_changed(self) -> None:
+        """Every stream looks at health and placement now (an idle one has no timer to do it)."""
         for session in list(self._sessions):
-            session.drain(DRAIN_MESSAGE)
+            session.fleet_changed()
+
+    async def drain(self) -> None:
+        """Shutting down: every stream stops reading frames, gets the answers to those it sent already,
+        then ends UNAVAILABLE with a message to reconnect; new streams are refused the same way.
+
+        A few dozen streams at a time, the loop running between: thousands of them drained in one pass
+        would hold it (health answers included) for as many times 0.1 ms."""
+        self.draining = True
+        for i, session in enumerate(list(self._sessions)):
+            if session in self._sessions:   # not ended meanwhile
+                session.drain(DRAIN_MESSAGE)
+            if i % DRAIN_BATCH == DRAIN_BATCH - 1:
+                await asyncio.sleep(0)      # let the loop run what is due before the next batch
 
     def peer_pool(self, peer: str) -> st.BytePool:
         """`peer`'s share of the router's bytes (max_pending_bytes_per_peer), while it holds a call or stream."""
@@ -535,6 +548,9 @@ class StreamSession:
             for task in self._side_tries:
                 task.cancel()
             core.release()
+
+    def fleet_changed(self) -> None:
+        self._apply(self._core.on_fleet_change(self._proxy.clock()))
 
     def drain(self, message: str) -> None:
         """Read no more frames (a frame half-received is not read: the client sends it again); answer the

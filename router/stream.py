@@ -395,6 +395,13 @@ class StreamCore:
             at = check if at is None else min(at, check)
         return at
 
+    def on_fleet_change(self, now: float) -> list[Action]:
+        """Health, the pool or the streams' homes changed: look now, idle or not (an idle stream on a
+        worker that is not ready or is leaving moves at once, gracefully, instead of holding its leg)."""
+        if self.finished or self.backend is None:
+            return []
+        return self._check(now)
+
     def on_timer(self, now: float) -> list[Action]:
         if self.finished or self.backend is None:
             return []

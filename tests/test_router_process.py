@@ -378,3 +378,69 @@ async def test_a_client_streams_own_deadline_is_not_a_worker_failure(cluster: Lo
         state = rpb_grpc.RouterAdminStub(ch).GetState(rpb.GetStateRequest(), timeout=5).state
     primary = next(b for b in state.backends if b.backend == rpb.BACKEND_PRIMARY)
     assert state.state == "NORMAL" and primary.ready and not primary.ejected, state
+
+
+async def test_idle_streams_leave_a_drained_worker_at_once_and_come_back_at_their_next_frame(
+        cluster: LocalCluster) -> None:
+    """An idle stream has no timer of its own (the router holds thousands): when its worker stops being
+    usable (here an operator's drain) the router moves its leg at once, gracefully, instead of holding
+    it open on that worker until the stream's next frame or until the worker's restart breaks it."""
+    from eagleeye.api.router.v1 import router_pb2 as rpb
+    from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
+
+    image = encode_png(make_scene(3, (160, 120)).image)
+    auth = [("authorization", f"Bearer {ADMIN_TOKEN}")]
+    more = [asyncio.Event() for _ in range(6)]
+    done = asyncio.Event()
+
+    async def legs(admin: Any) -> dict[str, int]:
+        state = await admin.GetState(rpb.GetStateRequest(), timeout=5)
+        return {b.name: b.outstanding for b in state.state.backends}
+
+    async def until(admin: Any, want: Any) -> dict[str, int]:
+        seen: dict[str, int] = {}
+        for _ in range(100):  # bounded: 100 looks at the router's own count, 50 ms apart
+            seen = await legs(admin)
+            if want(seen):
+                break
+            await asyncio.sleep(0.05)  # polling the router's state, bounded
+        return seen
+
+    async with grpc.aio.insecure_channel(cluster.router_address) as ch, \
+            grpc.aio.insecure_channel(cluster.admin_address) as admin_ch:
+        stub, admin = pb_grpc.DetectorStub(ch), rpb_grpc.RouterAdminStub(admin_ch)
+        answers: list[list[str]] = [[] for _ in more]
+
+        async def camera(i: int) -> None:
+            async def frames() -> Any:
+                yield pb.DetectRequest(frame_id=1, encoded=image)
+                await more[i].wait()       # idle: the stream stays open with nothing in flight
+                yield pb.DetectRequest(frame_id=2, encoded=image)
+                await done.wait()
+            async for answer in stub.DetectStream(frames(), timeout=60):
+                answers[i].append(answer.worker)
+
+        cameras = [asyncio.create_task(camera(i)) for i in range(len(more))]
+        try:
+            before = await until(admin, lambda s: sum(s.values()) == len(more) and all(answers))
+            assert sum(before.values()) == len(more) and all(answers), (before, answers)
+            await admin.Switch(rpb.SwitchRequest(to=rpb.BACKEND_STANDBY), timeout=5, metadata=auth)
+            after = await until(admin, lambda s: s.get("primary") == 0 and s.get("standby") == len(more))
+            assert after == {"primary": 0, "standby": len(more)}, (before, after)
+            await admin.Switch(rpb.SwitchRequest(to=rpb.BACKEND_PRIMARY), timeout=5, metadata=auth)
+            await asyncio.to_thread(cluster.router.wait_for_event, "switch", 30, from_state="RECOVERING",
+                                    to_state="NORMAL")
+            for e in more:
+                e.set()
+            for _ in range(200):  # until every stream has its second answer, bounded
+                if all(len(a) == 2 for a in answers):
+                    break
+                await asyncio.sleep(0.05)  # polling what the streams have received, bounded
+            assert all(len(a) == 2 for a in answers), answers
+        finally:
+            done.set()
+            for e in more:
+                e.set()
+            await asyncio.gather(*cameras, return_exceptions=True)
+    # Nothing was blamed on the drained primary: no stream failed over off it with its frames.
+    assert not [e for e in cluster.router.events if e.get("event") == "backend ejected"]

@@ -463,3 +463,22 @@ def test_an_idle_stream_has_no_timer_and_its_next_frame_follows_health_and_weigh
     if moved is not None:
         assert out.index(moved) < out.index(first_write)
     assert h.core.next_timer() == pytest.approx(60.1)   # busy again: watched again
+
+
+@pytest.mark.parametrize("change, out", [
+    ("none", []),
+    ("primary not ready", [Close(1), Open(2, S), Moved(P, S, "primary not ready", 0, True)]),
+    ("weights send it to the standby", [EndWrites(1), Open(2, S), Moved(P, S, "weights", 0, False)]),
+])
+def test_a_fleet_change_moves_an_idle_stream_at_once_without_blaming_its_worker(
+        change: str, out: list[Action]) -> None:
+    fleet = FakeFleet()
+    h = started(Harness(fleet))
+    h.send(1)
+    h.answer(1, 1)                               # answered: the stream is idle, with no timer
+    assert h.core.next_timer() is None
+    if change == "primary not ready":
+        fleet.usable_set = {S}
+    elif change == "weights send it to the standby":
+        fleet.wanted = S
+    assert h.core.on_fleet_change(5.0) == out    # no Failed: nothing was lost or late

@@ -36,6 +36,8 @@ LATENCY_WINDOW_S = 5.0  # "latency before/after" a switch: medians over this lon
 # A worker that left the pool is removed once it has no calls or stream legs, or after this long
 # (a stream moves off it at its next frame boundary; a call gets its deadline).
 LEAVE_GRACE_S = 30.0
+# Removed workers whose timers are kept for the calls and stream legs that outlive them.
+REMOVED_TIMERS_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class Controller:
         self._policy = FleetPolicy(policy_cfg)
         self.watchers = watchers
         self.timers = timers
+        # A removed worker's timers, for the calls and legs that outlive it (a hung one's stall time is
+        # still needed to give up on it); the last few removed only.
+        self._removed_timers: collections.OrderedDict[Backend, BackendTimers] = collections.OrderedDict()
         self._health = health
         self._clock = clock
         self._wall = wall
@@ -311,7 +316,11 @@ class Controller:
             if self.outstanding(b) <= 0 or now - since >= self.leave_grace_s:
                 del self._leaving[b]
                 watcher = self.watchers.pop(b)
-                self.timers.pop(b, None)
+                gone = self.timers.pop(b, None)
+                if gone is not None:
+                    self._removed_timers[b] = gone
+                    while len(self._removed_timers) > REMOVED_TIMERS_KEPT:
+                        self._removed_timers.popitem(last=False)
                 self._load.pop(b, None)
                 self._progress_at.pop(b, None)
                 self._was_ready.pop(b, None)
@@ -409,10 +418,16 @@ class Controller:
                                    and self.usable(b)], weighted=False)
 
     def hedge_delay_s(self, backend: Backend) -> float:
-        return self.timers[backend].hedge_delay_s()
+        return self._timers(backend).hedge_delay_s()
 
     def stall_s(self, backend: Backend) -> float:
-        return self.timers[backend].stall_s()
+        return self._timers(backend).stall_s()
+
+    def _timers(self, backend: Backend) -> BackendTimers:
+        timers = self.timers.get(backend) or self._removed_timers.get(backend)
+        if timers is None:  # removed long ago: any worker's will do for a call that old
+            timers = next(iter(self._removed_timers.values()))
+        return timers
 
     def progress_at(self, backend: Backend) -> float:
         return self._progress_at.get(backend, float("-inf"))

@@ -1,0 +1,67 @@
+"""The controller's notifications and its bookkeeping for workers that leave (no processes: watchers
+are fed their signals directly)."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+
+from eagleeye.common.latency import BackendTimers
+from eagleeye.router.config import RouterConfig
+from eagleeye.router.controller import Controller
+from eagleeye.router.fleet import Backend
+from eagleeye.router.watcher import SERVING, BackendWatcher
+
+P, S = Backend.PRIMARY, Backend.STANDBY
+
+
+def timers() -> BackendTimers:
+    return BackendTimers(0.95, (0.05, 1.0), 4.0, (0.2, 10.0))
+
+
+async def controller() -> tuple[Controller, dict[Backend, BackendWatcher], list[int]]:
+    cfg = RouterConfig(primary="127.0.0.1:9", standby="127.0.0.1:10")
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")  # never connected: the watchers are not started
+    watchers = {b: BackendWatcher(b.value, "127.0.0.1:9", channel, cfg) for b in (P, S)}
+    ctl = Controller(cfg.policy(), watchers, health_aio.HealthServicer(), {b: timers() for b in (P, S)})
+    calls: list[int] = []
+    ctl.on_placement_change(lambda: calls.append(1))
+    return ctl, watchers, calls
+
+
+def ready(w: BackendWatcher, ok: bool = True) -> None:
+    w.status.watch_connected, w.status.ready_status = True, SERVING if ok else 0
+
+
+async def test_streams_are_told_when_a_worker_becomes_usable_or_not_and_not_on_every_evaluation() -> None:
+    ctl, w, calls = await controller()
+    ready(w[P])
+    ready(w[S])
+    ctl.changed()
+    assert len(calls) == 1                     # both usable now
+    ctl.reevaluate()                           # time passes (a ramp's tick): nothing to tell
+    assert len(calls) == 1
+    ctl.set_drain(P, True)                     # an operator's drain: the primary is not usable
+    assert len(calls) == 2
+    ready(w[S], False)
+    ctl.changed()
+    assert len(calls) == 3
+    ctl.changed()
+    assert len(calls) == 3
+
+
+async def test_a_call_or_leg_that_outlives_its_workers_removal_still_ends_cleanly() -> None:
+    ctl, w, _ = await controller()
+    ready(w[P])
+    ready(w[S])
+    ctl.changed()
+    ctl.load(S, +1)                            # a stream leg still open on the standby ...
+    stall = ctl.stall_s(S)
+    ctl.retire(S)
+    ctl.leave_grace_s = 0.0                    # ... when its grace is over: removed with the leg open
+    ctl._reap()
+    assert S not in ctl.watchers
+    ctl.record(S, False)                       # the leg breaks: nothing to record, and no KeyError
+    ctl.stream_answered(S, 0.01, 0.01)
+    assert ctl.stall_s(S) == stall             # its stall time is still known, to give up on it
+    assert ctl.hedge_delay_s(S) > 0

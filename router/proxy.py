@@ -22,6 +22,7 @@ import grpc
 
 from eagleeye.api.names import DETECTOR_SERVICE, ORCA_TRAILER, REQUEST_DEFAULTS_KEY, RETRY_ELSEWHERE_KEY
 from eagleeye.common.admission import Full, Slots, peer_key
+from eagleeye.common.aio import PassGate
 from eagleeye.common.errors import IncidentLog
 from eagleeye.common.logs import event
 from eagleeye.common.memory import LargeMessageReclaimer
@@ -59,6 +60,9 @@ _CODES = {c.name: c for c in grpc.StatusCode}
 # refused RESOURCE_EXHAUSTED (or its deadline, if sooner): a burst of large requests is slowed, not refused.
 UNARY_ROOM_WAIT_S = 5.0
 DRAIN_BATCH = 64    # streams drained per loop pass at shutdown
+# New streams set up per loop pass (about 0.3 ms each, most of it gRPC's call to the worker): a
+# burst waits its turn over several passes instead of holding the loop in one.
+STREAM_SETUPS_PER_PASS = 16
 DRAIN_MESSAGE = ("router shutting down: every frame it read has been answered; reconnect (to another router "
                  "replica) and send the frames after the last answer")
 
@@ -119,6 +123,7 @@ class Proxy:
         self.unary_slots = Slots(cfg.max_concurrent_rpcs, cfg.max_concurrent_rpcs_per_peer)
         self.stream_slots = Slots(cfg.max_concurrent_streams, cfg.max_concurrent_streams_per_peer)
         self._sessions: set[StreamSession] = set()
+        self.stream_setups = PassGate(STREAM_SETUPS_PER_PASS)
         controller.on_placement_change(self._fleet_changed)
         self.frames_read = 0          # stream frames read from clients ...
         self.frames_answered = 0      # ... and answers handed to them: equal once every stream has ended
@@ -327,6 +332,17 @@ class Proxy:
                 "(max_concurrent_streams_per_peer); close idle streams or spread them over router replicas"
                 if full is Full.PEER else f"router busy: {self.cfg.max_concurrent_streams} streams open "
                 "(max_concurrent_streams); retry with backoff"))
+        try:
+            await self.stream_setups.turn()  # a burst of new streams is set up over several loop passes
+        except BaseException:
+            self.stream_slots.give_back(peer)
+            self.peer_done(peer)
+            raise
+        if self.draining:  # began while this stream waited for its turn
+            self.stream_slots.give_back(peer)
+            self.peer_done(peer)
+            self.controller.metrics.request(STREAM_METHOD, "UNAVAILABLE")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAIN_MESSAGE)
         self.controller.active_streams += 1
         session = StreamSession(self, requests, context, self.peer_pool(peer))
         self._sessions.add(session)

@@ -351,6 +351,7 @@ class Proxy:
                 yield answer
         finally:
             self._sessions.discard(session)
+            session.release_reservation()   # at once, even before the abandoned session.run() is closed
             self.controller.active_streams -= 1
             self.stream_slots.give_back(peer)
             self.peer_done(peer)
@@ -523,6 +524,7 @@ class StreamSession:
         self._reader: asyncio.Task[None] | None = None
         self._delivering = False
         self._defaults_applied: dict[str, int] = {}  # router state -> frames filled in with its defaults
+        self._reserved: Backend | None = None  # placed there, no leg yet (the load it counts for)
 
     async def run(self) -> AsyncIterator[bytes]:
         """The answers to send the client, in order (an async generator, as gRPC handlers may be)."""
@@ -533,7 +535,12 @@ class StreamSession:
         if target is None:
             await self._context.abort(grpc.StatusCode.UNAVAILABLE, self._proxy.unavailable_message())
         assert target is not None
-        self._apply(core.begin(target, self._proxy.clock()))
+        # The worker's leg opens with the first frame (an idle or hostile client stream costs no worker a
+        # stream); until then the stream counts as load where it was placed, so that a burst of new
+        # streams still spreads over the workers.
+        ctl.load(target, 1)
+        self._reserved = target
+        self._apply(core.begin(None, self._proxy.clock()))
         self._handler = asyncio.current_task()
         reader = self._reader = asyncio.create_task(self._read_client())
         try:
@@ -555,6 +562,7 @@ class StreamSession:
                     code = _CODES.get(item.code, grpc.StatusCode.UNKNOWN)
                     await self._context.abort(code, item.message or self._proxy.unavailable_message())
         finally:
+            self.release_reservation()
             reader.cancel()
             for timer in (self._timer, self._idle):
                 if timer is not None:
@@ -566,6 +574,9 @@ class StreamSession:
             core.release()
 
     def fleet_changed(self) -> None:
+        reserved = self._reserved
+        if reserved is not None and (not self._ctl.usable(reserved) or self._ctl.leaving(reserved)):
+            self.release_reservation()  # it will not go there: placement decides at its first frame
         self._apply(self._core.on_fleet_change(self._proxy.clock()))
 
     def drain(self, message: str) -> None:
@@ -616,7 +627,14 @@ class StreamSession:
         self._arm_timer()
         self._update_room()
 
+    def release_reservation(self) -> None:
+        """The stream's placement stops counting as load (its leg does, or it is over)."""
+        if self._reserved is not None:
+            self._ctl.load(self._reserved, -1)
+            self._reserved = None
+
     def _open(self, a: st.Open) -> None:
+        self.release_reservation()  # the leg is the load now
         timeout = None if self._deadline is None else max(0.001, self._deadline - self._proxy.clock())
         call = self._proxy.streams[a.backend](timeout=timeout, metadata=self._metadata)
         leg = _Leg(a.gen, a.backend, call, self._ctl)

@@ -262,9 +262,11 @@ class StreamCore:
 
     # -- events ------------------------------------------------------------------------------------
 
-    def begin(self, backend: Backend, now: float) -> list[Action]:
+    def begin(self, backend: Backend | None, now: float) -> list[Action]:
+        """The client's stream opened: a leg to `backend` now, or (None) to where placement says once the
+        first frame comes (a client stream that sends nothing costs no worker a stream)."""
         self._next_check = now + self._cfg.placement_check_s
-        return self._open(backend)
+        return self._open(backend) if backend is not None else []
 
     def has_room(self) -> bool:
         """Whether the shell may read another frame from the client.

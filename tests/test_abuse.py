@@ -340,3 +340,40 @@ def test_fault_injection_cannot_reach_production_by_accident(tmp_path: Path, arg
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "fault_injection" in lines[0] and says in lines[0], out.stderr
+
+
+async def test_idle_client_streams_through_the_router_cost_the_workers_no_streams(tmp_path: Path) -> None:
+    """The router opens a stream to a worker with a client stream's first frame: client streams that send
+    nothing (careless or hostile) take none of a worker's stream slots from its other callers."""
+    from eagleeye.api.router.v1 import router_pb2 as rpb
+    from eagleeye.api.router.v1 import router_pb2_grpc as rpb_grpc
+
+    cluster = LocalCluster(worker_args=["--config", fast_config(tmp_path, {"max_concurrent_streams": 4})])
+    idle: StalledPeer | None = None
+    try:
+        cluster.wait_normal()
+        idle = await asyncio.to_thread(StalledPeer, cluster.router_address, STREAM, None, 12)
+        auth = [("authorization", f"Bearer {cluster.admin_token}")]
+        async with grpc.aio.insecure_channel(cluster.admin_address) as ch:
+            admin = rpb_grpc.RouterAdminStub(ch)
+            held = 0
+            for _ in range(100):  # until the router has taken the 12 streams, bounded
+                state = (await admin.GetState(rpb.GetStateRequest(), timeout=5, metadata=auth)).state
+                held = sum(b.outstanding for b in state.backends)  # placed, counted as load there
+                if held == 12:
+                    break
+                await asyncio.sleep(0.05)  # polling the router's state, bounded
+            assert held == 12
+        # The primary's 4 stream slots are all free for callers that send frames.
+        async with grpc.aio.insecure_channel(cluster.primary_address) as ch:
+            stub = pb_grpc.DetectorStub(ch)
+
+            async def one(fid: int) -> list[int]:
+                call = stub.DetectStream(iter([pb.DetectRequest(frame_id=fid, encoded=IMAGE)]), timeout=30)
+                return [a.frame_id async for a in call]
+
+            assert await asyncio.gather(*(one(i) for i in range(1, 5))) == [[1], [2], [3], [4]]
+    finally:
+        if idle is not None:
+            idle.close()
+        cluster.stop()

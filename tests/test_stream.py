@@ -482,3 +482,20 @@ def test_a_fleet_change_moves_an_idle_stream_at_once_without_blaming_its_worker(
     elif change == "weights send it to the standby":
         fleet.wanted = S
     assert h.core.on_fleet_change(5.0) == out    # no Failed: nothing was lost or late
+
+
+def test_a_stream_begun_without_a_leg_opens_one_where_placement_says_at_its_first_frame() -> None:
+    fleet = FakeFleet(wanted=S)
+    h = Harness(fleet)
+    assert h.core.begin(None, 0.0) == []         # the client's stream is open; no worker has a stream yet
+    assert h.core.next_timer() is None
+    assert h.core.on_fleet_change(1.0) == []     # nothing to move
+    out = h.send(1, now=2.0)
+    assert out[:2] == [Open(1, S), Write(1, frame(1))]
+    assert h.core.next_timer() is not None       # busy: watched
+
+
+def test_a_stream_begun_without_a_leg_that_sends_nothing_ends_without_one() -> None:
+    h = Harness()
+    h.core.begin(None, 0.0)
+    assert h.run(h.core.on_client_end(0.5)) == [Finish()]

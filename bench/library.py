@@ -47,21 +47,23 @@ class Fleet:
                                                  "--service-ms", "10", "--max-batch", "8", "--max-queue", "256"])
             self.standby = self._proc("python", ["-m", "bench.simworker", "--worker-id", "standby",
                                                  "--service-ms", "10", "--max-batch", "8", "--max-queue", "256"])
-            self.listen, self.xds = free_address(), free_address()
-            self.args = ["--listen", self.listen, "--xds-listen", self.xds, "--primary", self.primary.wait_listening(),
-                         "--standby", self.standby.wait_listening(), "--hold-down", "60"]
+            self.workers = ["--primary", self.primary.wait_listening(), "--standby", self.standby.wait_listening(),
+                            "--hold-down", "60"]
+            # Router replicas, each with its own ports, in front of the same workers; `target` names every
+            # replica (gRPC's pick_first moves a client to the next when one goes).
+            ports = [(free_address(), free_address()) for _ in range(replicas)]
+            self.listen, self.xds = ports[0]
+            self.args = self._router_args(*ports[0])
             self.router = self.start_router()
-            # More router replicas, each with its own ports, in front of the same workers; `target`
-            # names every replica (gRPC's pick_first moves a client to the next when one goes).
             self.replicas = [(self.router, self.args)]
-            for _ in range(replicas - 1):
-                args = [*self.args]
-                args[1], args[3] = free_address(), free_address()
-                self.replicas.append((self.start_router(args), args))
-            self.target = "ipv4:" + ",".join(a[1] for _, a in self.replicas) if replicas > 1 else self.listen
+            self.replicas += [(self.start_router(a), a) for a in (self._router_args(*p) for p in ports[1:])]
+            self.target = "ipv4:" + ",".join(listen for listen, _ in ports) if replicas > 1 else self.listen
         except BaseException:
             self.stop()
             raise
+
+    def _router_args(self, listen: str, xds: str) -> list[str]:
+        return ["--listen", listen, "--xds-listen", xds, *self.workers]
 
     def _proc(self, program: str, args: list[str]) -> Proc:
         proc = Proc(program, args)

@@ -334,25 +334,20 @@ class Proxy:
                 "(max_concurrent_streams); retry with backoff"))
         try:
             await self.stream_setups.turn()  # a burst of new streams is set up over several loop passes
-        except BaseException:
-            self.stream_slots.give_back(peer)
-            self.peer_done(peer)
-            raise
-        if self.draining:  # began while this stream waited for its turn
-            self.stream_slots.give_back(peer)
-            self.peer_done(peer)
-            self.controller.metrics.request(STREAM_METHOD, "UNAVAILABLE")
-            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAIN_MESSAGE)
-        self.controller.active_streams += 1
-        session = StreamSession(self, requests, context, self.peer_pool(peer))
-        self._sessions.add(session)
-        try:
-            async for answer in session.run():
-                yield answer
+            if self.draining:  # began while this stream waited for its turn
+                self.controller.metrics.request(STREAM_METHOD, "UNAVAILABLE")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, DRAIN_MESSAGE)
+            self.controller.active_streams += 1
+            session = StreamSession(self, requests, context, self.peer_pool(peer))
+            self._sessions.add(session)
+            try:
+                async for answer in session.run():
+                    yield answer
+            finally:
+                self._sessions.discard(session)
+                session.release_reservation()   # at once, even before the abandoned session.run() is closed
+                self.controller.active_streams -= 1
         finally:
-            self._sessions.discard(session)
-            session.release_reservation()   # at once, even before the abandoned session.run() is closed
-            self.controller.active_streams -= 1
             self.stream_slots.give_back(peer)
             self.peer_done(peer)
 

@@ -191,7 +191,10 @@ def test_zero_hop_streams_lose_nothing_when_the_primary_dies_or_hangs(pair: Pair
     figures.update(report)
     for s in report["streams"]:
         assert s["in_order_once"] and not s["error"], report
-    assert report["stats"]["reopened"] >= 1, report  # the streams on the primary moved
+    # The streams on the primary moved. gRPC may have put both streams on the standby (5 % of the
+    # traffic): then the fault touched none of them, and there was nothing to move.
+    if any(s["workers"][:1] == ["primary"] for s in report["streams"]):
+        assert report["stats"]["reopened"] >= 1, report
     if sig == signal.SIGSTOP:
         assert all(s["max_ms"] < 5000 for s in report["streams"]), report  # left within seconds, not stuck
 

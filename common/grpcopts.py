@@ -4,7 +4,16 @@ from __future__ import annotations
 
 # grpcio enables SO_REUSEPORT by default, so a second server on a busy port starts silently and
 # steals half the connections; a port clash must be an error instead.
-SERVER_BASE_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.so_reuseport", 0),)
+#
+# Requests must come uncompressed (gzip or deflate: UNIMPLEMENTED "Compression algorithm 'gzip' is
+# disabled.", from the call's headers). gRPC inflates a compressed message on the thread that reads it,
+# the event loop's, up to the message limit before it refuses it: 47 KB of gzip held a worker's loop
+# 0.1-0.2 s on a 2-core machine. Images are JPEG or PNG, already compressed; raw frames are better sent
+# as JPEG than gzipped.
+SERVER_BASE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.compression_enabled_algorithms_bitset", 1),  # identity only
+)
 
 
 # Calls one client connection may have open beyond what the process's own limits already allow it

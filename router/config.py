@@ -95,7 +95,7 @@ class RouterConfig:
     admin_max_anonymous_streams: int = AdminLimits.max_anonymous_streams
     admin_max_anonymous_streams_per_peer: int = AdminLimits.max_anonymous_streams_per_peer
     # The worker's limit (its max_image_bytes plus 64 KiB), so that nothing the router accepts is
-    # refused by a worker for its size; counted after decompression.
+    # refused by a worker for its size (requests come uncompressed: common/grpcopts.py).
     max_message_bytes: int = names.DEFAULT_MAX_IMAGE_BYTES + names.MESSAGE_OVERHEAD_BYTES
     max_concurrent_rpcs: int = 1000     # unary calls at once, all clients together
     max_concurrent_streams: int = 1000  # DetectStream calls at once, all clients together

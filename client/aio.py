@@ -24,7 +24,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -53,6 +53,7 @@ HEDGE_BUDGET_PER_CALL, HEDGE_BUDGET_MAX = 0.1, 10.0
 RETRY_BACKOFF_S = (0.02, 1.0)
 
 _Frames = AsyncIterable[Any] | Iterable[Any]
+_EOF = grpc.aio.EOF
 
 
 def _configure_xds(target: str, xds_server: str | None) -> None:
@@ -196,6 +197,7 @@ class _StreamRun:
         self._det = det
         self._knobs = knobs if knobs else None   # looked at once, not per frame
         self._window = Window(det.window)
+        self._waits = det._waits
         self._room = asyncio.Event()
         self._room.set()
         self._gen = 0
@@ -232,7 +234,7 @@ class _StreamRun:
                 payload: Any = None
                 try:
                     resp = await self._call.read()
-                    kind = "end" if resp is grpc.aio.EOF else "answer"
+                    kind = "end" if resp is _EOF else "answer"
                 except grpc.aio.AioRpcError as e:
                     kind, payload = "end", e
                 except asyncio.CancelledError:
@@ -286,17 +288,18 @@ class _StreamRun:
                     delay = stall
             await asyncio.sleep(delay)  # the stall timer
 
-    def _answer(self, resp: pb.DetectResponse) -> list[Result]:
+    def _answer(self, resp: pb.DetectResponse) -> Sequence[Result]:
         now = time.monotonic()
-        due, waited, resend = self._window.answer(resp, now)
+        window = self._window
+        due, waited, resend = window.answer(resp, now)
         if waited is None:
             self._det.stats["duplicates"] += 1
-            return []
-        self._det._waits.add(waited)
+            return due
+        self._waits.add(waited)
         self._progress_at = self._answered_at = now
         if resend is not None:
             self._outbox.put_nowait(resend)  # a busy worker refused it: another try (maybe elsewhere)
-        if not self._window.full:
+        if window.held < window.size:
             self._room.set()
         return due
 
@@ -347,17 +350,18 @@ class _StreamRun:
                 await call.done_writing()
 
     async def _feed(self, frames: _Frames) -> None:
+        window = self._window
         try:
             async for item in frames if isinstance(frames, AsyncIterable) else _aiter(frames):
                 user_id, image = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
                 req = types.request(image, self._knobs)
-                while self._window.full:
+                while window.held >= window.size:
                     self._room.clear()
                     await self._room.wait()
                 now = time.monotonic()
-                if not self._window.unanswered:
+                if not window.unanswered:
                     self._progress_at = now  # frames start waiting now, not since the last answer
-                req = self._window.add(user_id, req, now)
+                req = window.add(user_id, req, now)
                 lock = self._write_lock
                 if not self._outbox.empty() or lock.locked():
                     self._outbox.put_nowait(req)  # behind frames sent again, or the sender is writing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -14,7 +14,6 @@ from eagleeye.client.errors import EagleEyeError, InvalidImage, error_for
 #: What `detect` and `stream` take as an image: a JPEG or PNG file's bytes, an H x W x 3 uint8 RGB
 #: numpy array (sent raw, no re-encoding) or a PIL image (converted to RGB, sent raw).
 Image = Any
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -47,44 +46,104 @@ class Timing:
     batch_size: int
 
 
-@dataclass(frozen=True)
+_UNSET: Any = object()
+
+
 class Result:
     """One frame's answer. In a stream, `frame_id` is the frame's position (1-based) unless the caller
-    gave ids; `error` is set (and `detections` empty) when the service refused this frame alone."""
+    gave ids; `error` is set (and `detections` empty) when the service refused this frame alone.
 
-    frame_id: Any
-    detections: tuple[Detection, ...]
-    worker: str
-    timing: Timing
-    image_width: int
-    image_height: int
-    error: EagleEyeError | None = None
+    Immutable, compared and hashed by its fields, like the other result types. A Result made from an
+    answer (`Result.of`) keeps the answer and builds `detections`, `timing` and `error` when first read:
+    a caller that looks at some fields pays for those alone.
+    """
+
+    __slots__ = ("_detections", "_error", "_frame_id", "_resp", "_timing")
+
+    def __init__(self, frame_id: Any, detections: tuple[Detection, ...], worker: str, timing: Timing,
+                 image_width: int, image_height: int, error: EagleEyeError | None = None) -> None:
+        self._frame_id = frame_id
+        self._resp = pb.DetectResponse(worker=worker, image_width=image_width, image_height=image_height)
+        self._detections: tuple[Detection, ...] | None = tuple(detections)
+        self._timing: Timing | None = timing
+        self._error: Any = error
 
     @classmethod
     def of(cls, frame_id: Any, resp: pb.DetectResponse) -> Result:
         """The Result of a DetectResponse (a frame refused alone becomes `error`), under `frame_id`."""
-        error = None
-        if resp.HasField("error") and (resp.error.code or resp.error.message):
-            code = next((c for c in grpc.StatusCode if c.value[0] == resp.error.code), grpc.StatusCode.UNKNOWN)
-            error = error_for(code, resp.error.message)
-        t = resp.timing
-        # Once per frame, so built without the frozen dataclasses' __init__ (a guarded setattr per field,
-        # about 3x the cost); the fields are the same and a test compares the two ways.
-        detections = tuple([_frozen(Detection, label=d.label, score=d.score, class_id=d.class_id,
-                                    box=_frozen(Box, x_min=d.box.x_min, y_min=d.box.y_min, x_max=d.box.x_max,
-                                                y_max=d.box.y_max))
-                            for d in resp.detections]) if resp.detections else ()
-        return _frozen(cls, frame_id=frame_id, worker=resp.worker, image_width=resp.image_width,
-                       image_height=resp.image_height, error=error, detections=detections,
-                       timing=_frozen(Timing, queue_ms=t.queue_ms, inference_ms=t.inference_ms, total_ms=t.total_ms,
-                                      batch_size=t.batch_size))
+        # Once per frame: five slots set, nothing converted until it is read.
+        obj = object.__new__(cls)
+        obj._frame_id, obj._resp, obj._detections, obj._timing, obj._error = frame_id, resp, None, None, _UNSET
+        return obj
+
+    @property
+    def frame_id(self) -> Any:
+        """The frame's position in its stream (from 1), the caller's own id, or 0 from `detect`."""
+        return self._frame_id
+
+    @property
+    def detections(self) -> tuple[Detection, ...]:
+        """The objects found, as the worker listed them."""
+        if self._detections is None:
+            self._detections = tuple([
+                Detection(d.label, d.score, Box(d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max), d.class_id)
+                for d in self._resp.detections])
+        return self._detections
+
+    @property
+    def worker(self) -> str:
+        """The worker that answered (its id)."""
+        return self._resp.worker
+
+    @property
+    def timing(self) -> Timing:
+        """Where the frame's time went in the worker."""
+        if self._timing is None:
+            t = self._resp.timing
+            self._timing = Timing(t.queue_ms, t.inference_ms, t.total_ms, t.batch_size)
+        return self._timing
+
+    @property
+    def image_width(self) -> int:
+        """The image's width in pixels, as the worker decoded it."""
+        return self._resp.image_width
+
+    @property
+    def image_height(self) -> int:
+        """The image's height in pixels, as the worker decoded it."""
+        return self._resp.image_height
+
+    @property
+    def error(self) -> EagleEyeError | None:
+        """Why the service refused this frame alone (None: it was answered)."""
+        if self._error is _UNSET:
+            resp, error = self._resp, None
+            if resp.HasField("error") and (resp.error.code or resp.error.message):
+                code = next((c for c in grpc.StatusCode if c.value[0] == resp.error.code), grpc.StatusCode.UNKNOWN)
+                error = error_for(code, resp.error.message)
+            self._error = error
+        return self._error  # type: ignore[no-any-return]
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.frame_id, self.detections, self.worker, self.timing, self.image_width, self.image_height,
+                self.error)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Result):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "Result(" + ", ".join(f"{n}={v!r}" for n, v in zip(_RESULT_FIELDS, self._fields(), strict=True)) + ")"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Result, self._fields()
 
 
-def _frozen(cls: type[_T], **fields: Any) -> _T:
-    """An instance of the frozen dataclass `cls` with every one of its fields given."""
-    obj = object.__new__(cls)
-    obj.__dict__.update(fields)
-    return obj
+_RESULT_FIELDS = ("frame_id", "detections", "worker", "timing", "image_width", "image_height", "error")
 
 
 @dataclass(frozen=True)

@@ -8,36 +8,43 @@ a floor and a ceiling from the settings, and fall back to the ceiling until enou
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 
 
 class RecentQuantile:
-    """The `q` quantile of the last `size` samples, recomputed every `refresh` new samples."""
+    """The `q` quantile of the last `size` samples, exact and current after every sample.
 
-    def __init__(self, q: float, size: int = 256, min_samples: int = 20, refresh: int = 16) -> None:
+    The samples are kept twice: in arrival order (to know which one leaves) and sorted (so the
+    quantile is an index). A sample costs two binary searches and two short moves of a list of
+    `size` floats, about 0.3 us at 256: it is added once per answered frame.
+    """
+
+    def __init__(self, q: float, size: int = 256, min_samples: int = 20) -> None:
+        if not 0.0 < q <= 1.0 or size < 1 or min_samples < 1:
+            raise ValueError("RecentQuantile needs 0 < q <= 1, size >= 1 and min_samples >= 1")
         self._q = q
-        self._samples: list[float] = []
+        self._arrived: list[float] = []
+        self._sorted: list[float] = []
         self._size = size
         self._next = 0
         self._min = min_samples
-        self._refresh = refresh
-        self._since = 0
-        self._value: float | None = None
 
     def add(self, x: float) -> None:
-        if len(self._samples) < self._size:
-            self._samples.append(x)
+        arrived, ordered = self._arrived, self._sorted
+        if len(arrived) < self._size:
+            arrived.append(x)
         else:
-            self._samples[self._next] = x
+            del ordered[bisect_left(ordered, arrived[self._next])]
+            arrived[self._next] = x
             self._next = (self._next + 1) % self._size
-        self._since += 1
-        if len(self._samples) >= self._min and (self._value is None or self._since >= self._refresh):
-            ordered = sorted(self._samples)
-            self._value = ordered[min(len(ordered) - 1, math.ceil(self._q * len(ordered)) - 1)]
-            self._since = 0
+        insort(ordered, x)
 
     def value(self) -> float | None:
         """The quantile, or None while there are fewer than `min_samples` samples."""
-        return self._value
+        n = len(self._sorted)
+        if n < self._min:
+            return None
+        return self._sorted[min(n - 1, math.ceil(self._q * n) - 1)]
 
 
 def clamped(value: float | None, floor: float, ceiling: float, scale: float = 1.0) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import signal
 import socket
 import subprocess
@@ -69,7 +70,7 @@ def test_the_window_replays_what_is_unanswered_keeps_callers_ids_and_bounds_itse
     # A busy worker refused frame 2: sent again (a few times), not given back as an error.
     for _ in range(MAX_FRAME_RETRIES):
         due, _, resend = w.answer(answer(2, retry_elsewhere=True), 6.0)
-        assert due == [] and resend is not None and resend.frame_id == 2
+        assert not due and resend is not None and resend.frame_id == 2
     due, _, resend = w.answer(answer(2, retry_elsewhere=True), 7.0)
     assert resend is None and due[0].frame_id == "cam-b" and due[0].error is not None  # then it is its answer
     with pytest.raises(ValueError):
@@ -99,8 +100,13 @@ def test_a_result_is_the_same_value_as_one_built_field_by_field() -> None:
                       timing=ct.Timing(1.5, 7.25, 9.0, 4),
                       detections=(ct.Detection("ellipse", 0.875, ct.Box(1.0, 2.0, 30.0, 40.0), 1),))
     assert got == built and hash(got) == hash(built) and repr(got) == repr(built)
-    with pytest.raises(AttributeError):
-        got.detections[0].box.x_min = 5.0  # type: ignore[misc]  # frozen, as built by __init__
+    assert got.timing is got.timing and got.detections is got.detections  # built once, when first read
+    assert pickle.loads(pickle.dumps(got)) == got
+    assert "image_width=640" in repr(got) and "worker='primary'" in repr(got)
+    for target, name in ((got, "worker"), (got, "frame_id"), (got.detections[0].box, "x_min"), (got, "other")):
+        with pytest.raises(AttributeError):
+            setattr(target, name, 5.0)
+    assert got != ct.Result.of("cam-2", resp) and got.error is None
     refused = pb.DetectResponse(frame_id=1)
     refused.error.code, refused.error.message = grpc.StatusCode.INVALID_ARGUMENT.value[0], "not an image"
     error = ct.Result.of(1, refused).error

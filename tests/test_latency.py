@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import random
+
+import pytest
+
 from eagleeye.common.latency import BackendTimers, RecentQuantile, clamped
 
 
 def test_quantile_needs_enough_samples_and_forgets_old_ones() -> None:
-    q = RecentQuantile(0.95, size=100, min_samples=20, refresh=1)
+    q = RecentQuantile(0.95, size=100, min_samples=20)
     for _ in range(19):
         q.add(0.01)
     assert q.value() is None
@@ -15,6 +20,19 @@ def test_quantile_needs_enough_samples_and_forgets_old_ones() -> None:
     for _ in range(100):
         q.add(0.2)                      # the old samples leave the window
     assert q.value() == 0.2
+
+
+@pytest.mark.parametrize("q", [0.5, 0.95, 0.99, 1.0])
+def test_quantile_is_the_sorted_window_at_every_sample(q: float) -> None:
+    rng = random.Random(7)
+    quantile = RecentQuantile(q, size=64, min_samples=1)
+    seen: list[float] = []
+    for _ in range(500):
+        x = rng.choice([rng.random(), 0.5, 0.25])  # repeated values too: one copy leaves at a time
+        quantile.add(x)
+        seen.append(x)
+        window = sorted(seen[-64:])
+        assert quantile.value() == window[min(len(window) - 1, math.ceil(q * len(window)) - 1)]
 
 
 def test_clamped_uses_the_ceiling_until_something_is_known() -> None:

@@ -114,7 +114,7 @@ class AsyncDetector:
 
     def stall_s(self) -> float:
         """How long a stream waits for an answer before it is opened again (learned from recent waits)."""
-        return clamped(self._waits.value(), *self._stall_bounds, scale=STALL_MULTIPLIER)
+        return clamped(self._waits.estimate(), *self._stall_bounds, scale=STALL_MULTIPLIER)
 
     def _hedge_delay_s(self) -> float:
         return clamped(self._unary.value(), *HEDGE_BOUNDS)
@@ -251,7 +251,7 @@ class _StreamRun:
                 elif kind == "interrupted":
                     if self._stalled:
                         self._stalled = False
-                        attempt = await self._again(attempt, None)
+                        attempt = await self._again(attempt, None, stalled=True)
                     elif self._input_error is None:
                         raise Unavailable("the stream was cancelled: the client is closing", grpc.StatusCode.CANCELLED)
                 elif self._window.unanswered or not self._input_done:  # the call ended
@@ -275,7 +275,12 @@ class _StreamRun:
     async def _watchdog(self) -> None:
         """Gives up on the call when frames have waited the stall time with no answer while the reader
         waits for one (one timer per stream, not one per message). A caller slow to take its results is
-        not a stall: answers then wait in the call, unread."""
+        not a stall: answers then wait in the call, unread.
+
+        The stall time is learned as answers come (from its ceiling down), so the timer looks again at
+        least every lower bound of it: a stream that stalls right after it started is given up on within
+        the learned stall time plus that bound, not after the ceiling."""
+        recheck = self._det._stall_bounds[0]
         while True:
             stall = self._det.stall_s()
             delay = stall
@@ -286,7 +291,7 @@ class _StreamRun:
                         self._stalled = True
                         self._interrupt()
                     delay = stall
-            await asyncio.sleep(delay)  # the stall timer
+            await asyncio.sleep(min(delay, recheck))  # the stall timer
 
     def _answer(self, resp: pb.DetectResponse) -> Sequence[Result]:
         now = time.monotonic()
@@ -303,8 +308,10 @@ class _StreamRun:
             self._room.set()
         return due
 
-    async def _again(self, attempt: int, error: grpc.aio.AioRpcError | None) -> int:
-        """The call broke or stalled: give up on it and open another with the unanswered frames."""
+    async def _again(self, attempt: int, error: grpc.aio.AioRpcError | None, stalled: bool = False) -> int:
+        """The call broke or stalled: give up on it and open another with the unanswered frames. A call
+        that ended is followed by a back-off growing with the attempts in a row; a stalled one is not:
+        the stall time it waited paces the attempts already."""
         if error is not None and error.code() not in RETRIABLE:
             raise from_rpc_error(error)
         if time.monotonic() - self._answered_at > self._det.timeout:
@@ -313,7 +320,7 @@ class _StreamRun:
             raise Unavailable(f"no answer for {self._det.timeout:g} s", grpc.StatusCode.DEADLINE_EXCEEDED)
         self._close_call()
         self._det.stats["reopened"] += 1
-        if attempt:
+        if attempt and not stalled:
             await asyncio.sleep(min(RETRY_BACKOFF_S[0] * 2 ** attempt, RETRY_BACKOFF_S[1]))  # reconnection back-off
         self._open(replay=True)
         return attempt + 1

@@ -46,6 +46,14 @@ class RecentQuantile:
             return None
         return self._sorted[min(n - 1, math.ceil(self._q * n) - 1)]
 
+    def estimate(self) -> float | None:
+        """The quantile; with fewer than `min_samples` samples, the largest so far (a cautious guess at
+        a high quantile); None with none."""
+        n = len(self._sorted)
+        if n >= self._min:
+            return self._sorted[min(n - 1, math.ceil(self._q * n) - 1)]
+        return self._sorted[-1] if n else None
+
 
 def clamped(value: float | None, floor: float, ceiling: float, scale: float = 1.0) -> float:
     """`value * scale` within [floor, ceiling]; the ceiling when nothing is known yet."""

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2 as fi
+from eagleeye.api.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
 from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.client import AsyncDetector, Detector, InvalidImage, Unavailable
 from eagleeye.client import types as ct
@@ -292,6 +295,48 @@ async def test_a_caller_slow_to_take_its_results_is_not_a_stalled_stream() -> No
                     await asyncio.sleep(1.5 * det.stall_s())  # the caller busy elsewhere (the stall time: 2 s)
             assert ids == list(range(1, 61))
             assert det.stats["reopened"] == 0 and det.stats["replayed"] == 0, det.stats
+    finally:
+        worker.stop()
+
+
+async def test_a_worker_that_hangs_soon_after_a_stream_starts_is_left_by_the_learned_stall_time() -> None:
+    """The stall time is learned from the first answers and falls from its ceiling (10 s to a worker or a
+    router) to its floor (2 s): a worker that hangs after a stream's fifth answer is given up on within
+    about the floor, and every frame is still answered once, in order, once it serves again."""
+    worker = Proc("python", ["-m", "bench.simworker", "--worker-id", "w", "--service-ms", "5"])
+    try:
+        address = worker.wait_listening()
+        worker.wait_for_event("model ready", 60)
+        async with AsyncDetector(address) as det, grpc.aio.insecure_channel(address) as channel:
+            faults = fi_grpc.FaultInjectionStub(channel)
+            five_answered = asyncio.Event()
+
+            async def frames() -> AsyncIterator[bytes]:
+                for i in range(1, 41):
+                    if i == 6:
+                        await five_answered.wait()
+                    yield b"x"
+
+            async def hang_then_serve() -> float:
+                await five_answered.wait()
+                await faults.HangInference(fi.HangInferenceRequest())
+                hung_at = time.monotonic()
+                while det.stats["reopened"] == 0 and time.monotonic() - hung_at < 15:
+                    await asyncio.sleep(0.05)  # polls the outcome (bounded), does not stand in for it
+                left_after = time.monotonic() - hung_at
+                await faults.ClearFaults(fi.ClearFaultsRequest())
+                return left_after
+
+            hang = asyncio.ensure_future(hang_then_serve())
+            ids = []
+            async for r in det.stream(frames()):
+                ids.append(r.frame_id)
+                if r.frame_id == 5:
+                    five_answered.set()
+            left_after = await hang
+        assert ids == list(range(1, 41))
+        assert det.stats["reopened"] >= 1, det.stats
+        assert left_after < 6.0, f"the hung worker was left after {left_after:.1f} s (the ceiling is 10 s)"
     finally:
         worker.stop()
 

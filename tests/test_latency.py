@@ -12,11 +12,13 @@ from eagleeye.common.latency import BackendTimers, RecentQuantile, clamped
 
 def test_quantile_needs_enough_samples_and_forgets_old_ones() -> None:
     q = RecentQuantile(0.95, size=100, min_samples=20)
-    for _ in range(19):
+    assert q.value() is None and q.estimate() is None
+    q.add(0.03)
+    for _ in range(18):
         q.add(0.01)
-    assert q.value() is None
+    assert q.value() is None and q.estimate() == 0.03   # too few for the quantile: the largest so far
     q.add(0.01)
-    assert q.value() == 0.01
+    assert q.value() == q.estimate() == 0.01            # 20 samples: the quantile (0.03 is above the p95)
     for _ in range(100):
         q.add(0.2)                      # the old samples leave the window
     assert q.value() == 0.2

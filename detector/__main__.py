@@ -28,7 +28,14 @@ from eagleeye.common.health import HealthServicer
 from eagleeye.common.loadreport import Counters, LoadReporter
 from eagleeye.common.logs import LOG_FORMATS, event
 from eagleeye.common.looplag import LoopLagMonitor
-from eagleeye.common.serving import HEALTH_SERVICE, add_listener, health_server, serve_reflection
+from eagleeye.common.serving import (
+    HEALTH_SERVICE,
+    OWN_FILES,
+    add_listener,
+    health_server,
+    raise_open_file_limit,
+    serve_reflection,
+)
 from eagleeye.common.tls import ServerTls
 from eagleeye.detector import config as config_mod
 from eagleeye.detector.batcher import Batcher, InferenceHooks
@@ -147,8 +154,10 @@ async def serve(cfg: DetectorConfig) -> int:
     # worker's calls, streams and Watches, but no more.
     per_connection = grpcopts.streams_per_connection(cfg.max_concurrent_rpcs + cfg.max_concurrent_streams
                                                      + cfg.max_watch_streams)
+    listeners = 1 + bool(cfg.health_listen)
+    raise_open_file_limit(listeners * cfg.max_connections + OWN_FILES)
     server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, *grpcopts.message_size_options(frame_limit),
-                                      *per_connection],
+                                      *per_connection, *grpcopts.connection_cap(cfg.max_connections)],
                              interceptors=tel.server_interceptors())
     tls = ServerTls.of(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     port = add_listener(server, "listen", cfg.listen, tls)
@@ -158,7 +167,8 @@ async def serve(cfg: DetectorConfig) -> int:
     health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
     probes: grpc.aio.Server | None = None
     if cfg.health_listen:
-        probes, health_port = health_server(health, cfg.health_listen, cfg.max_watch_streams_per_peer)
+        probes, health_port = health_server(health, cfg.health_listen, cfg.max_watch_streams_per_peer,
+                                            cfg.max_connections)
     publisher = HealthPublisher(health)
     defaults = Defaults(cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
     batcher_ref: list[Batcher] = []

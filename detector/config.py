@@ -119,6 +119,8 @@ class DetectorConfig:
     # ... and from one client (address host, with mTLS also its identity): room for 4 routers on one
     # host, while one client can no longer take every slot and lock routers out (issue 20).
     max_watch_streams_per_peer: int = 8
+    # Client connections open at once, on each listener (routers hold a few each; zero-hop clients one).
+    max_connections: int = 4096
     shutdown_grace_s: float = 10.0
     fault_injection: bool = False       # the --fault-injection flag only, and only on a loopback `listen`
     log_level: str = "info"
@@ -147,7 +149,7 @@ class DetectorConfig:
         settings.at_least("max_stream_inflight", self.max_stream_inflight, 1)
         settings.at_least("max_decode_bytes", self.max_decode_bytes, self.max_image_bytes)
         for name in ("max_concurrent_rpcs", "max_concurrent_streams", "max_watch_streams",
-                     "max_watch_streams_per_peer"):
+                     "max_watch_streams_per_peer", "max_connections"):
             settings.at_least(name, getattr(self, name), 1)
         settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
         settings.one_of("log_level", self.log_level, LOG_LEVELS)

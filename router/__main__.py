@@ -25,7 +25,14 @@ from eagleeye.common.latency import BackendTimers
 from eagleeye.common.logs import LOG_FORMATS, event
 from eagleeye.common.looplag import LoopLagMonitor
 from eagleeye.common.memory import return_large_buffers
-from eagleeye.common.serving import HEALTH_SERVICE, add_listener, health_server, serve_reflection
+from eagleeye.common.serving import (
+    HEALTH_SERVICE,
+    OWN_FILES,
+    add_listener,
+    health_server,
+    raise_open_file_limit,
+    serve_reflection,
+)
 from eagleeye.common.tls import ServerTls
 from eagleeye.router import config as config_mod
 from eagleeye.router.admin import AdminServicer
@@ -156,11 +163,14 @@ async def serve(cfg: RouterConfig) -> int:
     controller.on_failure(lambda _: membership.poke())  # a restarted pod may be back at another address
 
     servers: dict[str, tuple[grpc.aio.Server, str]] = {}  # what listens where, by setting
+    listeners = sum(bool(a) for a in (cfg.listen, cfg.health_listen, cfg.xds_listen, cfg.admin_listen))
+    raise_open_file_limit(listeners * cfg.max_connections + OWN_FILES)
     proxy: Proxy | None = None
     if cfg.listen:
         server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
                                           *grpcopts.message_size_options(cfg.max_message_bytes),
-                                          *client_connection_options(cfg)],
+                                          *client_connection_options(cfg),
+                                          *grpcopts.connection_cap(cfg.max_connections)],
                                  interceptors=tel.server_interceptors())
         servers["listen"] = server, _bound("listen", cfg.listen, add_listener(server, "listen", cfg.listen, tls))
         health_pb2_grpc.add_HealthServicer_to_server(health, guarded(server))
@@ -206,7 +216,8 @@ async def serve(cfg: RouterConfig) -> int:
     controller.on_removed(removed)
     membership.on_change = members_changed
     if cfg.health_listen:
-        probes, health_port = health_server(health, cfg.health_listen, cfg.max_watch_streams_per_peer)
+        probes, health_port = health_server(health, cfg.health_listen, cfg.max_watch_streams_per_peer,
+                                            cfg.max_connections)
         servers["health_listen"] = probes, _bound("health_listen", cfg.health_listen, health_port)
     xds_tasks: list[asyncio.Task[None]] = []
     publisher: XdsPublisher | None = None
@@ -217,6 +228,7 @@ async def serve(cfg: RouterConfig) -> int:
         xds_server = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS,
                                               ("grpc.max_receive_message_length", 1024 * 1024),
                                               ("grpc.http2.bdp_probe", 0),
+                                              *grpcopts.connection_cap(cfg.max_connections),
                                               *grpcopts.streams_per_connection(cfg.xds_max_clients_per_peer
                                                                                + cfg.max_watch_streams_per_peer)])
         publisher = XdsPublisher(controller, cfg.xds_name, backends,
@@ -229,7 +241,8 @@ async def serve(cfg: RouterConfig) -> int:
     if cfg.admin_listen:
         # A server of its own: network policy can keep clients away from it, and the data path's
         # limits and interceptors do not apply to operators.
-        admin = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length", 65536)],
+        admin = grpc.aio.server(options=[*grpcopts.SERVER_BASE_OPTIONS, ("grpc.max_receive_message_length", 65536),
+                                         *grpcopts.connection_cap(cfg.max_connections)],
                                 maximum_concurrent_rpcs=ADMIN_MAX_CALLS)
         servicer = AdminServicer(controller, cfg.admin_token, cfg.admin_limits(), publisher)
         calls = CallAdmission(Slots(ADMIN_MAX_CALLS, ADMIN_MAX_CALLS_PER_PEER), ADMIN_REQUEST_TIMEOUT_S, "admin calls",

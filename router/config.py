@@ -105,6 +105,7 @@ class RouterConfig:
     max_concurrent_streams_per_peer: int = 250
     max_watch_streams: int = 100        # health Watch streams at once
     max_watch_streams_per_peer: int = 8  # ... and from one client (address host, with mTLS its identity)
+    max_connections: int = 4096         # client connections open at once, on each listener
     # Client connections: a peer pinging more often than this is sent GOAWAY (gRPC's keepalive
     # enforcement); every connection is closed gracefully after an age (with +-10 % jitter) so that
     # clients spread over new router replicas after a scale-out: new calls reconnect at once, while
@@ -212,7 +213,8 @@ class RouterConfig:
                               f"must be in [1, {MAX_ANONYMOUS_STREAMS_PER_PEER}] (half the admin calls one client "
                               "may make at once)")
         for name in ("max_concurrent_rpcs", "max_concurrent_streams", "max_watch_streams",
-                     "max_watch_streams_per_peer", "max_concurrent_rpcs_per_peer", "max_concurrent_streams_per_peer"):
+                     "max_watch_streams_per_peer", "max_concurrent_rpcs_per_peer", "max_concurrent_streams_per_peer",
+                     "max_connections"):
             settings.at_least(name, getattr(self, name), 1)
         settings.at_least("shutdown_grace_s", self.shutdown_grace_s, 0)
         settings.one_of("log_level", self.log_level, LOG_LEVELS)

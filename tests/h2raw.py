@@ -75,6 +75,11 @@ class StalledPeer:
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
+    @property
+    def open(self) -> bool:
+        """Whether the server has kept the connection open (as far as this peer has seen)."""
+        return self._thread.is_alive()
+
     def _read(self, n: int) -> bytes:
         buf = b""
         while len(buf) < n:

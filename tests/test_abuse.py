@@ -7,6 +7,7 @@ asserted are generous on purpose (docs/configuration.md gives the measured figur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import secrets
@@ -296,6 +297,41 @@ async def test_two_thousand_idle_streams_get_the_stream_bound_and_unary_clients_
     assert stopped == 0, ("the router did not exit on SIGTERM", cluster.router.lines[-5:])
     for proc in (cluster.router, cluster.primary, cluster.standby):  # 1000 streams ended by their peers
         assert not [line for line in proc.lines if '"level": "error"' in line], proc.lines[-5:]
+
+
+async def test_one_peer_holding_every_connection_slot_leaves_the_router_its_files_and_its_workers(
+        tmp_path: Path) -> None:
+    """A peer opens 40 connections to a router that takes 20 (`max_connections`): the rest are closed as
+    they are accepted, a new client is refused while the peer holds them all (UNAVAILABLE, as for any
+    full server) and served once it lets go; the router's own connections to its workers never notice."""
+    router_toml = tmp_path / "router.toml"
+    router_toml.write_text("max_connections = 20\n")
+    cluster = LocalCluster(worker_args=["--config", fast_config(tmp_path)], router_args=["--config", str(router_toml)])
+    hogs: list[StalledPeer] = []
+    try:
+        cluster.wait_normal()
+        cluster.router.forget_events()
+        for _ in range(40):
+            with contextlib.suppress(OSError):  # closed before its preface was written
+                hogs.append(await asyncio.to_thread(StalledPeer, cluster.router_address, STREAM, None, 0))
+        deadline = time.monotonic() + 10
+        while sum(h.open for h in hogs) > 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # polls the outcome (bounded)
+        assert sum(h.open for h in hogs) == 20, [h.open for h in hogs]
+        code, details = await detect(cluster.router_address, pb.DetectRequest(encoded=IMAGE))
+        assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
+        for h in hogs:
+            h.close()
+        deadline = time.monotonic() + 10
+        while (code := (await detect(cluster.router_address, pb.DetectRequest(encoded=IMAGE)))[0]) \
+                != grpc.StatusCode.OK and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # the client's reconnection back-off, bounded
+        assert code == grpc.StatusCode.OK
+        assert not [e for e in cluster.router.events if e.get("event") == "switch"], cluster.router.events
+    finally:
+        for h in hogs:
+            h.close()
+        cluster.stop()
 
 
 async def test_router_client_connections_keepalive_enforcement_maximum_age_and_idle_streams(

@@ -1,10 +1,15 @@
-"""LargeMessageReclaimer: a full collection after enough large requests, never for small ones."""
+"""What a process holds of the machine: LargeMessageReclaimer (a full collection after enough large
+requests, never for small ones) and the open-file limit its connection caps need."""
 
 from __future__ import annotations
+
+import logging
+import resource
 
 import pytest
 
 from eagleeye.common.memory import LargeMessageReclaimer
+from eagleeye.common.serving import raise_open_file_limit
 
 MiB = 1024 * 1024
 
@@ -25,3 +30,20 @@ def test_collects_once_per_threshold_of_large_requests(sizes: list[int], collect
     started = [reclaimer.released(size) for size in sizes]
     assert len(calls) == reclaimer.collections == sum(started) == collections
     assert reclaimer.pending == pending
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit_and_one_below_the_caps_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard < 64:
+        pytest.skip(f"a hard open-file limit of {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))  # a host's default soft limit, say
+    try:
+        with caplog.at_level(logging.WARNING, "eagleeye.serving"):
+            assert raise_open_file_limit(hard) == hard
+            assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+            assert "open-file limit below the connection caps" not in caplog.text
+            assert raise_open_file_limit(hard + 1) == hard  # the caps allow more connections than files
+            assert "open-file limit below the connection caps" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

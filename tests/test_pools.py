@@ -294,7 +294,8 @@ async def test_a_dns_name_is_a_pool_that_grows_and_shrinks_without_a_restart(tmp
             # boundary; the rest stay where they are.
             rebalanced = await asyncio.to_thread(router.wait_for_event, "streams rebalanced onto a new primary",
                                                  20, backend=p3_name)
-            assert rebalanced["streams"] == 2, rebalanced
+            assert rebalanced["streams"] == 2, (rebalanced, [e for e in router.events[before:] if e.get("event") in (
+                "switch", "fleet switch", "worker ready: taking its share", "worker joined")])
             for _ in range(500):  # until the moved streams have answers from p3, bounded
                 if sum(s[-1][1] == "p3" for s in seen) >= 2:
                     break

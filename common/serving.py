@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,8 +25,6 @@ def raise_open_file_limit(needed: int) -> int:
     a few hundred connections' worth); returns the limit now in force. `needed`: what the process's
     connection caps allow, plus its own files; a hard limit below it is logged, since past it a peer's
     connections would take the files the process needs for its own work."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:
         with contextlib.suppress(ValueError, OSError):

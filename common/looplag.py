@@ -71,13 +71,15 @@ class LoopLagMonitor:
     """A task measuring the running loop's lag until it is cancelled."""
 
     def __init__(self, service: str, meter: metrics.Meter, interval_s: float = INTERVAL_S,
-                 warn_s: float = WARN_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 warn_s: float = WARN_S, clock: Callable[[], float] = time.monotonic,
+                 on_wake: Callable[[float, float], None] | None = None) -> None:
         self._histogram = meter.create_histogram(
             f"eagleeye_{service}_event_loop_lag", unit="s",
             description="How late the event loop ran a timer that was due (every 0.1 s)")
         self._interval_s = interval_s
         self._report = LagReport(warn_s)
         self._clock = clock
+        self._on_wake = on_wake  # (due, now) at every wake: who else wants to know the loop was behind
         self._task: asyncio.Task[None] | None = None
         self.warn = True
 
@@ -98,6 +100,8 @@ class LoopLagMonitor:
             cpu = time.thread_time()
             await asyncio.sleep(self._interval_s)  # the probe itself: its lateness is the measurement
             now = self._clock()
+            if self._on_wake is not None:
+                self._on_wake(due, now)
             lag = Lag(max(0.0, now - due), time.thread_time() - cpu)
             self._histogram.record(lag.lag_s)
             report = self._report.add(lag, now) if self.warn else None

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=int, metavar="N",
                    help=f"intra-op threads for CPU inference (default {config_mod.DEFAULT_TORCH_THREADS})")
     p.add_argument("--max-batch", type=int, metavar="N", help="largest dynamic batch (default 8)")
+    p.add_argument("--inference-threads", type=int, metavar="N",
+                   help="batches in flight at once, each with its own thread and CUDA stream "
+                        "(default 0: auto, 2 on CUDA, 1 on the CPU)")
     p.add_argument("--max-queue-delay-ms", type=float, metavar="MS",
                    help="how long a frame waits for others to share its batch while the model is idle "
                         "(default 0: adaptive, batches form while the model runs)")
@@ -255,8 +258,8 @@ async def serve(cfg: DetectorConfig) -> int:
             stop.set()
         else:
             batcher = Batcher(model, max_batch=cfg.max_batch, max_delay_s=cfg.max_queue_delay_ms / 1000,
-                              max_queue=cfg.max_queue, hooks=hooks, on_sticky_error=lambda _: monitor.wake(),
-                              on_batch=metrics.batch)
+                              max_queue=cfg.max_queue, threads=cfg.inference_threads_on(device), hooks=hooks,
+                              on_sticky_error=lambda _: monitor.wake(), on_batch=metrics.batch)
             batcher.start()
             batcher_ref.append(batcher)
             detector.device, detector.half = device, cfg.half and device.startswith("cuda")
@@ -264,11 +267,13 @@ async def serve(cfg: DetectorConfig) -> int:
             detector.pipeline = Pipeline(model.meta, batcher,
                                          ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels), latency, tel,
                                          max_decode_bytes=cfg.max_decode_bytes)
-            monitor.model_ready(batcher, canary, golden, gpu_expected=device.startswith("cuda"))
+            monitor.model_ready(batcher, canary, golden, gpu_expected=device.startswith("cuda"),
+                                decode_waiting=lambda: detector.pipeline.decode_waiting if detector.pipeline else 0)
             lag.warn = True
             event(log, "model ready", model=model.meta.name, version=model.meta.version, device=device,
                   backend=model.backend,
-                  classes=list(model.meta.classes), torch_threads=cfg.torch_threads)
+                  classes=list(model.meta.classes), torch_threads=cfg.torch_threads,
+                  inference_threads=batcher.threads)
             await stop.wait()
 
     # Drain: NOT_SERVING first, so routers move traffic; then finish what was accepted.

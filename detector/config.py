@@ -95,6 +95,10 @@ class DetectorConfig:
     worker_id: str = ""                 # "": host:port once bound
     torch_threads: int = DEFAULT_TORCH_THREADS
     max_batch: int = 8
+    # Batches in flight at once, each on its own thread (and, on CUDA, its own CUDA stream), so that one
+    # batch's host work and copies overlap the next one's forward pass. 0: auto, 2 on CUDA and 1 on the
+    # CPU (where a second batch would only take the cores the first one's intra-op threads use).
+    inference_threads: int = 0
     # 0: adaptive batching. The model never waits with frames queued: frames that arrive while a batch
     # runs share the next one, so batches grow with the load and a lone frame goes straight in. A fixed
     # wait (a few ms, Triton's style) only delays frames while the model sits idle.
@@ -138,6 +142,7 @@ class DetectorConfig:
             raise ConfigError(f"device={self.device!r}: must be auto, cpu or cuda:N")
         settings.at_least("torch_threads", self.torch_threads, 1)
         settings.in_range("max_batch", self.max_batch, 1, 64)
+        settings.in_range("inference_threads", self.inference_threads, 0, 8)
         settings.at_least("max_queue", self.max_queue, 1)
         settings.at_least("max_queue_delay_ms", self.max_queue_delay_ms, 0)
         settings.in_range("score_threshold", self.score_threshold, 0, 1)
@@ -168,6 +173,12 @@ class DetectorConfig:
         if self.model_backend() == "onnxruntime" and self.half:
             raise ConfigError("half: fp16 is the torch backend's; with onnxruntime export an fp16 model, "
                               "or use --ort-trt (TensorRT runs fp16 itself)")
+
+    def inference_threads_on(self, device: str) -> int:
+        """inference_threads, with auto resolved for the device the model runs on."""
+        if self.inference_threads:
+            return self.inference_threads
+        return 2 if device.startswith("cuda") else 1
 
     def model_backend(self) -> str:
         """torch or onnxruntime, with auto resolved."""

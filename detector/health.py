@@ -52,9 +52,9 @@ class Signals:
     sticky_cuda_error: str | None = None
     gpu_expected: bool = False          # the model runs on a CUDA device
     gpu: GpuSample | None = None        # None: unknown (no NVML)
-    latency_p95_ms: float | None = None  # None: no requests in the window
-    queue_depth: int = 0
-    queue_capacity: int = 1
+    latency_p95_ms: float | None = None  # the worker's own time, waits excluded; None: no requests
+    queue_depth: int = 0                # frames waiting: for a decode thread or in the batch queue
+    queue_capacity: int = 1             # the batch queue's bound (max_queue)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2
 
 from eagleeye.common.aio import wait_event
 from eagleeye.common.logs import event
-from eagleeye.detector.batcher import Batcher, QueueFull
+from eagleeye.detector.batcher import Batcher
 from eagleeye.detector.config import HealthConfig
 from eagleeye.detector.contract import RawDetections
 from eagleeye.detector.gpu import LOST, GpuSample, TelemetrySource
@@ -119,6 +119,7 @@ class Monitor:
         self._gpu_expected = False
         self._model_error: str | None = None
         self._batcher: Batcher | None = None
+        self._decode_waiting: Callable[[], int] = lambda: 0
         self._canary_input: np.ndarray | None = None
         self._golden: Golden | None = None
         self._canary = CanaryState()
@@ -132,9 +133,12 @@ class Monitor:
         """The last GPU reading (None: no GPU or unknown)."""
         return self._gpu
 
-    def model_ready(self, batcher: Batcher, canary_input: np.ndarray, golden: Golden, gpu_expected: bool) -> None:
-        """The model is loaded and warm: start canaries."""
+    def model_ready(self, batcher: Batcher, canary_input: np.ndarray, golden: Golden, gpu_expected: bool,
+                    decode_waiting: Callable[[], int] = lambda: 0) -> None:
+        """The model is loaded and warm: start canaries. `decode_waiting`: frames waiting for a decode
+        thread, counted with the batch queue as the backlog."""
         self._batcher, self._canary_input, self._golden = batcher, canary_input, golden
+        self._decode_waiting = decode_waiting
         self._gpu_expected = gpu_expected
         self.wake()
 
@@ -156,11 +160,8 @@ class Monitor:
         previous = self._canary
         self._canary = CanaryState(previous.last, previous.detail, inflight_since=started)
         try:
-            out = await self._batcher.submit(self._canary_input)
-        except QueueFull:
-            # Load, not sickness: the backlog rule speaks for it. Try again next interval.
-            self._canary = previous
-            return
+            # Ahead of the queue: the canary judges the model, and a backlog (load) is the backlog rule's.
+            out = await self._batcher.submit(self._canary_input, urgent=True)
         except Exception as e:
             self._canary = CanaryState(CanaryOutcome.FAILED, str(e))
             self.wake()
@@ -170,7 +171,7 @@ class Monitor:
         if outcome is CanaryOutcome.OK and took > self._cfg.canary_deadline_s:
             outcome, detail = CanaryOutcome.LATE, f"answered in {took:.2f} s (deadline {self._cfg.canary_deadline_s} s)"
         self._canary = CanaryState(outcome, detail)
-        self._latency.add(self._clock(), took * 1000)
+        self._latency.add(self._clock(), (took - out.queue_s) * 1000)
         if outcome is not previous.last:
             self.wake()
 
@@ -196,7 +197,7 @@ class Monitor:
             gpu_expected=self._gpu_expected,
             gpu=self._gpu,
             latency_p95_ms=self._latency.p95(now),
-            queue_depth=batcher.depth if batcher else 0,
+            queue_depth=batcher.depth + self._decode_waiting() if batcher else 0,
             queue_capacity=batcher.capacity if batcher else 1,
         )
 

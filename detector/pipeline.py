@@ -152,6 +152,8 @@ class Pipeline:
         # the core the event loop (health answers) and the inference thread need.
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode",
                                            initializer=_lower_priority)
+        self._waiting_lock = threading.Lock()
+        self._decode_waiting = 0
 
     def _prepare(self, image: EncodedImage | RawImage) -> tuple[np.ndarray, Letterbox]:
         if isinstance(image, EncodedImage):
@@ -169,24 +171,55 @@ class Pipeline:
         """Decode and letterbox on the decode threads; raises ImageError for a bad image, DecodeBusy
         (at once, before queueing) when admitting it would exceed max_decode_bytes. A raw frame of the
         model's input size is used as it is, here: no decoding, no copy, no trip to a thread."""
+        pixels, lb, _ = await self._prepare_waited(image)
+        return pixels, lb
+
+    async def _prepare_waited(self, image: EncodedImage | RawImage) -> tuple[np.ndarray, Letterbox, float]:
+        """prepare(), and the seconds the image waited for a decode thread."""
         if isinstance(image, RawImage) and (image.height, image.width) == self.meta.input_size:
-            return self._prepare(image)
+            return (*self._prepare(image), 0.0)
         size = len(image.data)
         self._admission.admit(size)
-        try:
-            job = self._decoder.submit(self._prepare, image)
-        except BaseException:
+        submitted = time.monotonic()
+        started = threading.Event()
+
+        def decode() -> tuple[np.ndarray, Letterbox, float]:
+            waited = time.monotonic() - submitted
+            self._waiting(started)
+            return (*self._prepare(image), waited)
+
+        def done(_: object) -> None:
+            # Released when the decode thread is done with the image (or drops it unstarted), not when
+            # the caller stops waiting: a cancelled call's image stays in memory until its decoding ends.
             self._admission.release(size)
+            self._waiting(started)
+
+        with self._waiting_lock:
+            self._decode_waiting += 1
+        try:
+            job = self._decoder.submit(decode)
+        except BaseException:
+            done(None)
             raise
-        # Released when the decode thread is done with the image (or drops it unstarted), not when the
-        # caller stops waiting: a cancelled call's image stays in memory until its decoding ends.
-        job.add_done_callback(lambda _: self._admission.release(size))
+        job.add_done_callback(done)
         return await asyncio.wrap_future(job)
+
+    def _waiting(self, started: threading.Event) -> None:
+        """An image stopped waiting for a decode thread (it started, or was dropped unstarted): once."""
+        with self._waiting_lock:
+            if not started.is_set():
+                started.set()
+                self._decode_waiting -= 1
+
+    @property
+    def decode_waiting(self) -> int:
+        """Images waiting for a decode thread: with the batch queue, the backlog the health rule sees."""
+        return self._decode_waiting
 
     async def run(self, query: Query) -> Result:
         """Detect objects in one image."""
         start = time.monotonic()
-        pixels, lb = await self.prepare(query.image)
+        pixels, lb, decode_wait_s = await self._prepare_waited(query.image)
         decoded = time.monotonic()
         out = await self._batcher.submit(pixels)
         detections = select(out.detections, lb, query.selection)
@@ -196,7 +229,11 @@ class Pipeline:
         tel.span_between("queue", decoded, out.started_at, queue_depth_capacity=self._batcher.capacity)
         tel.span_between("inference", out.started_at, out.started_at + out.inference_s, batch_size=out.batch_size)
         total_ms = (end - start) * 1000
-        self._latency.add(end, total_ms)
+        # The latency rule sees the worker's own time on the frame, not its waits for a decode thread
+        # and in the batch queue: those are load, which the backlog rule reports; counted as latency
+        # too, one client's burst would make two soft triggers and take readiness from a worker that is
+        # only busy.
+        self._latency.add(end, total_ms - (decode_wait_s + out.queue_s) * 1000)
         return Result(detections=detections, width=lb.width, height=lb.height,
                       queue_ms=out.queue_s * 1000, inference_ms=out.inference_s * 1000,
                       total_ms=total_ms, batch_size=out.batch_size)

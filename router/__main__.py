@@ -259,7 +259,7 @@ async def serve(cfg: RouterConfig) -> int:
         w.start()
     controller_task = asyncio.create_task(controller.run())
     membership_task = asyncio.create_task(membership.run())
-    lag = LoopLagMonitor("router", tel.meter)
+    lag = LoopLagMonitor("router", tel.meter, on_wake=controller.woke)  # a loop behind blames no backend
     lag.start()
     links_task = asyncio.create_task(links.run())
     if publisher is not None:

@@ -31,6 +31,10 @@ from eagleeye.router.watcher import BackendWatcher
 
 log = logging.getLogger("eagleeye.router")
 
+# A timer this late means the router's own loop was behind: no backend is judged silent meanwhile.
+# Well above the jitter of a busy host (a few ms to tens), well below the 0.2 s stall floor.
+BEHIND_S = 0.05
+
 TICK_S = 0.1          # the ramp advances in steps this fine
 LATENCY_WINDOW_S = 5.0  # "latency before/after" a switch: medians over this long
 # A worker that left the pool is removed once it has no calls or stream legs, or after this long
@@ -108,6 +112,7 @@ class Controller:
         self.replayed_frames = 0
         self.active_streams = 0       # client DetectStreams open now (the proxy counts them)
         self._progress_at: dict[Backend, float] = {}  # last answer of any kind, per backend
+        self._caught_up_at = float("-inf")  # when the router's own loop was last seen behind, then caught up
         self._load: dict[Backend, int] = dict.fromkeys(watchers, 0)   # calls and stream legs outstanding
         self._dirty = asyncio.Event()
         self._decision_listeners: list[Callable[[], None]] = []
@@ -430,7 +435,15 @@ class Controller:
         return timers
 
     def progress_at(self, backend: Backend) -> float:
-        return self._progress_at.get(backend, float("-inf"))
+        # Or when the router caught up with itself: answers that came while its loop was behind were
+        # still waiting to be read, and a silence it could not have heard is no evidence of a stall.
+        return max(self._progress_at.get(backend, float("-inf")), self._caught_up_at)
+
+    def woke(self, due: float, now: float) -> None:
+        """A timer due at `due` ran at `now` (the loop-lag probe's, a stream's): at least BEHIND_S late,
+        the router's loop was behind itself until now (a burst of calls to set up, say)."""
+        if now - due >= BEHIND_S and now > self._caught_up_at:
+            self._caught_up_at = now
 
     def usable(self, backend: Backend) -> bool:
         """Ready by every signal (a retry or a stream may go there even at weight 0)."""

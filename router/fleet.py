@@ -73,10 +73,12 @@ class Fleet(Protocol):
         """How long `backend` may hold a stream's frames without answering any before it counts as stalled."""
 
     def progress_at(self, backend: Backend) -> float:
-        """When `backend` last answered anything (a call, a frame, even a refusal); -inf if never.
+        """When `backend` last answered anything (a call, a frame, even a refusal), or when the router's
+        own loop last caught up after running behind, whichever is later; -inf if neither.
 
         Slowness is blamed on a backend only when it made no progress on anything meanwhile: a backlog
-        or a heavy request being worked through is load, not a fault.
+        or a heavy request being worked through is load, not a fault; and a silence the router could not
+        have heard (its loop busy with a burst of new calls) is not evidence either.
         """
 
 

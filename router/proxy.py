@@ -685,7 +685,9 @@ class StreamSession:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._apply(self._core.on_timer(max(self._proxy.clock(), self._timer_at)))
+        now = self._proxy.clock()
+        self._ctl.woke(self._timer_at, now)
+        self._apply(self._core.on_timer(max(now, self._timer_at)))
 
     # -- tasks -------------------------------------------------------------------------------------
 

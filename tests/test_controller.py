@@ -65,3 +65,26 @@ async def test_a_call_or_leg_that_outlives_its_workers_removal_still_ends_cleanl
     ctl.stream_answered(S, 0.01, 0.01)
     assert ctl.stall_s(S) == stall             # its stall time is still known, to give up on it
     assert ctl.hedge_delay_s(S) > 0
+
+
+async def test_a_silence_the_router_could_not_hear_is_not_a_backends_stall() -> None:
+    """While the router's own loop runs behind (a burst of new calls to set up), answers wait unread:
+    the time a backend looks silent counts from when the router caught up, not from its last answer."""
+    now = [100.0]
+    cfg = RouterConfig(primary="127.0.0.1:9", standby="127.0.0.1:10")
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")
+    watchers = {b: BackendWatcher(b.value, "127.0.0.1:9", channel, cfg) for b in (P, S)}
+    ctl = Controller(cfg.policy(), watchers, health_aio.HealthServicer(), {b: timers() for b in (P, S)},
+                     clock=lambda: now[0])
+    assert ctl.progress_at(P) == float("-inf")
+    ctl.record(P, True)
+    assert ctl.progress_at(P) == 100.0
+    ctl.woke(due=100.48, now=100.5)       # on time, give or take a busy host's jitter
+    assert ctl.progress_at(P) == 100.0
+    ctl.woke(due=100.6, now=101.4)        # 0.8 s late: the loop was behind until 101.4
+    assert ctl.progress_at(P) == ctl.progress_at(S) == 101.4
+    ctl.woke(due=101.0, now=101.3)        # an older late wake changes nothing
+    assert ctl.progress_at(P) == 101.4
+    now[0] = 102.0
+    ctl.record(P, True)
+    assert ctl.progress_at(P) == 102.0 and ctl.progress_at(S) == 101.4

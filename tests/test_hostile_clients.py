@@ -272,6 +272,10 @@ async def burst_of_streams(address: str, count: int = 1100) -> tuple[dict[str, i
     return {c: codes.count(c) for c in set(codes)}, time.monotonic() - started
 
 
+@pytest.mark.loop_lag_exempt("1100 calls arrive in one burst: gRPC hands the router's loop their setup in one "
+                             "turn, about 0.1 ms each, load rather than a held loop (0.1-0.18 s on a slow 2-core "
+                             "machine); the test asserts the router's health answers instead, the workers' loops "
+                             "are checked", programs=("eagleeye-router",))
 async def test_a_burst_of_new_streams_meets_flow_control_not_an_ejection(
         tmp_path: Path, cluster_factory: list[LocalCluster], figures: dict[str, object]) -> None:
     """1100 DetectStreams opened at once, one small frame each (cameras reconnecting after a network
@@ -295,8 +299,10 @@ async def test_a_burst_of_new_streams_meets_flow_control_not_an_ejection(
     assert set(counts) <= {"OK", "RESOURCE_EXHAUSTED", "INTERNAL (grpcio aio write race)", "CANCELLED"}, counts
     assert counts.get("CANCELLED", 0) <= 10, counts
     assert counts.get("OK", 0) >= 250, counts  # the client's share (max_concurrent_streams_per_peer) at least
-    assert not sick_switches(cluster), switches(cluster)
-    assert not [e for e in cluster.router.events if e.get("event") == "backend ejected"]
+    moved = [e.get("reason") for e in cluster.router.events if e.get("event") == "stream moved"]
+    assert not sick_switches(cluster), (switches(cluster), moved[:5])
+    assert not [e for e in cluster.router.events if e.get("event") == "backend ejected"], moved[:5]
+    assert not probe.failures and probe.p99_ms() < 1000, (probe.failures, probe.p99_ms())
 
 
 async def test_router_sigterm_answers_every_frame_it_read_and_tells_streams_to_reconnect(

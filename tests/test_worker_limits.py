@@ -28,7 +28,16 @@ from eagleeye.common.errors import IncidentLog
 from eagleeye.detector.batcher import BatchResult, InferenceFailed, InferenceUnavailable, QueueFull
 from eagleeye.detector.contract import ModelMeta, RawDetections
 from eagleeye.detector.imaging import ImageError, ImageLimits, Letterbox
-from eagleeye.detector.pipeline import DecodeAdmission, DecodeBusy, EncodedImage, LatencyWindow, Pipeline, RawImage
+from eagleeye.detector.pipeline import (
+    DecodeAdmission,
+    DecodeBusy,
+    EncodedImage,
+    LatencyWindow,
+    Pipeline,
+    Query,
+    RawImage,
+)
+from eagleeye.detector.postprocess import Selection
 from eagleeye.detector.server import Defaults, DetectorServicer, RequestError, Slots, _status_of
 from eagleeye.scenes import encode_png
 
@@ -397,3 +406,52 @@ def test_a_repeated_failure_keeps_its_id_within_the_window_and_is_logged_once(
     events = [(r.getMessage(), r.fields.get("repeats")) for r in caplog.records]  # type: ignore[attr-defined]
     assert events == [("internal error", None), ("internal error", None), ("internal error repeated", 100),
                       ("internal error", None)]
+
+
+async def test_the_latency_rule_sees_the_workers_own_time_not_the_wait_in_the_batch_queue() -> None:
+    """A backlog is load, which the backlog rule reports: if the latency window counted the queue too,
+    one client's burst would be two soft triggers and readiness would go from a worker that is only busy."""
+
+    class QueuedBatcher(FakeBatcher):
+        async def submit(self, image: np.ndarray) -> BatchResult:
+            queued = time.monotonic()
+            await asyncio.sleep(0.3)  # the frame's turn comes after a backlog (simulated)
+            none = RawDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+            return BatchResult(none, queue_s=time.monotonic() - queued, inference_s=0.0, batch_size=1,
+                               started_at=time.monotonic())
+
+    window = LatencyWindow(10)
+    pipeline = Pipeline(META, QueuedBatcher(), ImageLimits(8 * MiB, 4096 * 4096), window)  # type: ignore[arg-type]
+    try:
+        query = Query(RawImage(bytes(32 * 32 * 3), 32, 32), Selection(0.25, 0.5, 100, None))
+        result = await pipeline.run(query)
+    finally:
+        pipeline.close()
+    assert result.total_ms >= 300 and result.queue_ms >= 300  # what the client is told: the whole wait
+    p95 = window.p95(time.monotonic())
+    assert p95 is not None and p95 < 100, p95
+
+
+async def test_frames_waiting_for_a_decode_thread_are_counted_until_they_start_or_are_dropped() -> None:
+    pipeline = Pipeline(META, FakeBatcher(), ImageLimits(8 * MiB, 4096 * 4096), LatencyWindow(10),  # type: ignore[arg-type]
+                        decode_threads=1)
+    release = threading.Event()
+    decoding = threading.Semaphore(0)
+
+    def prepare(image: EncodedImage | RawImage) -> tuple[np.ndarray, Letterbox]:
+        decoding.release()
+        release.wait(10)
+        return np.zeros((32, 32, 3), np.uint8), Letterbox(1.0, 0.0, 0.0, 32, 32)
+
+    pipeline._prepare = prepare  # type: ignore[method-assign]
+    try:
+        jobs = [asyncio.ensure_future(pipeline.prepare(EncodedImage(bytes([i]) * 100))) for i in range(4)]
+        assert await asyncio.to_thread(decoding.acquire, True, 10)  # the first is on the thread
+        assert pipeline.decode_waiting == 3
+        jobs[3].cancel()  # its caller gave up; the thread drops it unstarted
+        release.set()
+        await asyncio.gather(*jobs[:3])
+        await eventually(lambda: pipeline.decode_waiting == 0 and pipeline.decode_bytes == 0)
+    finally:
+        release.set()
+        pipeline.close()

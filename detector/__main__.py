@@ -115,6 +115,16 @@ def resolve_device(requested: str) -> tuple[str, str | None]:
     return requested, f"GPU-{uuid}" if uuid else None
 
 
+def inference_threads(cfg: DetectorConfig, device: str, model: Detector) -> int:
+    """Batches to run at once: the setting, or 1 for a model that writes its own state in forward."""
+    wanted = cfg.inference_threads_on(device)
+    if wanted > 1 and not getattr(model, "concurrent", True):
+        event(log, "model writes its own buffers in forward: one batch at a time", logging.WARNING,
+              inference_threads=wanted)
+        return 1
+    return wanted
+
+
 def load_and_warm(cfg: DetectorConfig, device: str) -> tuple[Detector, Any, Golden]:
     """Load the model, run warm-up batches, and record the canary's golden answer (blocking)."""
     import numpy as np
@@ -258,7 +268,7 @@ async def serve(cfg: DetectorConfig) -> int:
             stop.set()
         else:
             batcher = Batcher(model, max_batch=cfg.max_batch, max_delay_s=cfg.max_queue_delay_ms / 1000,
-                              max_queue=cfg.max_queue, threads=cfg.inference_threads_on(device), hooks=hooks,
+                              max_queue=cfg.max_queue, threads=inference_threads(cfg, device, model), hooks=hooks,
                               on_sticky_error=lambda _: monitor.wake(), on_batch=metrics.batch)
             batcher.start()
             batcher_ref.append(batcher)

@@ -33,7 +33,7 @@ class TorchDetector:
     pageable copy; the three outputs come back into pinned memory with one wait for the stream.
     """
 
-    def __init__(self, module: Any, meta: ModelMeta, device: str, half: bool) -> None:
+    def __init__(self, module: Any, meta: ModelMeta, device: str, half: bool, concurrent: bool = True) -> None:
         self._module = module
         self.meta = meta
         self.device = device
@@ -41,6 +41,8 @@ class TorchDetector:
         self.backend = "torch"
         self._cuda = device.startswith("cuda")
         self._streams = threading.local()
+        # False for a program that writes its own buffers in forward: two batches at once would race.
+        self.concurrent = concurrent
 
     def input_buffer(self, max_batch: int) -> np.ndarray:
         """Host memory for one thread's batches (max_batch x H x W x 3 uint8), pinned on CUDA."""
@@ -52,7 +54,7 @@ class TorchDetector:
     def infer(self, batch: np.ndarray) -> list[RawDetections]:
         if self._cuda:
             return self._infer_cuda(batch)
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self._dtype).div_(255.0)
+        x = _to_input(torch.from_numpy(batch), self._dtype)
         with torch.inference_mode():
             boxes, scores, classes = self._module(x)
         return _split(boxes.float().numpy(), scores.float().numpy(), classes.numpy(), len(batch))
@@ -65,14 +67,24 @@ class TorchDetector:
 
     def _infer_cuda(self, batch: np.ndarray) -> list[RawDetections]:
         stream = self._stream()
-        with torch.cuda.stream(stream), torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            x = x.permute(0, 3, 1, 2).to(self._dtype).div_(255.0)
-            boxes, scores, classes = self._module(x)
-            # non_blocking to the host lands in pinned memory; one wait for all three.
-            out = [t.to("cpu", non_blocking=True) for t in (boxes.float(), scores.float(), classes)]
-            stream.synchronize()
+        try:
+            with torch.cuda.stream(stream), torch.inference_mode():
+                x = _to_input(torch.from_numpy(batch).to(self.device, non_blocking=True), self._dtype)
+                boxes, scores, classes = self._module(x)
+                # non_blocking to the host lands in pinned memory; one wait for all three.
+                out = [t.to("cpu", non_blocking=True) for t in (boxes.float(), scores.float(), classes)]
+        finally:
+            # Also when the model raised: the upload may still read `batch`, which the caller reuses.
+            try:
+                stream.synchronize()
+            except Exception:  # a broken context: the model's own error is the one to report
+                pass
         return _split(out[0].numpy(), out[1].numpy(), out[2].numpy(), len(batch))
+
+
+def _to_input(pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """N x H x W x 3 uint8 to the contract's N x 3 x H x W in [0, 1], contiguous (a model may view it)."""
+    return pixels.permute(0, 3, 1, 2).to(dtype, memory_format=torch.contiguous_format).div_(255.0)
 
 
 def _split(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, n: int) -> list[RawDetections]:
@@ -88,9 +100,16 @@ def load_model(path: Path, device: str, half: bool = False) -> TorchDetector:
     try:
         if path.suffix == ".pt2":
             program = torch.export.load(str(path), extra_files=extra)
+            mutates = _writes_state(program)
+            if device != "cpu":
+                from torch.export.passes import move_to_device_pass
+
+                # Constants and device arguments recorded in the graph move too, not only the weights.
+                program = move_to_device_pass(program, device)
             module: Any = program.module()
             module.to(device)
         else:
+            mutates = False  # TorchScript does not say; its forward is taken to be read-only
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
                 module = torch.jit.load(  # type: ignore[no-untyped-call]
@@ -104,7 +123,28 @@ def load_model(path: Path, device: str, half: bool = False) -> TorchDetector:
     meta = parse_meta(raw_meta.decode() if isinstance(raw_meta, bytes) else str(raw_meta), path)
     if half:
         module = module.half()
-    return TorchDetector(module, meta, device, half)
+    if device.startswith("cuda"):
+        # The weights' copies and casts were queued on the default stream; inference runs on others.
+        torch.cuda.synchronize(device)
+    return TorchDetector(module, meta, device, half, concurrent=not mutates)
+
+
+def _writes_state(program: Any) -> bool:
+    """Whether an exported program writes its own buffers or parameters in forward (an in-place op on
+    one, functionalised or not): two batches running it at once would race on that state."""
+    signature = program.graph_signature
+    if signature.buffers_to_mutate:
+        return True
+    state = set(signature.inputs_to_buffers) | set(signature.inputs_to_parameters)
+    for node in program.graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        if schema is None:
+            continue
+        for i, arg in enumerate(schema.arguments):
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+            if arg.alias_info is not None and arg.alias_info.is_write and getattr(value, "name", None) in state:
+                return True
+    return False
 
 
 def export_model(model: torch.nn.Module, out: Path, *, name: str, version: str,

@@ -65,3 +65,62 @@ def test_the_embedded_model_follows_the_contract() -> None:
     assert model.meta.classes == ("screen", "ellipse", "triangle") and model.meta.input_size == (256, 256)
     [out] = model.infer(np.zeros((1, 256, 256, 3), np.uint8))
     assert out.boxes.shape == (100, 4) and np.isfinite(out.scores).all()
+
+
+class Counting(Tiny):
+    """Writes its own buffer in forward (a running count): two batches at once would race on it."""
+
+    seen: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("seen", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.seen.add_(x.shape[0])
+        return super().forward(x)
+
+
+class Viewing(torch.nn.Module):
+    """Reshapes its input with view, which needs the contiguous N x 3 x H x W tensor the contract names."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        score = x.view(n, -1).mean(dim=1).reshape(n, 1)
+        boxes = torch.tensor([[1.0, 2.0, 3.0, 4.0]]).expand(n, 1, 4)
+        return boxes, score, torch.zeros(n, 1, dtype=torch.int64)
+
+
+def test_a_program_that_writes_its_own_buffers_is_marked_not_concurrent(tmp_path: Path) -> None:
+    for module, concurrent in ((Tiny(), True), (Counting(), False)):
+        path = tmp_path / f"{type(module).__name__}.pt2"
+        export_model(module, path, name="m", version="1", classes=("thing",), input_size=(8, 8))
+        model = load_model(path, "cpu")
+        assert model.concurrent is concurrent
+        assert model.infer(np.full((2, 8, 8, 3), 255, np.uint8))[1].scores[0] == pytest.approx(1.0)
+
+
+def test_the_model_gets_a_contiguous_input_it_may_view(tmp_path: Path) -> None:
+    path = tmp_path / "viewing.pt2"
+    export_model(Viewing(), path, name="v", version="1", classes=("thing",), input_size=(8, 8))
+    batch = np.zeros((2, 8, 8, 3), np.uint8)
+    batch[1] = 51  # 0.2 of full scale
+    out = load_model(path, "cpu").infer(batch)
+    assert [float(o.scores[0]) for o in out] == pytest.approx([0.0, 0.2])
+
+
+def test_a_model_not_safe_for_concurrent_batches_gets_one_thread_whatever_the_setting() -> None:
+    from eagleeye.detector.__main__ import inference_threads
+    from eagleeye.detector.config import DetectorConfig
+
+    class Model:
+        concurrent = True
+
+    cfg = DetectorConfig(inference_threads=3)
+    assert inference_threads(cfg, "cpu", Model()) == 3  # type: ignore[arg-type]
+    Model.concurrent = False
+    assert inference_threads(cfg, "cpu", Model()) == 1  # type: ignore[arg-type]
+    assert inference_threads(DetectorConfig(), "cuda:0", Model()) == 1  # type: ignore[arg-type]
+    Model.concurrent = True
+    assert inference_threads(DetectorConfig(), "cuda:0", Model()) == 2  # type: ignore[arg-type]
+    assert inference_threads(DetectorConfig(), "cpu", Model()) == 1  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from eagleeye.api.names import LIVENESS, READINESS_NAMES, REDUNDANCY
 from eagleeye.common.aio import wait_event
 from eagleeye.common.latency import BackendTimers
 from eagleeye.common.logs import event
-from eagleeye.router.fleet import Backend, Role, StreamPlace
+from eagleeye.router.fleet import Backend, LoopBehind, Role, StreamPlace
 from eagleeye.router.fleetpolicy import FleetDecision, FleetPolicy, FleetTransition, Side
 from eagleeye.router.metrics import RouterMetrics
 from eagleeye.router.policy import Decision, PolicyConfig, State
@@ -31,9 +31,6 @@ from eagleeye.router.watcher import BackendWatcher
 
 log = logging.getLogger("eagleeye.router")
 
-# A timer this late means the router's own loop was behind: no backend is judged silent meanwhile.
-# Well above the jitter of a busy host (a few ms to tens), well below the 0.2 s stall floor.
-BEHIND_S = 0.05
 
 TICK_S = 0.1          # the ramp advances in steps this fine
 LATENCY_WINDOW_S = 5.0  # "latency before/after" a switch: medians over this long
@@ -112,7 +109,7 @@ class Controller:
         self.replayed_frames = 0
         self.active_streams = 0       # client DetectStreams open now (the proxy counts them)
         self._progress_at: dict[Backend, float] = {}  # last answer of any kind, per backend
-        self._caught_up_at = float("-inf")  # when the router's own loop was last seen behind, then caught up
+        self.behind = LoopBehind()
         self._load: dict[Backend, int] = dict.fromkeys(watchers, 0)   # calls and stream legs outstanding
         self._dirty = asyncio.Event()
         self._decision_listeners: list[Callable[[], None]] = []
@@ -435,15 +432,14 @@ class Controller:
         return timers
 
     def progress_at(self, backend: Backend) -> float:
-        # Or when the router caught up with itself: answers that came while its loop was behind were
-        # still waiting to be read, and a silence it could not have heard is no evidence of a stall.
-        return max(self._progress_at.get(backend, float("-inf")), self._caught_up_at)
+        return self._progress_at.get(backend, float("-inf"))
+
+    def heard_since(self, t: float) -> float:
+        return t + self.behind.after(t)
 
     def woke(self, due: float, now: float) -> None:
-        """A timer due at `due` ran at `now` (the loop-lag probe's, a stream's): at least BEHIND_S late,
-        the router's loop was behind itself until now (a burst of calls to set up, say)."""
-        if now - due >= BEHIND_S and now > self._caught_up_at:
-            self._caught_up_at = now
+        """A timer due at `due` ran at `now` (the loop-lag probe's, a stream's): see LoopBehind."""
+        self.behind.woke(due, now)
 
     def usable(self, backend: Backend) -> bool:
         """Ready by every signal (a retry or a stream may go there even at weight 0)."""

@@ -512,6 +512,7 @@ class StreamSession:
         self._room = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._timer_due = 0.0
         self._side_tries: set[asyncio.Task[None]] = set()
         self._idle: asyncio.TimerHandle | None = None
         self._reading_since: float | None = None  # waiting for the client (a frame, or to take answers) since
@@ -681,12 +682,13 @@ class StreamSession:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
+        self._timer_due = max(at, self._proxy.clock())  # a time already past is due now, not late
         self._timer = asyncio.get_running_loop().call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         now = self._proxy.clock()
-        self._ctl.woke(self._timer_at, now)
+        self._ctl.woke(self._timer_due, now)
         self._apply(self._core.on_timer(max(now, self._timer_at)))
 
     # -- tasks -------------------------------------------------------------------------------------

@@ -446,9 +446,10 @@ class StreamCore:
     # -- internals ---------------------------------------------------------------------------------
 
     def _backend_quiet_since(self) -> float:
-        """Since when neither this leg nor anything else on its backend has been answered."""
+        """Since when neither this leg nor anything else on its backend has been answered, moved later by
+        the time the router itself ran behind meanwhile."""
         assert self.backend is not None
-        return max(self._progress_at, self._fleet.progress_at(self.backend))
+        return self._fleet.heard_since(max(self._progress_at, self._fleet.progress_at(self.backend)))
 
     def _stall_s(self) -> float:
         assert self.backend is not None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from eagleeye.router.budget import RetryBudget
-from eagleeye.router.fleet import Backend, Fleet, RequestCost
+from eagleeye.router.fleet import BEHIND_S, Backend, Fleet, RequestCost
 
 
 class Outcome(Enum):
@@ -142,6 +142,8 @@ class UnaryCall:
         """The slow attempt `a` as evidence against its backend: only if the backend answered nothing since."""
         if self.fleet.progress_at(a.backend) > a.started:
             return None
+        if self.fleet.heard_since(a.started) - a.started >= BEHIND_S:
+            return None  # the router's own loop ran behind meanwhile: the answer may be waiting unread
         return Observe(a.backend, False)
 
     def next_timer(self) -> float | None:

@@ -4,6 +4,7 @@ are fed their signals directly)."""
 from __future__ import annotations
 
 import grpc
+import pytest
 from grpc_health.v1 import _async as health_aio
 
 from eagleeye.common.latency import BackendTimers
@@ -67,24 +68,15 @@ async def test_a_call_or_leg_that_outlives_its_workers_removal_still_ends_cleanl
     assert ctl.hedge_delay_s(S) > 0
 
 
-async def test_a_silence_the_router_could_not_hear_is_not_a_backends_stall() -> None:
+async def test_time_the_router_ran_behind_moves_a_silence_later_and_only_by_that_much() -> None:
     """While the router's own loop runs behind (a burst of new calls to set up), answers wait unread:
-    the time a backend looks silent counts from when the router caught up, not from its last answer."""
-    now = [100.0]
-    cfg = RouterConfig(primary="127.0.0.1:9", standby="127.0.0.1:10")
-    channel = grpc.aio.insecure_channel("127.0.0.1:9")
-    watchers = {b: BackendWatcher(b.value, "127.0.0.1:9", channel, cfg) for b in (P, S)}
-    ctl = Controller(cfg.policy(), watchers, health_aio.HealthServicer(), {b: timers() for b in (P, S)},
-                     clock=lambda: now[0])
-    assert ctl.progress_at(P) == float("-inf")
-    ctl.record(P, True)
-    assert ctl.progress_at(P) == 100.0
-    ctl.woke(due=100.48, now=100.5)       # on time, give or take a busy host's jitter
-    assert ctl.progress_at(P) == 100.0
-    ctl.woke(due=100.6, now=101.4)        # 0.8 s late: the loop was behind until 101.4
-    assert ctl.progress_at(P) == ctl.progress_at(S) == 101.4
-    ctl.woke(due=101.0, now=101.3)        # an older late wake changes nothing
-    assert ctl.progress_at(P) == 101.4
-    now[0] = 102.0
-    ctl.record(P, True)
-    assert ctl.progress_at(P) == 102.0 and ctl.progress_at(S) == 101.4
+    a silence measured from a time counts only the time since that the router could have heard one."""
+    ctl, _, _ = await controller()
+    assert ctl.heard_since(100.0) == 100.0
+    ctl.woke(due=100.48, now=100.5)        # on time, give or take a busy host's jitter
+    assert ctl.heard_since(100.0) == 100.0
+    ctl.woke(due=100.6, now=101.4)         # 0.8 s late: behind from 100.6 to 101.4
+    assert ctl.heard_since(100.0) == pytest.approx(100.8)
+    assert ctl.heard_since(101.0) == pytest.approx(101.4)
+    assert ctl.heard_since(101.5) == 101.5
+    assert ctl.progress_at(P) == float("-inf")  # no backend's own progress is invented

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from eagleeye.router.budget import BudgetConfig, RetryBudget
-from eagleeye.router.fleet import Backend, StreamPlace
+from eagleeye.router.fleet import Backend, LoopBehind, StreamPlace
 from eagleeye.router.stream import (
     Abort,
     Action,
@@ -36,6 +36,7 @@ class FakeFleet:
     wanted: Backend | None = None
     stall: float = 0.2
     progress: dict[Backend, float] = field(default_factory=dict)   # the backend's last answer to anything
+    behind: LoopBehind = field(default_factory=LoopBehind)          # when the router's own loop ran late
 
     def usable(self, backend: Backend) -> bool:
         return backend in self.usable_set
@@ -51,6 +52,9 @@ class FakeFleet:
 
     def progress_at(self, backend: Backend) -> float:
         return self.progress.get(backend, float("-inf"))
+
+    def heard_since(self, t: float) -> float:
+        return t + self.behind.after(t)
 
     def stall_s(self, backend: Backend) -> float:
         return self.stall
@@ -499,3 +503,38 @@ def test_a_stream_begun_without_a_leg_that_sends_nothing_ends_without_one() -> N
     h = Harness()
     h.core.begin(None, 0.0)
     assert h.run(h.core.on_client_end(0.5)) == [Finish()]
+
+
+def test_time_the_router_itself_ran_behind_does_not_count_toward_a_stall() -> None:
+    """Setting up a burst of calls, the router's loop ran 0.15 s behind: answers that came meanwhile
+    waited unread, so only the time it could have heard one counts toward the stall time."""
+    fleet = FakeFleet()
+    h = started(Harness(fleet))
+    h.send(1, now=0.0)
+    fleet.behind.woke(due=0.05, now=0.2)   # a timer due at 0.05 ran at 0.2
+    assert h.core.on_timer(0.2) == []
+    check = h.core.next_timer()
+    assert check is not None and check == pytest.approx(0.3)  # the placement check
+    assert h.core.on_timer(check) == []
+    stall = h.core.next_timer()
+    assert stall is not None and stall == pytest.approx(0.35)  # listened 0.2 s: 0.05 + 0.15 behind + 0.2
+    out = h.run(h.core.on_timer(stall))
+    assert out[:2] == [Close(1), Failed(P, 1)]
+
+
+def test_loop_behind_merges_its_spans_and_counts_only_those_after_a_time() -> None:
+    behind = LoopBehind()
+    behind.woke(due=1.0, now=1.01)          # 10 ms late: a busy host's jitter, not behind
+    assert behind.after(0.0) == 0.0
+    behind.woke(due=1.0, now=1.2)           # behind 1.0-1.2
+    behind.woke(due=1.1, now=1.3)           # overlaps: behind 1.0-1.3
+    behind.woke(due=2.0, now=2.5)           # behind 2.0-2.5
+    assert behind.after(0.0) == pytest.approx(0.8)
+    assert behind.after(1.1) == pytest.approx(0.7)
+    assert behind.after(1.3) == pytest.approx(0.5)
+    assert behind.after(2.4) == pytest.approx(0.1)
+    assert behind.after(2.5) == 0.0
+    behind.woke(due=1.9, now=3.0)           # a timer due long ago swallows the last span: 1.9-3.0
+    assert behind.after(0.0) == pytest.approx(0.3 + 1.1)
+    behind.woke(due=200.0, now=200.5)       # the old spans are forgotten after BEHIND_KEPT_S
+    assert behind.after(0.0) == pytest.approx(0.5)

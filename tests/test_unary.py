@@ -8,7 +8,7 @@ from typing import cast
 import pytest
 
 from eagleeye.router.budget import BudgetConfig, RetryBudget
-from eagleeye.router.fleet import Backend, StreamPlace
+from eagleeye.router.fleet import Backend, LoopBehind, StreamPlace
 from eagleeye.router.unary import Action, Cancel, Expire, Observe, Outcome, Refused, Reply, Send, UnaryCall, UnaryConfig
 
 P, S = Backend.PRIMARY, Backend.STANDBY
@@ -24,6 +24,7 @@ class FakeFleet:
     usable_set: set[Backend] = field(default_factory=lambda: {P, S})
     hedge: float = 0.05
     progress: dict[Backend, float] = field(default_factory=dict)   # the backend's last answer to anything
+    behind: LoopBehind = field(default_factory=LoopBehind)          # when the router's own loop ran late
 
     def usable(self, backend: Backend) -> bool:
         return backend in self.usable_set
@@ -40,8 +41,17 @@ class FakeFleet:
     def progress_at(self, backend: Backend) -> float:
         return self.progress.get(backend, float("-inf"))
 
+    def heard_since(self, t: float) -> float:
+        return t + self.behind.after(t)
+
     def stall_s(self, backend: Backend) -> float:
         return 1.0
+
+
+def behind(due: float, now: float) -> LoopBehind:
+    spans = LoopBehind()
+    spans.woke(due, now)
+    return spans
 
 
 def call(fleet: FakeFleet | None = None, budget: RetryBudget | None = None, deadline: float = 2.0) -> UnaryCall:
@@ -120,6 +130,10 @@ CASES: dict[str, tuple[FakeFleet, list[Step]]] = {
     "a per-try timeout on a backend silent since the try began: blamed": (
         FakeFleet(hedge=5.0, progress={P: -1.0}), [
             (1.0, "timer", [Cancel(0), Observe(P, False), Send(1, S, "retry", P)]),
+        ]),
+    "a per-try timeout while the router's own loop ran behind: retried elsewhere, no blame": (
+        FakeFleet(hedge=5.0, progress={P: -1.0}, behind=behind(0.3, 0.6)), [
+            (1.0, "timer", [Cancel(0), Send(1, S, "retry", P)]),
         ]),
     "the caller's deadline passes while the backend reports DEADLINE_EXCEEDED: not the backend's fault": (
         FakeFleet(), [

@@ -446,13 +446,13 @@ class Controller:
         w = self.watchers.get(backend)
         return w is not None and w.view().ready
 
-    def record(self, backend: Backend, ok: bool, latency_s: float | None = None) -> None:
+    def record(self, backend: Backend, ok: bool, latency_s: float | None = None, why: str = "") -> None:
         """A real call's outcome (ok, or a failure of the backend) and its latency; nothing for a worker
         already removed from the pool (a call or leg that outlived it)."""
         watcher = self.watchers.get(backend)
         if watcher is None:
             return
-        watcher.record_call(ok)
+        watcher.record_call(ok, why)
         if ok:
             now = self._clock()
             self._progress_at[backend] = now

@@ -409,7 +409,7 @@ class UnaryForward:
                         if act.ok and act.latency_s is not None:
                             ctl.unary_answered(act.backend, act.latency_s)
                         else:
-                            ctl.record(act.backend, act.ok)
+                            ctl.record(act.backend, act.ok, why=act.why)
                     elif isinstance(act, un.Refused):
                         ctl.metrics.budget_refused(act.why)
                     elif isinstance(act, un.Reply):
@@ -609,7 +609,7 @@ class StreamSession:
                     leg.close()
             elif isinstance(a, st.Failed):
                 for _ in range(a.frames):
-                    self._ctl.record(a.backend, False)
+                    self._ctl.record(a.backend, False, why=a.why)
             elif isinstance(a, st.Moved):
                 self._moved(a)
             elif isinstance(a, st.SideTry):

@@ -199,6 +199,7 @@ class Failed:
 
     backend: Backend
     frames: int = 1
+    why: str = field(default="", compare=False)  # for the ejection's log line
 
 
 @dataclass(frozen=True)
@@ -523,7 +524,7 @@ class StreamCore:
         out: list[Action] = [Close(self._gen)]
         self.backend = None           # that leg is gone; _open sets the next one
         if blame:
-            out.append(Failed(old, max(1, len(self._inflight))))
+            out.append(Failed(old, max(1, len(self._inflight)), why=f"stream leg: {why}"))
             for f in self._inflight:
                 f.failed_legs += 1
             if self._inflight and self._inflight[0].failed_legs >= self._cfg.max_frame_attempts:

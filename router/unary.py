@@ -91,6 +91,7 @@ class Observe:
     backend: Backend
     ok: bool
     latency_s: float | None = None
+    why: str = field(default="", compare=False)  # a failure's cause, for the ejection's log line
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ class UnaryCall:
             return None
         if self.fleet.heard_since(a.started) - a.started >= BEHIND_S:
             return None  # the router's own loop ran behind meanwhile: the answer may be waiting unread
-        return Observe(a.backend, False)
+        return Observe(a.backend, False, why=f"unary try unanswered for {self._per_try_s:.2f} s, nothing else "
+                                            "answered meanwhile")
 
     def next_timer(self) -> float | None:
         """When to call `on_timer` next (None: only when an attempt ends)."""
@@ -195,7 +197,7 @@ class UnaryCall:
         if now >= self.deadline:
             return self._finish([Expire()])  # out of time: the caller's deadline, not the backend's fault
         if outcome is Outcome.FAILED:
-            out.append(Observe(a.backend, False))
+            out.append(Observe(a.backend, False, why="unary call failed (connection, UNAVAILABLE)"))
         if any(b.running for b in self.attempts):
             return out  # the other attempt may still answer
         self._hedge_at = None

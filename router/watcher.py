@@ -12,6 +12,7 @@ Any other end of a Watch (connection lost, UNAVAILABLE) still means "unknown" at
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -118,6 +119,7 @@ class BackendWatcher:
         self.address = address
         self.channel = channel
         self._cfg = cfg
+        self._failure_causes: collections.deque[str] = collections.deque(maxlen=cfg.eject_after_failures)
         self._listeners: list[Callable[[], None]] = [on_change] if on_change is not None else []
         self._clock = clock
         self._stub = health_pb2_grpc.HealthStub(channel)
@@ -328,16 +330,20 @@ class BackendWatcher:
             await self.check_once()
             await asyncio.sleep(max(0.0, self._cfg.check_interval_s - (self._clock() - started)))  # the probe period
 
-    def record_call(self, ok: bool) -> None:
-        """Outcome of a real call: success, or a retriable failure (connection, UNAVAILABLE, per-try timeout)."""
+    def record_call(self, ok: bool, why: str = "") -> None:
+        """Outcome of a real call: success, or a retriable failure (connection, UNAVAILABLE, per-try timeout;
+        `why` names it, and the last few go into the ejection's log line)."""
         s = self.status
         if ok:
             s.call_failures = 0
+            self._failure_causes.clear()
             return
         s.call_failures += 1
+        self._failure_causes.append(why or "unnamed")
         if s.call_failures >= self._cfg.eject_after_failures and s.ejected_at is None:
             s.ejected_at = self._clock()
-            event(log, "backend ejected", logging.WARNING, backend=self.name, failures=s.call_failures)
+            event(log, "backend ejected", logging.WARNING, backend=self.name, failures=s.call_failures,
+                  causes=list(self._failure_causes))
             self._changed()
 
     def set_drained(self, drained: bool) -> None:

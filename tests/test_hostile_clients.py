@@ -299,9 +299,9 @@ async def test_a_burst_of_new_streams_meets_flow_control_not_an_ejection(
     assert set(counts) <= {"OK", "RESOURCE_EXHAUSTED", "INTERNAL (grpcio aio write race)", "CANCELLED"}, counts
     assert counts.get("CANCELLED", 0) <= 10, counts
     assert counts.get("OK", 0) >= 250, counts  # the client's share (max_concurrent_streams_per_peer) at least
-    moved = [e.get("reason") for e in cluster.router.events if e.get("event") == "stream moved"]
-    assert not sick_switches(cluster), (switches(cluster), moved[:5])
-    assert not [e for e in cluster.router.events if e.get("event") == "backend ejected"], moved[:5]
+    ejected = [e for e in cluster.router.events if e.get("event") == "backend ejected"]  # with their causes
+    assert not sick_switches(cluster), (switches(cluster), ejected)
+    assert not ejected, ejected
     assert not probe.failures and probe.p99_ms() < 1000, (probe.failures, probe.p99_ms())
 
 

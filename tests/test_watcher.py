@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -76,17 +77,23 @@ async def test_failed_checks_make_it_not_ready(backend: Backend) -> None:
     assert w.status.healthy_checks == 0
 
 
-async def test_ejection_after_failed_calls_until_a_later_check_succeeds(backend: Backend) -> None:
+async def test_ejection_after_failed_calls_until_a_later_check_succeeds(
+        backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
     w = backend.watcher
     w.status.watch_connected, w.status.ready_status = True, health_pb2.HealthCheckResponse.SERVING
-    w.record_call(False)
+    w.record_call(False, "old")
     w.record_call(False)
     w.record_call(True)  # a success resets the count
-    w.record_call(False)
+    w.record_call(False, "stream leg: answered nothing for 1.00 s")
     w.record_call(False)
     assert w.view().ready
-    w.record_call(False)
+    with caplog.at_level(logging.WARNING, logger="eagleeye.router"):
+        w.record_call(False, "unary call failed")
     assert not w.view().ready and "ejected" in w.view().reason
+    # The log line names what the failures were, the last three: what an operator needs to judge it.
+    (ejected,) = [r for r in caplog.records if r.getMessage().startswith("backend ejected")]
+    assert getattr(ejected, "fields", {}).get("causes") == [
+        "stream leg: answered nothing for 1.00 s", "unnamed", "unary call failed"]
     await w.check_once()
     assert w.view().ready
 

@@ -39,7 +39,7 @@ from eagleeye.router.admin import AdminServicer
 from eagleeye.router.adminaccess import ADMIN_MAX_CALLS, ADMIN_MAX_CALLS_PER_PEER, ADMIN_REQUEST_TIMEOUT_S
 from eagleeye.router.config import RouterConfig
 from eagleeye.router.controller import Controller
-from eagleeye.router.fleet import Backend
+from eagleeye.router.fleet import Backend, LoopBehind
 from eagleeye.router.links import Links
 from eagleeye.router.membership import Membership, entries
 from eagleeye.router.proxy import Proxy
@@ -156,10 +156,12 @@ async def serve(cfg: RouterConfig) -> int:
         return BackendTimers(cfg.hedge_quantile, (cfg.hedge_delay_min_s, cfg.hedge_delay_max_s),
                              cfg.stall_multiplier, (cfg.stall_min_s, cfg.stall_max_s))
 
-    watchers = {backend: BackendWatcher(backend.value, address, links.health[backend], cfg)
+    behind = LoopBehind()  # when the router's own loop ran late: the watchers' Checks and the calls' timers
+    watchers = {backend: BackendWatcher(backend.value, address, links.health[backend], cfg, behind=behind)
                 for backend, address in backends.items()}
     timers = {b: new_timers() for b in backends}
-    controller = Controller(cfg.policy(), watchers, health, timers, tel.meter)  # subscribes to the watchers
+    controller = Controller(cfg.policy(), watchers, health, timers, tel.meter,  # subscribes to the watchers
+                            behind=behind)
     controller.on_failure(lambda _: membership.poke())  # a restarted pod may be back at another address
 
     servers: dict[str, tuple[grpc.aio.Server, str]] = {}  # what listens where, by setting
@@ -192,7 +194,7 @@ async def serve(cfg: RouterConfig) -> int:
                 controller.add(backend, controller.watchers[backend], controller.timers[backend])
                 continue
             links.add(backend, address)
-            watcher = BackendWatcher(backend.value, address, links.health[backend], cfg)
+            watcher = BackendWatcher(backend.value, address, links.health[backend], cfg, behind=behind)
             controller.add(backend, watcher, new_timers())
             watcher.start()
             event(log, "worker joined", backend=backend.value, address=address)

@@ -72,6 +72,11 @@ class LatencyLog:
         return values[len(values) // 2] if values else None
 
 
+# How long after a worker last said it lacked headroom a wait on it still counts as its backlog
+# draining (Fleet.loaded): the policy's first degraded hold, by the same reasoning.
+AT_CAPACITY_HOLD_S = 5.0
+
+
 class Controller:
     """Policy + watchers + observers; to the data path, the Fleet it asks about backends.
 
@@ -84,7 +89,8 @@ class Controller:
                  health: health_aio.HealthServicer, timers: dict[Backend, BackendTimers],
                  meter: metrics.Meter | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+                 wall: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 behind: LoopBehind | None = None) -> None:
         self._policy = FleetPolicy(policy_cfg)
         self.watchers = watchers
         self.timers = timers
@@ -109,7 +115,8 @@ class Controller:
         self.replayed_frames = 0
         self.active_streams = 0       # client DetectStreams open now (the proxy counts them)
         self._progress_at: dict[Backend, float] = {}  # last answer of any kind, per backend
-        self.behind = LoopBehind()
+        self._at_capacity_at: dict[Backend, float] = {}  # when each last said it lacked headroom
+        self.behind = behind if behind is not None else LoopBehind()  # shared with the watchers' Checks
         self._load: dict[Backend, int] = dict.fromkeys(watchers, 0)   # calls and stream legs outstanding
         self._dirty = asyncio.Event()
         self._decision_listeners: list[Callable[[], None]] = []
@@ -159,6 +166,8 @@ class Controller:
             else:
                 del views[b]  # a new pod loading its model is not a failed primary
         for b, v in views.items():
+            if not v.headroom:
+                self._at_capacity_at[b] = now
             if self._was_ready.get(b) and not v.ready:
                 for failed in self._failure_listeners:
                     failed(b)
@@ -445,6 +454,16 @@ class Controller:
         """Ready by every signal (a retry or a stream may go there even at weight 0)."""
         w = self.watchers.get(backend)
         return w is not None and w.view().ready
+
+    def loaded(self, backend: Backend) -> bool:
+        """At capacity now, or within AT_CAPACITY_HOLD_S: a worker's headroom comes back once its backlog
+        falls under its threshold, while the frames still queued there wait their turn."""
+        w = self.watchers.get(backend)
+        if w is None:
+            return False
+        if not w.view().headroom:
+            return True
+        return self._clock() - self._at_capacity_at.get(backend, float("-inf")) < AT_CAPACITY_HOLD_S
 
     def record(self, backend: Backend, ok: bool, latency_s: float | None = None, why: str = "") -> None:
         """A real call's outcome (ok, or a failure of the backend) and its latency; nothing for a worker

@@ -80,6 +80,11 @@ class Fleet(Protocol):
         or a heavy request being worked through is load, not a fault.
         """
 
+    def loaded(self, backend: Backend) -> bool:
+        """`backend` says it is at capacity (its headroom is NOT_SERVING): a wait on it is load, not a
+        fault. A stall there still moves the stream or retries the call, without blame; a worker hung
+        under load is caught by its own readiness (its canary jumps the queue) and the router's Checks."""
+
     def heard_since(self, t: float) -> float:
         """`t` moved later by the time the router's own loop ran behind since `t` (busy with a burst of
         new calls, say): answers that arrived then waited unread, so a silence measured from `t` counts

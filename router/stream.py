@@ -423,8 +423,10 @@ class StreamCore:
         if self._inflight:
             stall, quiet = self._stall_s(), now - self._backend_quiet_since()
             if quiet >= stall:
+                loaded = self._fleet.loaded(b)  # at capacity by its own word: moved, not blamed
                 return self._fail_over(f"{b.value} answered nothing for {quiet:.2f} s with {len(self._inflight)} "
-                                       f"frames of this stream outstanding (stall time {stall:.2f} s)", True, now)
+                                       f"frames of this stream outstanding (stall time {stall:.2f} s"
+                                       f"{', at capacity' if loaded else ''})", not loaded, now)
             if now - self._progress_at >= self._cfg.leg_stall_s:
                 return self._fail_over(f"{b.value} answered none of this stream's {len(self._inflight)} frames "
                                        f"for {now - self._progress_at:.2f} s while answering others", False, now)

@@ -145,6 +145,8 @@ class UnaryCall:
             return None
         if self.fleet.heard_since(a.started) - a.started >= BEHIND_S:
             return None  # the router's own loop ran behind meanwhile: the answer may be waiting unread
+        if self.fleet.loaded(a.backend):
+            return None  # it said it is at capacity: a queue, not a fault
         return Observe(a.backend, False, why=f"unary try unanswered for {self._per_try_s:.2f} s, nothing else "
                                             "answered meanwhile")
 

@@ -7,6 +7,9 @@ calls failing in a row eject a backend that health still calls fine, until a Che
 A worker that refuses a Watch (RESOURCE_EXHAUSTED: its Watch slots are taken; UNIMPLEMENTED) has
 answered, so it is up: its readiness and headroom then come from Checks while the Watch is retried.
 Any other end of a Watch (connection lost, UNAVAILABLE) still means "unknown" at once.
+
+A Check is judged on the router's own timer, and only for time the router's loop was awake to read an
+answer: a loop held by a burst of calls or a large frame (LoopBehind) blames no worker for its lateness.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from eagleeye.common.loadreport import Load
 from eagleeye.common.logs import event
 from eagleeye.common.tls import channel_credentials
 from eagleeye.router.config import RouterConfig
+from eagleeye.router.fleet import BEHIND_S, LoopBehind
 from eagleeye.router.policy import BackendView
 
 log = logging.getLogger("eagleeye.watcher")
@@ -110,11 +114,16 @@ class BackendStatus:
     been_ready: bool = False                 # ready at least once since the router started
 
 
+# A Check waits at most this many check timeouts for its answer while the router's loop runs behind.
+CHECK_WAIT_MAX_TIMEOUTS = 4
+
+
 class BackendWatcher:
     """Keeps a BackendStatus current and tells its listeners (`on_change`, `subscribe`) whenever it changes."""
 
     def __init__(self, name: str, address: str, channel: grpc.aio.Channel, cfg: RouterConfig,
-                 on_change: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 on_change: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 behind: LoopBehind | None = None) -> None:
         self.name = name
         self.address = address
         self.channel = channel
@@ -122,6 +131,7 @@ class BackendWatcher:
         self._failure_causes: collections.deque[str] = collections.deque(maxlen=cfg.eject_after_failures)
         self._listeners: list[Callable[[], None]] = [on_change] if on_change is not None else []
         self._clock = clock
+        self._behind = behind if behind is not None else LoopBehind()  # the router's own, shared with its controller
         self._stub = health_pb2_grpc.HealthStub(channel)
         self.status = BackendStatus()
         self.load: Load | None = None      # the worker's last load report (None: none, or its stream ended)
@@ -280,13 +290,9 @@ class BackendWatcher:
         """One active Check with a short deadline."""
         started = self._clock()
         s = self.status
-        timeout = self._cfg.check_timeout_s
         answered = False
         try:
-            # The router's own timer as well as gRPC's deadline: behind a dead connection the
-            # deadline may not fire until keepalive gives up, seconds later (FACTS.md).
-            async with asyncio.timeout(timeout):
-                resp = await self._stub.Check(health_pb2.HealthCheckRequest(service=READINESS), timeout=timeout)
+            resp = await self._ask(READINESS)
             answered, s.check_ready_status = True, resp.status
             ok = resp.status == SERVING
             error = "" if ok else "NOT_SERVING"
@@ -312,10 +318,8 @@ class BackendWatcher:
 
     async def _check_headroom(self) -> None:
         """Headroom by Check, while the worker refuses this router a Watch on it."""
-        timeout = self._cfg.check_timeout_s
         try:
-            async with asyncio.timeout(timeout):
-                resp = await self._stub.Check(health_pb2.HealthCheckRequest(service=HEADROOM), timeout=timeout)
+            resp = await self._ask(HEADROOM)
             self.status.headroom_status = resp.status
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
@@ -323,6 +327,38 @@ class BackendWatcher:
             # Otherwise no answer: the last one stands (the readiness Check judges the worker itself).
         except TimeoutError:
             pass
+
+    async def _ask(self, service: str) -> health_pb2.HealthCheckResponse:
+        """One Check of `service`; TimeoutError when no answer came within check_timeout_s.
+
+        The timer is the router's own as well as gRPC's deadline: behind a dead connection the deadline
+        may not fire until keepalive gives up, seconds later (FACTS.md). It counts only time the router's
+        loop was awake: a timer that fires late found the loop behind (a burst of new calls, a large frame
+        being copied), and an answer that arrived meanwhile may be waiting unread, one loop turn from
+        being seen. So a late timer gives the answer back the time the loop lost (up to one more timeout),
+        and again while it keeps losing time, until CHECK_WAIT_MAX_TIMEOUTS timeouts in all: a hung
+        worker is still found while the router runs behind, later."""
+        timeout = self._cfg.check_timeout_s
+        started = self._clock()
+        give_up = started + CHECK_WAIT_MAX_TIMEOUTS * timeout
+        call = self._stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=give_up - started)
+        answer: asyncio.Future[health_pb2.HealthCheckResponse] = asyncio.ensure_future(call)
+        due = started + timeout
+        try:
+            while True:
+                done, _ = await asyncio.wait({answer}, timeout=max(0.0, due - self._clock()))
+                if done:
+                    return answer.result()
+                now = self._clock()
+                self._behind.woke(due, now)
+                lost = self._behind.after(started)
+                if lost < BEHIND_S or now >= give_up:
+                    raise TimeoutError
+                due = min(give_up, now + min(timeout, lost))
+        finally:
+            if not answer.done():
+                answer.cancel()
+                call.cancel()
 
     async def _check_loop(self) -> None:
         while True:

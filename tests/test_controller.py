@@ -9,7 +9,7 @@ from grpc_health.v1 import _async as health_aio
 
 from eagleeye.common.latency import BackendTimers
 from eagleeye.router.config import RouterConfig
-from eagleeye.router.controller import Controller
+from eagleeye.router.controller import AT_CAPACITY_HOLD_S, Controller
 from eagleeye.router.fleet import Backend
 from eagleeye.router.watcher import SERVING, BackendWatcher
 
@@ -80,3 +80,27 @@ async def test_time_the_router_ran_behind_moves_a_silence_later_and_only_by_that
     assert ctl.heard_since(101.0) == pytest.approx(101.4)
     assert ctl.heard_since(101.5) == 101.5
     assert ctl.progress_at(P) == float("-inf")  # no backend's own progress is invented
+
+
+async def test_a_worker_that_said_it_lacked_headroom_counts_as_loaded_while_its_backlog_drains() -> None:
+    """A worker's headroom comes back once its backlog is under the threshold; the frames still queued
+    there wait their turn. A wait on it meanwhile is load (no blame), for AT_CAPACITY_HOLD_S."""
+    now = [100.0]
+    cfg = RouterConfig(primary="127.0.0.1:9", standby="127.0.0.1:10")
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")
+    w = {b: BackendWatcher(b.value, "127.0.0.1:9", channel, cfg) for b in (P, S)}
+    ctl = Controller(cfg.policy(), w, health_aio.HealthServicer(), {b: timers() for b in (P, S)},
+                     clock=lambda: now[0])
+    ready(w[P])
+    ready(w[S])
+    ctl.changed()
+    assert not ctl.loaded(P) and not ctl.loaded(S)
+    w[P].status.headroom_status = 2            # NOT_SERVING: a backlog past its threshold
+    ctl.changed()
+    assert ctl.loaded(P) and not ctl.loaded(S)
+    now[0] = 101.0
+    w[P].status.headroom_status = SERVING      # under the threshold again, frames still queued
+    ctl.changed()
+    assert ctl.loaded(P)
+    now[0] = 100.0 + AT_CAPACITY_HOLD_S + 0.01
+    assert not ctl.loaded(P)

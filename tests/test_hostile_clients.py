@@ -24,7 +24,7 @@ from PIL import Image
 
 from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.api.detector.v1 import detector_pb2_grpc as pb_grpc
-from eagleeye.harness.processes import LocalCluster
+from eagleeye.harness.processes import LocalCluster, Proc
 from eagleeye.scenes import encode_jpeg, make_scene
 from tests.conftest import fast_config
 from tests.h2raw import Relay, StalledPeer
@@ -49,6 +49,17 @@ SICK = {"FAILOVER", "STANDBY_DOWN", "BOTH_DOWN"}
 def switches(cluster: LocalCluster) -> list[str]:
     return [f"{e['from_state']}->{e['to_state']} ({e['reason']})" for e in cluster.router.events
             if e.get("event") == "switch"]
+
+
+def warnings(cluster: LocalCluster) -> list[dict[str, object]]:
+    """The router's warnings and errors (ejections with their causes among them): why it judged a worker."""
+    return [e for e in cluster.router.events if e.get("level") in ("warning", "error")]
+
+
+def transitions(worker: Proc) -> list[str]:
+    """A worker's health transitions: when, and why it was not ready or lacked headroom."""
+    return [f"{e.get('ts', '')[11:23]} ready={e.get('ready')} headroom={e.get('headroom')} {e.get('reasons')}"
+            for e in worker.events if e.get("event") == "health transition"]
 
 
 def sick_switches(cluster: LocalCluster) -> list[str]:
@@ -299,7 +310,10 @@ async def test_a_burst_of_new_streams_meets_flow_control_not_an_ejection(
     assert set(counts) <= {"OK", "RESOURCE_EXHAUSTED", "INTERNAL (grpcio aio write race)", "CANCELLED"}, counts
     assert counts.get("CANCELLED", 0) <= 10, counts
     assert counts.get("OK", 0) >= 250, counts  # the client's share (max_concurrent_streams_per_peer) at least
-    ejected = [e for e in cluster.router.events if e.get("event") == "backend ejected"]  # with their causes
+    ejected = [(e.get("backend"), e.get("causes")) for e in cluster.router.events
+               if e.get("event") == "backend ejected"]
+    print(f"ejections, with their causes: {ejected}; the workers' health: primary {transitions(cluster.primary)}, "
+          f"standby {transitions(cluster.standby)}")
     assert not sick_switches(cluster), (switches(cluster), ejected)
     assert not ejected, ejected
     assert not probe.failures and probe.p99_ms() < 1000, (probe.failures, probe.p99_ms())
@@ -483,7 +497,10 @@ async def test_streams_of_large_frames_that_never_read_stay_within_the_routers_m
     # The documented bound: max_pending_bytes_total (256 MiB) and what gRPC and Python add to it, well
     # under the router's Kubernetes memory limit of 768 MiB.
     assert r.rss_peak_mib < 480, "router memory past its bound (docs/configuration.md)"
-    assert r.small.count("OK") == len(r.small) > 0 and not probe.failures, (r.small, probe.failures)
+    print(f"switches {switches(cluster)}; the router's warnings: "
+          f"{[(e.get('event'), e.get('backend'), e.get('causes')) for e in warnings(cluster)]}")
+    assert r.small.count("OK") == len(r.small) > 0 and not probe.failures, (
+        [s for s in r.small if s != "OK"], probe.failures, switches(cluster))
     assert probe.p99_ms() < 1000
 
 

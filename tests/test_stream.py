@@ -37,6 +37,7 @@ class FakeFleet:
     stall: float = 0.2
     progress: dict[Backend, float] = field(default_factory=dict)   # the backend's last answer to anything
     behind: LoopBehind = field(default_factory=LoopBehind)          # when the router's own loop ran late
+    at_capacity: set[Backend] = field(default_factory=set)          # headroom NOT_SERVING
 
     def usable(self, backend: Backend) -> bool:
         return backend in self.usable_set
@@ -55,6 +56,9 @@ class FakeFleet:
 
     def heard_since(self, t: float) -> float:
         return t + self.behind.after(t)
+
+    def loaded(self, backend: Backend) -> bool:
+        return backend in self.at_capacity
 
     def stall_s(self, backend: Backend) -> float:
         return self.stall
@@ -359,6 +363,17 @@ def test_a_leg_waiting_while_its_backend_answers_others_is_load_not_a_stall() ->
     assert h.core.on_timer(0.79) == []
     out = h.core.on_timer(0.8)                  # 0.2 s after the backend's last answer: a stall, blamed
     assert out[:2] == [Close(1), Failed(P, 1)]
+
+
+def test_a_stall_on_a_worker_at_capacity_moves_the_stream_without_blame() -> None:
+    """A burst queued more frames at the worker than it answers in the stall time, and it says so
+    (headroom NOT_SERVING): the stream moves to a worker with room, and nobody is counted as failing."""
+    fleet = FakeFleet(stall=0.2, at_capacity={P})
+    h = started(Harness(fleet))
+    h.send(1)
+    out = h.core.on_timer(0.2)
+    assert not any(isinstance(a, Failed) for a in out)
+    assert out[0] == Close(1) and Open(2, S) in out and Write(2, frame(1)) in out
 
 
 def test_a_leg_answered_by_nobody_for_leg_stall_s_moves_without_blame() -> None:

@@ -25,6 +25,7 @@ class FakeFleet:
     hedge: float = 0.05
     progress: dict[Backend, float] = field(default_factory=dict)   # the backend's last answer to anything
     behind: LoopBehind = field(default_factory=LoopBehind)          # when the router's own loop ran late
+    at_capacity: set[Backend] = field(default_factory=set)          # headroom NOT_SERVING
 
     def usable(self, backend: Backend) -> bool:
         return backend in self.usable_set
@@ -43,6 +44,9 @@ class FakeFleet:
 
     def heard_since(self, t: float) -> float:
         return t + self.behind.after(t)
+
+    def loaded(self, backend: Backend) -> bool:
+        return backend in self.at_capacity
 
     def stall_s(self, backend: Backend) -> float:
         return 1.0
@@ -133,6 +137,10 @@ CASES: dict[str, tuple[FakeFleet, list[Step]]] = {
         ]),
     "a per-try timeout while the router's own loop ran behind: retried elsewhere, no blame": (
         FakeFleet(hedge=5.0, progress={P: -1.0}, behind=behind(0.3, 0.6)), [
+            (1.0, "timer", [Cancel(0), Send(1, S, "retry", P)]),
+        ]),
+    "a per-try timeout on a backend at capacity (headroom NOT_SERVING): retried elsewhere, no blame": (
+        FakeFleet(hedge=5.0, progress={P: -1.0}, at_capacity={P}), [
             (1.0, "timer", [Cancel(0), Send(1, S, "retry", P)]),
         ]),
     "the caller's deadline passes while the backend reports DEADLINE_EXCEEDED: not the backend's fault": (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eagleeye.common.health import HealthServicer
 from eagleeye.router.config import RouterConfig
+from eagleeye.router.fleet import LoopBehind
 from eagleeye.router.watcher import BackendStatus, BackendWatcher, WatchEnd, backend_channel, watch_end
 from tests.procs import HealthWatch
 
@@ -150,6 +152,55 @@ async def test_stop_returns_even_when_it_lands_as_a_check_is_answered(steps: int
         await asyncio.sleep(0)  # let the answer travel that many loop turns before the stop lands
     async with asyncio.timeout(5):
         await w.stop()
+    await w.channel.close()
+
+
+def held_watcher(check_timeout_s: float) -> tuple[BackendWatcher, HeldStub, LoopBehind]:
+    cfg = replace(CFG, check_timeout_s=check_timeout_s)
+    behind = LoopBehind()
+    w = BackendWatcher("primary", "127.0.0.1:1", backend_channel("127.0.0.1:1", cfg), cfg, lambda: None,
+                       behind=behind)
+    stub = HeldStub()
+    w._stub = stub
+    return w, stub, behind
+
+
+async def test_an_answer_that_waited_while_the_routers_loop_was_held_counts() -> None:
+    """The worker answers in time, but the router's loop is held past the Check's deadline (a 10 MB
+    frame being copied, a burst of new calls): the answer is read in the loop turn that also runs the
+    late timer. A worker that answered is not counted as silent."""
+    w, stub, _ = held_watcher(0.1)
+    check = asyncio.create_task(w.check_once())
+    await stub.asked.wait()
+    assert stub.answer is not None
+    answer, loop = stub.answer, asyncio.get_running_loop()
+
+    def held() -> None:
+        time.sleep(0.3)  # the fault: the loop held past the deadline while the answer arrived
+        loop.call_soon(answer.set_result, health_pb2.HealthCheckResponse(status=S))  # read in the next turn
+
+    loop.call_soon(held)
+    async with asyncio.timeout(5):
+        await check
+    assert (w.status.check_failures, w.status.healthy_checks, w.status.check_error) == (0, 1, "")
+    await w.channel.close()
+
+
+async def test_a_check_nobody_answers_fails_after_its_timeout_and_still_fails_while_the_loop_is_held() -> None:
+    w, stub, _ = held_watcher(0.1)
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        await w.check_once()
+    assert (w.status.check_failures, w.status.check_error) == (1, "DEADLINE_EXCEEDED")
+    assert 0.1 <= time.monotonic() - started < 0.35  # the timeout, not the wait while behind
+    assert stub.answer is not None and stub.answer.cancelled()  # the call is cancelled, not left running
+
+    check = asyncio.create_task(w.check_once())
+    await stub.asked.wait()
+    asyncio.get_running_loop().call_soon(time.sleep, 0.3)  # held past the deadline; no answer ever comes
+    async with asyncio.timeout(5):
+        await check
+    assert (w.status.check_failures, w.status.check_error) == (2, "DEADLINE_EXCEEDED")
     await w.channel.close()
 
 

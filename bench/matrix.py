@@ -166,8 +166,9 @@ class Front:
 
 
 class Bench:
-    def __init__(self, cluster: LocalCluster, nginx: Nginx) -> None:
+    def __init__(self, cluster: LocalCluster, nginx: Nginx, rate: float = UNARY_RATE) -> None:
         self.cluster = cluster
+        self.rate = rate  # frames/s of the fault load: unary calls, or spread over the cameras
         self.nginx = nginx
         self.fronts = {
             "router": Front("router", lambda: cluster.router_address, lambda: cpu_seconds(cluster.router.popen.pid)),
@@ -279,11 +280,11 @@ class Bench:
 
         injector = asyncio.create_task(script())
         if load == "unary":
-            run.records = await unary_load(front.address, self.pool, clock, stop, rate=UNARY_RATE,
+            run.records = await unary_load(front.address, self.pool, clock, stop, rate=self.rate,
                                            deadline_s=DEADLINE_S, live=live)
         else:
             run.records, run.breaks = await stream_load(front.address, self.pool, clock, stop, cameras=CAMERAS,
-                                                        fps=FPS, stall_s=STALL_S, live=live)
+                                                        fps=self.rate / CAMERAS, stall_s=STALL_S, live=live)
         await injector
         run.end_at = clock.now()
         cpu_ms = None if cpu0 is None or front.cpu is None else \
@@ -473,7 +474,7 @@ async def main_async(args: argparse.Namespace) -> int:
         cluster = LocalCluster(worker_args=["--fault-injection"], router_args=router_args(out),
                                xds_listen=xds_address)
         nginx = Nginx(cluster.primary_address, cluster.standby_address)
-        bench = Bench(cluster, nginx)
+        bench = Bench(cluster, nginx, args.rate)
         try:
             cluster.wait_normal()
             for system in args.only:
@@ -526,7 +527,12 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"default {','.join(FAULTS)}; empty: overhead only")
     ap.add_argument("--overhead-seconds", type=float, default=1.5, help="per system and payload and run; 0: skip")
     ap.add_argument("--overhead-runs", type=int, default=2, help="interleaved runs whose medians are reported")
+    ap.add_argument("--rate", type=float, default=UNARY_RATE,
+                    help=f"frames/s of the fault scenarios' load (default {UNARY_RATE:g}: unary calls, or "
+                         f"{CAMERAS} cameras at {FPS:g} fps); one worker must carry it alone while the other is down")
     args = ap.parse_args(argv)
+    if args.rate <= 0:
+        ap.error(f"--rate {args.rate:g}: must be positive")
     return asyncio.run(main_async(args))
 
 

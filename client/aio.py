@@ -37,6 +37,7 @@ from eagleeye.client.errors import RETRIABLE, Unavailable, from_rpc_error
 from eagleeye.client.types import Image, Knobs, Result
 from eagleeye.client.window import Window
 from eagleeye.common.latency import RecentQuantile, clamped
+from eagleeye.common.loopbehind import LoopBehind
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_WINDOW = 32
@@ -46,6 +47,8 @@ DEFAULT_WINDOW = 32
 STALL_MULTIPLIER = 4.0
 STALL_BOUNDS_ZERO_HOP = (0.2, 1.0)
 STALL_BOUNDS_ROUTER = (2.0, 10.0)
+# How often a stream's watchdog looks, per stall time floor (see _StreamRun._watchdog).
+WATCHDOG_LOOKS = 4
 # Unary hedging (zero-hop): a second attempt after the recent p95 within these bounds; each call earns
 # a tenth of an extra attempt, at most 10 saved up.
 HEDGE_BOUNDS = (0.02, 1.0)
@@ -97,6 +100,8 @@ class AsyncDetector:
         self._waits = RecentQuantile(0.99)      # a stream frame's wait for its answer
         self._unary = RecentQuantile(0.95)      # a unary call's time
         self._stall_bounds = STALL_BOUNDS_ZERO_HOP if self.zero_hop else STALL_BOUNDS_ROUTER
+        # When this process's loop ran behind (its streams' watchdogs see it): no stall time for a worker.
+        self._behind = LoopBehind()
         self._hedge_tokens = HEDGE_BUDGET_MAX
         #: What the library did for the caller: streams reopened, frames sent again, answers dropped as
         #: duplicates, unary retries and hedges.
@@ -212,6 +217,7 @@ class _StreamRun:
         self._closing = False
         self._reading = False   # waiting for the call's next answer (the watchdog may interrupt it)
         self._stalled = False   # the watchdog gave up on the call
+        self._paused_at: float | None = None  # when the reader last stopped waiting (the caller has a result)
         self._progress_at = time.monotonic()   # the last answer, or when frames started to wait
         self._answered_at = time.monotonic()   # the last answer (for the overall timeout)
 
@@ -230,6 +236,8 @@ class _StreamRun:
                 # The call's next answer, its end (with the error if it failed), or "interrupted": the
                 # watchdog or the feeder cancelled it (this task being cancelled raises). Inline: once
                 # per frame.
+                if self._paused_at is not None:  # the caller had the stream's results: not the worker's silence
+                    self._progress_at += time.monotonic() - self._paused_at
                 self._reading = True
                 payload: Any = None
                 try:
@@ -244,6 +252,7 @@ class _StreamRun:
                     kind = "interrupted"
                 finally:
                     self._reading = False
+                    self._paused_at = time.monotonic()
                 if kind == "answer":
                     attempt = 0
                     for result in self._answer(resp):
@@ -279,19 +288,28 @@ class _StreamRun:
 
         The stall time is learned as answers come (from its ceiling down), so the timer looks again at
         least every lower bound of it: a stream that stalls right after it started is given up on within
-        the learned stall time plus that bound, not after the ceiling."""
-        recheck = self._det._stall_bounds[0]
+        the learned stall time plus that bound, not after the ceiling.
+
+        Time this process's loop ran behind (the caller's own work on the loop, a host short of CPU) does
+        not count: an answer that came then waits unread, a few loop turns from being seen. The timer's
+        own lateness says when (LoopBehind), to within one look: so it looks WATCHDOG_LOOKS times per
+        stall time floor. Only that time is subtracted, so a hang is still left."""
+        recheck = self._det._stall_bounds[0] / WATCHDOG_LOOKS
+        behind = self._det._behind
         while True:
             stall = self._det.stall_s()
             delay = stall
             if self._window.unanswered:
-                delay = self._progress_at + stall - time.monotonic()
+                heard_since = self._progress_at + behind.after(self._progress_at)
+                delay = heard_since + stall - time.monotonic()
                 if delay <= 0:
                     if self._reading:
                         self._stalled = True
                         self._interrupt()
                     delay = stall
-            await asyncio.sleep(min(delay, recheck))  # the stall timer
+            due = time.monotonic() + min(delay, recheck)
+            await asyncio.sleep(due - time.monotonic())  # the stall timer
+            behind.woke(due, time.monotonic())
 
     def _answer(self, resp: pb.DetectResponse) -> Sequence[Result]:
         now = time.monotonic()

@@ -23,6 +23,7 @@ from eagleeye.common.grpcguard import CallAdmission, guarded
 from eagleeye.common.health import HealthServicer
 from eagleeye.common.latency import BackendTimers
 from eagleeye.common.logs import LOG_FORMATS, event
+from eagleeye.common.loopbehind import LoopBehind
 from eagleeye.common.looplag import LoopLagMonitor
 from eagleeye.common.memory import return_large_buffers
 from eagleeye.common.serving import (
@@ -39,7 +40,7 @@ from eagleeye.router.admin import AdminServicer
 from eagleeye.router.adminaccess import ADMIN_MAX_CALLS, ADMIN_MAX_CALLS_PER_PEER, ADMIN_REQUEST_TIMEOUT_S
 from eagleeye.router.config import RouterConfig
 from eagleeye.router.controller import Controller
-from eagleeye.router.fleet import Backend, LoopBehind
+from eagleeye.router.fleet import Backend
 from eagleeye.router.links import Links
 from eagleeye.router.membership import Membership, entries
 from eagleeye.router.proxy import Proxy

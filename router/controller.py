@@ -23,7 +23,8 @@ from eagleeye.api.names import LIVENESS, READINESS_NAMES, REDUNDANCY
 from eagleeye.common.aio import wait_event
 from eagleeye.common.latency import BackendTimers
 from eagleeye.common.logs import event
-from eagleeye.router.fleet import Backend, LoopBehind, Role, StreamPlace
+from eagleeye.common.loopbehind import LoopBehind
+from eagleeye.router.fleet import Backend, Role, StreamPlace
 from eagleeye.router.fleetpolicy import FleetDecision, FleetPolicy, FleetTransition, Side
 from eagleeye.router.metrics import RouterMetrics
 from eagleeye.router.policy import Decision, PolicyConfig, State

@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from eagleeye.common.loopbehind import BEHIND_S
 from eagleeye.router.budget import RetryBudget
-from eagleeye.router.fleet import BEHIND_S, Backend, Fleet, RequestCost
+from eagleeye.router.fleet import Backend, Fleet, RequestCost
 
 
 class Outcome(Enum):

@@ -30,9 +30,9 @@ from eagleeye.api.names import HEADROOM, READINESS
 from eagleeye.common import loadreport
 from eagleeye.common.loadreport import Load
 from eagleeye.common.logs import event
+from eagleeye.common.loopbehind import BEHIND_S, LoopBehind
 from eagleeye.common.tls import channel_credentials
 from eagleeye.router.config import RouterConfig
-from eagleeye.router.fleet import BEHIND_S, LoopBehind
 from eagleeye.router.policy import BackendView
 
 log = logging.getLogger("eagleeye.watcher")

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -30,6 +31,7 @@ from eagleeye.api.detector.testing.v1 import fault_injection_pb2_grpc as fi_grpc
 from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.client import AsyncDetector, Detector, InvalidImage, Unavailable
 from eagleeye.client import types as ct
+from eagleeye.client.aio import _StreamRun
 from eagleeye.client.window import MAX_FRAME_RETRIES, Window
 from eagleeye.harness.processes import Proc
 from eagleeye.scenes import encode_png, make_scene
@@ -297,6 +299,44 @@ async def test_a_caller_slow_to_take_its_results_is_not_a_stalled_stream() -> No
             assert det.stats["reopened"] == 0 and det.stats["replayed"] == 0, det.stats
     finally:
         worker.stop()
+
+
+async def test_a_stream_is_not_given_up_on_for_time_its_own_loop_ran_behind() -> None:
+    """The caller's own work holds the loop past the stall time while an answer comes: the answer waits
+    unread, a few loop turns from being seen. The watchdog counts only the time the loop was awake, so
+    the stream is not opened again; once nobody answers, it is given up on within the stall time."""
+    async with AsyncDetector("127.0.0.1:1") as det:
+        det._stall_bounds = (0.2, 0.2)             # a stall time of 0.2 s, learned or not
+        run = _StreamRun(det, ct.Knobs())
+        run._window = SimpleNamespace(unanswered=1)  # type: ignore[assignment]  # a frame waits for its answer
+        run._reading = True
+        run._progress_at = time.monotonic()
+        loop = asyncio.get_running_loop()
+        answered = asyncio.Event()
+
+        def answer(turns: int) -> None:
+            if turns:
+                loop.call_soon(answer, turns - 1)
+                return
+            run._progress_at = time.monotonic()
+            answered.set()
+
+        def held() -> None:
+            time.sleep(0.5)          # the fault: the loop held past the stall time by the caller's own work
+            loop.call_soon(answer, 3)  # the answer that came meanwhile is read a few loop turns later
+
+        watchdog = asyncio.ensure_future(run._watchdog())
+        loop.call_soon(held)
+        try:
+            await answered.wait()
+            assert not run._stalled
+            since = time.monotonic()
+            async with asyncio.timeout(5):
+                while not run._stalled:
+                    await asyncio.sleep(0.01)  # polls the outcome (bounded); the watchdog decides
+            assert time.monotonic() - since < 1.0
+        finally:
+            watchdog.cancel()
 
 
 async def test_a_worker_that_hangs_soon_after_a_stream_starts_is_left_by_the_learned_stall_time() -> None:

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from eagleeye.common.loopbehind import LoopBehind
 from eagleeye.router.budget import BudgetConfig, RetryBudget
-from eagleeye.router.fleet import Backend, LoopBehind, StreamPlace
+from eagleeye.router.fleet import Backend, StreamPlace
 from eagleeye.router.stream import (
     Abort,
     Action,

@@ -7,8 +7,9 @@ from typing import cast
 
 import pytest
 
+from eagleeye.common.loopbehind import LoopBehind
 from eagleeye.router.budget import BudgetConfig, RetryBudget
-from eagleeye.router.fleet import Backend, LoopBehind, StreamPlace
+from eagleeye.router.fleet import Backend, StreamPlace
 from eagleeye.router.unary import Action, Cancel, Expire, Observe, Outcome, Refused, Reply, Send, UnaryCall, UnaryConfig
 
 P, S = Backend.PRIMARY, Backend.STANDBY

@@ -14,8 +14,8 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eagleeye.common.health import HealthServicer
+from eagleeye.common.loopbehind import LoopBehind
 from eagleeye.router.config import RouterConfig
-from eagleeye.router.fleet import LoopBehind
 from eagleeye.router.watcher import BackendStatus, BackendWatcher, WatchEnd, backend_channel, watch_end
 from tests.procs import HealthWatch
 

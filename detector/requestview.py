@@ -21,16 +21,12 @@ import grpc
 
 from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.api.names import DETECTOR_SERVICE
+from eagleeye.common.protowire import LEN, fields
 
 # Images at least this large take the view; smaller ones are copied as protobuf does.
 VIEW_MIN_BYTES = 256 * 1024
-# Fields scanned in Python, at most: a request of a million tiny fields is left to protobuf's C parser
-# (a real one has a dozen, or a few hundred class names).
-MAX_FIELDS = 512
-
 _ENCODED, _RAW = 1, 2          # DetectRequest's image oneof
 _RAW_DATA = 1                  # RawImage.data
-_LEN, _VARINT, _I64, _I32 = 2, 0, 1, 5
 
 
 @dataclass(frozen=True)
@@ -43,64 +39,23 @@ class RequestView:
     image: memoryview
 
 
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(data: bytes, start: int, end: int) -> list[tuple[int, int, int, int, int]]:
-    """(field, wire type, field start, value start, value end) of each field in data[start:end]."""
-    out = []
-    pos = start
-    while pos < end:
-        field_start = pos
-        key, pos = _varint(data, pos, end)
-        field, wire = key >> 3, key & 7
-        if wire == _LEN:
-            length, pos = _varint(data, pos, end)
-            value_start, pos = pos, pos + length
-        elif wire == _VARINT:
-            value_start = pos
-            _, pos = _varint(data, pos, end)
-        elif wire == _I64:
-            value_start, pos = pos, pos + 8
-        elif wire == _I32:
-            value_start, pos = pos, pos + 4
-        else:
-            raise ValueError("unexpected wire type")
-        if pos > end or field == 0:
-            raise ValueError("field runs past the message")
-        out.append((field, wire, field_start, value_start, pos))
-        if len(out) > MAX_FIELDS:
-            raise ValueError("too many fields to scan")
-    return out
-
-
 def _split(data: bytes) -> tuple[bytes, bytes | None, str, int, int] | None:
     """The message without its image field; for a raw image, its RawImage without the pixels; the
     image's kind; and where its bytes lie in `data`. None when the request is not one the view takes
     (small image, unusual layout, malformed)."""
     try:
-        fields = _fields(data, 0, len(data))
-        images = [f for f in fields if f[0] in (_ENCODED, _RAW)]
-        if len(images) != 1 or images[0][1] != _LEN:
+        found = fields(data, 0, len(data))
+        images = [f for f in found if f[0] in (_ENCODED, _RAW)]
+        if len(images) != 1 or images[0][1] != LEN:
             return None
         field, _, field_start, value_start, value_end = images[0]
         if field == _ENCODED:
             if value_end - value_start < VIEW_MIN_BYTES:
                 return None
             return data[:field_start] + data[value_end:], None, "encoded", value_start, value_end
-        inner = _fields(data, value_start, value_end)
+        inner = fields(data, value_start, value_end)
         pixels = [f for f in inner if f[0] == _RAW_DATA]
-        if len(pixels) != 1 or pixels[0][1] != _LEN or pixels[0][4] - pixels[0][3] < VIEW_MIN_BYTES:
+        if len(pixels) != 1 or pixels[0][1] != LEN or pixels[0][4] - pixels[0][3] < VIEW_MIN_BYTES:
             return None
         _, _, data_field_start, data_start, data_end = pixels[0]
         raw_rest = data[value_start:data_field_start] + data[data_end:value_end]

@@ -335,6 +335,7 @@ class Controller:
                         self._removed_timers.popitem(last=False)
                 self._load.pop(b, None)
                 self._progress_at.pop(b, None)
+                self._at_capacity_at.pop(b, None)
                 self._was_ready.pop(b, None)
                 self._joining.discard(b)
                 event(log, "worker removed", backend=b.value, after_s=round(now - since, 1))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from eagleeye.api.detector.v1 import detector_pb2 as pb
 from eagleeye.common.cli import ConfigError
+from eagleeye.common.protowire import encode_varint
 
 STATES = ("NORMAL", "DEGRADED", "FAILOVER", "RECOVERING", "STANDBY_DOWN", "BOTH_DOWN")
 
@@ -43,19 +44,9 @@ class _Field:
     def encode(self, value: float) -> bytes:
         if self.kind == "float":
             return bytes([self.number << 3 | 5]) + struct.pack("<f", value)
-        return bytes([self.number << 3 | 0]) + _varint(int(value))
+        return bytes([self.number << 3 | 0]) + encode_varint(int(value))
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
 
 
 # The DetectRequest knobs a default may set, with the ranges the worker accepts.

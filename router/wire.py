@@ -22,6 +22,7 @@ from __future__ import annotations
 from google.protobuf.message import DecodeError
 
 from eagleeye.api.detector.v1 import detector_pb2 as pb
+from eagleeye.common.protowire import LEN, encode_varint, fields, read_varint
 
 
 class WireError(ValueError):
@@ -49,76 +50,34 @@ def parse_request(data: bytes) -> pb.DetectRequest:
         raise WireError(str(e) or "not a DetectRequest") from None
 
 
-def _varint(data: bytes, i: int, end: int, limit: int) -> tuple[int, int] | None:
-    """A varint of at most `limit` bytes at `i`: (value, next index); None if longer or truncated."""
-    value = shift = 0
-    for j in range(i, min(end, i + limit)):
-        b = data[j]
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, j + 1
-        shift += 7
-    return None
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _without_images(data: bytes, image: int, last_known: int, nested: int, start: int = 0,
                     end: int | None = None) -> bytes | None:
     """The message in data[start:end] with its `image` bytes field and unknown length-delimited
     fields emptied, its `nested` RawImage (0: none) treated the same way, every other field as it
     was; None at anything unexpected (protobuf then judges)."""
     end = len(data) if end is None else end
+    try:
+        found = fields(data, start, end)
+    except ValueError:
+        return None
     out: list[bytes] = []
-    i = start
-    while i < end:
-        tag = _varint(data, i, end, 5)
-        if tag is None:
+    for number, wire, field_start, value_start, value_end in found:
+        key, key_end = read_varint(data, field_start, end)
+        if key_end - field_start > 5 or key > 0xFFFFFFFF:
+            return None  # protobuf reads a tag in at most 5 bytes: its verdict
+        if wire != LEN:
+            out.append(data[field_start:value_end])
+        elif value_start - key_end > 5 or value_end - value_start > 0x7FFFFFFF:
             return None
-        key, j = tag
-        number, wire = key >> 3, key & 7
-        if number == 0 or key > 0xFFFFFFFF:
-            return None
-        if wire == 0:
-            v = _varint(data, j, end, 10)
-            if v is None:
+        elif number == image or number > last_known:
+            out.append(data[field_start:key_end] + b"\0")  # the tag, an empty body
+        elif number == nested:
+            inner = _without_images(data, _RAW_DATA, _RAW_LAST, 0, value_start, value_end)
+            if inner is None:
                 return None
-            nxt = v[1]
-        elif wire == 1:
-            nxt = j + 8
-        elif wire == 5:
-            nxt = j + 4
-        elif wire == 2:
-            length = _varint(data, j, end, 5)
-            if length is None or length[0] > 0x7FFFFFFF:
-                return None
-            body, nxt = length[1], length[1] + length[0]
-            if nxt > end:
-                return None
-            if number == image or number > last_known:
-                out.append(data[i:j] + b"\0")   # the tag, an empty body
-                i = nxt
-                continue
-            if number == nested:
-                inner = _without_images(data, _RAW_DATA, _RAW_LAST, 0, body, nxt)
-                if inner is None:
-                    return None
-                out.append(data[i:j] + _encode_varint(len(inner)) + inner)
-                i = nxt
-                continue
+            out.append(data[field_start:key_end] + encode_varint(len(inner)) + inner)
         else:
-            return None  # groups and the undefined wire types: protobuf's verdict
-        if nxt > end:
-            return None
-        out.append(data[i:nxt])
-        i = nxt
+            out.append(data[field_start:value_end])
     return b"".join(out)
 
 

@@ -111,7 +111,7 @@ bench: setup tools
 	$(PY) -m bench.matrix --out bench/out
 	$(PY) -m bench.faults --out bench/out
 	$(PY) -m bench.check_latency
-	$(PY) -m bench.backends
+	$(PY) -m bench.backends --compile --rounds 3
 	$(PY) -m bench.router_bench --calls 200
 	$(PY) -m bench.hostile --out bench/out
 	$(PY) -m bench.scale --out bench/out

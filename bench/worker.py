@@ -244,7 +244,7 @@ def start_worker(backend: str, threads: int, device: str, extra: list[str]) -> P
                                       str(threads), "--device", device, *extra])
     try:
         proc.wait_listening()
-        proc.wait_for_event("model ready", 120)
+        proc.wait_for_event("model ready", 600 if "--compile" in extra else 120)
     except BaseException:
         proc.stop()
         raise
@@ -266,6 +266,8 @@ def main() -> int:
                    help="where the bare model and the worker run (default cpu); on CUDA the table adds NVML's "
                         "GPU utilisation while saturated")
     p.add_argument("--half", action="store_true", help="fp16 on CUDA, bare and worker (torch and null only)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile, bare and worker (torch and null only): one graph per batch size 1, 2, 4, 8")
     p.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
                    help="an extra eagleeye-detector argument (repeat), e.g. --worker-arg=--max-queue-delay-ms=3")
     p.add_argument("--out", type=Path, help="write worker.json and worker.md into this folder")
@@ -287,8 +289,11 @@ def main() -> int:
         model_file = null_model(scratch) if backend == NULL else None
         half = args.half and backend != "onnxruntime"
         model = load(backend, args.threads, args.device, half, model_file)
+        compiled = args.compile and backend != "onnxruntime"
+        if compiled:
+            model.compile(8)  # the worker's default max_batch
         proc = start_worker("torch" if backend == NULL else backend, args.threads, args.device,
-                            [*args.worker_arg, *(["--half"] if half else []),
+                            [*args.worker_arg, *(["--half"] if half else []), *(["--compile"] if compiled else []),
                              *(["--model", str(model_file)] if model_file else [])])
         gpu = GpuBusy(args.device) if cuda else None
         try:
@@ -311,7 +316,8 @@ def main() -> int:
     command = "python -m bench.worker " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} " \
               f"{platform.python_version()}, {args.threads} intra-op thread(s), " + \
-              (f"{_gpu_name(args.device)}{' fp16' if args.half else ''}" if cuda else "CPU inference")
+              (f"{_gpu_name(args.device)}{' fp16' if args.half else ''}" if cuda else "CPU inference") + \
+              (", torch.compile" if args.compile else "")
     util = any("worker_gpu_util_pct" in r for r in rows)
     lines = [f"`{command.strip()}` on {machine}", "",
              "| backend | input | bare p50 / p99 ms | worker p50 / p99 ms | added p50 ms | bare batch-8 img/s "

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .pt2 (torch.export) or TorchScript model file (default: the embedded model)")
     p.add_argument("--config", metavar="FILE", type=Path, help="a TOML file with any of the settings")
     p.add_argument("--half", action="store_const", const=True, help="run the model in fp16 (CUDA only)")
+    p.add_argument("--compile", action="store_const", const=True,
+                   help="torch backend, .pt2 models: compile the model with torch.compile before serving, one "
+                        "graph per batch size 1, 2, 4, ... --max-batch (readiness waits: about 20 s per size on "
+                        "2 CPU cores the first time, less from inductor's cache)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"],
                    help="torch (.pt2, TorchScript) or onnxruntime (.onnx); default auto: by the model file")
     p.add_argument("--ort-trt", action="store_const", const=True,
@@ -119,8 +123,8 @@ def inference_threads(cfg: DetectorConfig, device: str, model: Detector) -> int:
     """Batches to run at once: the setting, or 1 for a model that writes its own state in forward."""
     wanted = cfg.inference_threads_on(device)
     if wanted > 1 and not getattr(model, "concurrent", True):
-        event(log, "model writes its own buffers in forward: one batch at a time", logging.WARNING,
-              inference_threads=wanted)
+        why = getattr(model, "serial_reason", "") or "model writes its own buffers in forward"
+        event(log, f"{why}: one batch at a time", logging.WARNING, inference_threads=wanted)
         return 1
     return wanted
 
@@ -140,9 +144,15 @@ def load_and_warm(cfg: DetectorConfig, device: str) -> tuple[Detector, Any, Gold
 
         model = OnnxDetector(cfg.model or DEFAULT_ONNX_PATH, device, cfg.ort_trt, threads=cfg.torch_threads)
     else:
-        from eagleeye.detector.model import load_model
+        from eagleeye.detector.model import batch_buckets, load_model
 
-        model = load_model(cfg.model or DEFAULT_MODEL_PATH, device, half=cfg.half and device.startswith("cuda"))
+        torch_model = load_model(cfg.model or DEFAULT_MODEL_PATH, device, half=cfg.half and device.startswith("cuda"))
+        if cfg.compile:
+            event(log, "compiling the model (torch.compile); readiness waits", batch_sizes=list(
+                batch_buckets(cfg.max_batch)))
+            torch_model.compile(cfg.max_batch, lambda size, s: event(
+                log, "compiled", batch_size=size, seconds=round(s, 1)))
+        model = torch_model
     canary, _ = letterbox(canary_image(), model.meta.input_size)
     for size in sorted({1, cfg.max_batch}):
         out = model.infer(np.stack([canary] * size))

@@ -92,6 +92,9 @@ class DetectorConfig:
     # embedded model). onnxruntime without a model: the embedded model's ONNX export.
     backend: str = "auto"
     ort_trt: bool = False               # onnxruntime on CUDA: try TensorRT first
+    # torch backend, .pt2: torch.compile the model before serving, one static graph per batch size of
+    # 1, 2, 4, ... max_batch (a batch runs padded to the next); start-up takes that much longer.
+    compile: bool = False
     worker_id: str = ""                 # "": host:port once bound
     torch_threads: int = DEFAULT_TORCH_THREADS
     max_batch: int = 8
@@ -170,6 +173,11 @@ class DetectorConfig:
             raise ConfigError(f"backend='torch': cannot load {str(self.model)!r}; use backend onnxruntime for .onnx")
         if self.backend == "onnxruntime" and self.model is not None and not onnx_file:
             raise ConfigError(f"backend='onnxruntime': model={str(self.model)!r} is not a .onnx file")
+        if self.compile and self.model_backend() != "torch":
+            raise ConfigError("compile: torch.compile is the torch backend's; ONNX Runtime optimises its graph "
+                              "itself (and --ort-trt builds TensorRT engines)")
+        if self.compile and self.model is not None and self.model.suffix != ".pt2":
+            raise ConfigError(f"compile: needs a torch.export (.pt2) model, not {str(self.model)!r}")
         if self.model_backend() == "onnxruntime" and self.half:
             raise ConfigError("half: fp16 is the torch backend's; with onnxruntime export an fp16 model, "
                               "or use --ort-trt (TensorRT runs fp16 itself)")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +36,39 @@ class TorchDetector:
     """
 
     def __init__(self, module: Any, meta: ModelMeta, device: str, half: bool, concurrent: bool = True) -> None:
-        self._module = module
+        self.module = module
         self.meta = meta
         self.device = device
+        self.half = half
         self._dtype = torch.float16 if half else torch.float32
         self.backend = "torch"
         self._cuda = device.startswith("cuda")
         self._streams = threading.local()
         # False for a program that writes its own buffers in forward: two batches at once would race.
         self.concurrent = concurrent
+        self.serial_reason = "" if concurrent else "model writes its own buffers in forward"
+        # With `compile`: the batch sizes compiled; a batch runs padded to the smallest that holds it.
+        self.buckets: tuple[int, ...] = ()
+
+    def compile(self, max_batch: int, progress: Callable[[int, float], None] | None = None) -> None:
+        """Compile the model with torch.compile (inductor): one static graph per batch size of
+        `batch_buckets(max_batch)`, each compiled here by a warm-up batch (`progress(size, seconds)` after
+        each). Batches then run padded to the next compiled size, and a shape never seen (which a
+        guard would otherwise compile on the serving path, for seconds) runs uncompiled instead.
+
+        One batch at a time from then on: compiled graphs are not documented as safe to run from two
+        threads at once."""
+        self.module = torch.compile(self.module, dynamic=False)
+        self.buckets = batch_buckets(max_batch)
+        h, w = self.meta.input_size
+        for size in self.buckets:
+            start = time.monotonic()
+            self.infer(np.zeros((size, h, w, 3), np.uint8))
+            if progress is not None:
+                progress(size, time.monotonic() - start)
+        torch.compiler.set_stance("eager_on_recompile")
+        self.concurrent = False
+        self.serial_reason = "torch.compile's graphs run one batch at a time"
 
     def input_buffer(self, max_batch: int) -> np.ndarray:
         """Host memory for one thread's batches (max_batch x H x W x 3 uint8), pinned on CUDA."""
@@ -54,10 +80,14 @@ class TorchDetector:
     def infer(self, batch: np.ndarray) -> list[RawDetections]:
         if self._cuda:
             return self._infer_cuda(batch)
-        x = _to_input(torch.from_numpy(batch), self._dtype)
+        x = _to_input(torch.from_numpy(batch), self._dtype, self._rows(len(batch)))
         with torch.inference_mode():
-            boxes, scores, classes = self._module(x)
+            boxes, scores, classes = self.module(x)
         return _split(boxes.float().numpy(), scores.float().numpy(), classes.numpy(), len(batch))
+
+    def _rows(self, n: int) -> int:
+        """The batch size the model runs for n images: n, or the compiled size that holds it."""
+        return next((b for b in self.buckets if b >= n), n)
 
     def _stream(self) -> Any:
         stream = getattr(self._streams, "stream", None)
@@ -69,8 +99,9 @@ class TorchDetector:
         stream = self._stream()
         try:
             with torch.cuda.stream(stream), torch.inference_mode():
-                x = _to_input(torch.from_numpy(batch).to(self.device, non_blocking=True), self._dtype)
-                boxes, scores, classes = self._module(x)
+                x = _to_input(torch.from_numpy(batch).to(self.device, non_blocking=True), self._dtype,
+                              self._rows(len(batch)))
+                boxes, scores, classes = self.module(x)
                 # non_blocking to the host lands in pinned memory; one wait for all three.
                 out = [t.to("cpu", non_blocking=True) for t in (boxes.float(), scores.float(), classes)]
         finally:
@@ -82,9 +113,23 @@ class TorchDetector:
         return _split(out[0].numpy(), out[1].numpy(), out[2].numpy(), len(batch))
 
 
-def _to_input(pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """N x H x W x 3 uint8 to the contract's N x 3 x H x W in [0, 1], contiguous (a model may view it)."""
-    return pixels.permute(0, 3, 1, 2).to(dtype, memory_format=torch.contiguous_format).div_(255.0)
+def _to_input(pixels: torch.Tensor, dtype: torch.dtype, rows: int) -> torch.Tensor:
+    """N x H x W x 3 uint8 to the contract's N x 3 x H x W in [0, 1], contiguous (a model may view it);
+    padded with black images to `rows` (a compiled batch size)."""
+    n, h, w, _ = pixels.shape
+    if rows == n:
+        return pixels.permute(0, 3, 1, 2).to(dtype, memory_format=torch.contiguous_format).div_(255.0)
+    x = torch.zeros((rows, 3, h, w), dtype=dtype, device=pixels.device)
+    x[:n].copy_(pixels.permute(0, 3, 1, 2)).div_(255.0)
+    return x
+
+
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes compiled for a batcher of `max_batch`: powers of two below it, and itself."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch:
+        sizes.append(sizes[-1] * 2)
+    return (*sizes, max_batch) if max_batch > 1 else (1,)
 
 
 def _split(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, n: int) -> list[RawDetections]:

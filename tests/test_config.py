@@ -43,6 +43,8 @@ def test_file_then_flags(tmp_path: Path) -> None:
     ("backend = 'onnxruntime'", {"model": Path(__file__).parent.parent / "detector/defaultmodel/default.pt2"},
      "is not a .onnx file"),
     ("backend = 'onnxruntime'\nhalf = true", {}, "half: fp16 is the torch backend's"),
+    ("backend = 'onnxruntime'\ncompile = true", {}, "compile: torch.compile is the torch backend's"),
+    ("compile = true", {"model": Path(__file__)}, "compile: needs a torch.export (.pt2)"),
     ("max_batch = ", {}, "not valid TOML"),
 ])
 def test_invalid_settings_name_field_value_and_rule(
@@ -59,6 +61,7 @@ def test_invalid_settings_name_field_value_and_rule(
     ["--listen", "127.0.0.1:0", "--max-batch", "0"],
     ["--listen", "127.0.0.1:0", "--device", "tpu"],
     ["--listen", "127.0.0.1:0", "--config", "/nonexistent.toml"],
+    ["--listen", "127.0.0.1:0", "--compile", "--backend", "onnxruntime"],
     ["--no-such-flag"],
     ["--max-batch", "lots"],
 ])

@@ -80,6 +80,36 @@ async def test_liveness_serves_while_the_model_loads_then_every_name_serves(tmp_
     assert transitions[1]["ready"] is True
 
 
+async def test_a_compiled_model_is_ready_only_once_compiled_and_answers_every_batch_size(tmp_path: Path) -> None:
+    from eagleeye.detector.model import export_model
+    from tests.test_model import Tiny
+
+    model = tmp_path / "tiny.pt2"
+    export_model(Tiny(), model, name="tiny", version="1", classes=("thing",), input_size=(32, 32))
+    proc = start_detector("--config", fast_config(tmp_path, {"max_batch": 4, "inference_threads": 2}),
+                          "--model", str(model), "--compile")
+    try:
+        async with grpc.aio.insecure_channel(proc.address) as ch:
+            assert await check(ch, "liveness") == SERVING
+            readiness = HealthWatch(ch, "readiness")
+            await readiness.wait_for(SERVING, 240)
+            readiness.cancel()
+            assert readiness.statuses[0] == NOT_SERVING  # not ready while it compiled
+            assert [e["batch_size"] for e in proc.events if e["event"] == "compiled"] == [1, 2, 4]
+            ready = proc.wait_for_event("model ready")
+            assert ready["inference_threads"] == 1  # compiled graphs run one batch at a time
+            stub = pb_grpc.DetectorStub(ch)
+            for n in (1, 3, 4):  # 3 runs padded to the graph of 4; each image gets its own answer
+                shades = [100 + 40 * i for i in range(n)]  # each over the 0.3 score threshold
+                answers = await asyncio.gather(*(
+                    stub.Detect(pb.DetectRequest(encoded=encode_png(np.full((32, 32, 3), v, np.uint8))), timeout=30)
+                    for v in shades))
+                assert [a.detections[0].score for a in answers] == pytest.approx([v / 255 for v in shades], abs=1e-3)
+    finally:
+        assert proc.stop() == 0
+    assert not [e for e in proc.events if e["event"] == "inference failed"]
+
+
 def test_reflection_lists_and_describes_the_api(worker: Proc) -> None:
     listed, methods = reflect(worker.address, "eagleeye.detector.v1.Detector")
     assert listed == {"eagleeye.detector.v1.Detector", "eagleeye.detector.testing.v1.FaultInjection",

@@ -124,3 +124,28 @@ def test_a_model_not_safe_for_concurrent_batches_gets_one_thread_whatever_the_se
     Model.concurrent = True
     assert inference_threads(DetectorConfig(), "cuda:0", Model()) == 2  # type: ignore[arg-type]
     assert inference_threads(DetectorConfig(), "cpu", Model()) == 1  # type: ignore[arg-type]
+
+
+def test_a_compiled_model_answers_as_the_eager_one_for_every_batch_size_without_compiling_again(
+        tmp_path: Path) -> None:
+    from eagleeye.detector.model import batch_buckets
+
+    assert batch_buckets(1) == (1,) and batch_buckets(4) == (1, 2, 4) and batch_buckets(12) == (1, 2, 4, 8, 12)
+    path = tmp_path / "viewing.pt2"
+    export_model(Viewing(), path, name="v", version="1", classes=("thing",), input_size=(8, 8))
+    eager, model = load_model(path, "cpu"), load_model(path, "cpu")
+    compiled: list[int] = []
+    try:
+        model.compile(4, lambda size, seconds: compiled.append(size))
+        assert compiled == [1, 2, 4] and model.buckets == (1, 2, 4)
+        assert not model.concurrent and "torch.compile" in model.serial_reason
+        # Every size the batcher forms runs a graph compiled above (3 padded to 4); none compiles now.
+        torch.compiler.set_stance("fail_on_recompile")
+        rng = np.random.default_rng(0)
+        for n in (1, 2, 3, 4):
+            batch = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+            got, want = model.infer(batch), eager.infer(batch)
+            assert len(got) == n
+            assert [float(o.scores[0]) for o in got] == pytest.approx([float(o.scores[0]) for o in want], abs=1e-6)
+    finally:
+        torch.compiler.set_stance("default")

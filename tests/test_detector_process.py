@@ -86,7 +86,7 @@ async def test_a_compiled_model_is_ready_only_once_compiled_and_answers_every_ba
 
     model = tmp_path / "tiny.pt2"
     export_model(Tiny(), model, name="tiny", version="1", classes=("thing",), input_size=(32, 32))
-    proc = start_detector("--config", fast_config(tmp_path, {"max_batch": 4, "inference_threads": 2}),
+    proc = start_detector("--config", fast_config(tmp_path, {"max_batch": 2, "inference_threads": 2}),
                           "--model", str(model), "--compile")
     try:
         async with grpc.aio.insecure_channel(proc.address) as ch:
@@ -95,11 +95,12 @@ async def test_a_compiled_model_is_ready_only_once_compiled_and_answers_every_ba
             await readiness.wait_for(SERVING, 240)
             readiness.cancel()
             assert readiness.statuses[0] == NOT_SERVING  # not ready while it compiled
-            assert [e["batch_size"] for e in proc.events if e["event"] == "compiled"] == [1, 2, 4]
+            assert [e["batch_size"] for e in proc.events if e["event"] == "compiled"] == [1, 2]
             ready = proc.wait_for_event("model ready")
             assert ready["inference_threads"] == 1  # compiled graphs run one batch at a time
             stub = pb_grpc.DetectorStub(ch)
-            for n in (1, 3, 4):  # 3 runs padded to the graph of 4; each image gets its own answer
+            for n in (1, 2, 3):  # each image gets its own answer, however they were batched (tests/test_model.py
+                # checks that a batch runs padded to a compiled size)
                 shades = [100 + 40 * i for i in range(n)]  # each over the 0.3 score threshold
                 answers = await asyncio.gather(*(
                     stub.Detect(pb.DetectRequest(encoded=encode_png(np.full((32, 32, 3), v, np.uint8))), timeout=30)

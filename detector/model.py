@@ -63,7 +63,12 @@ class TorchDetector:
         h, w = self.meta.input_size
         for size in self.buckets:
             start = time.monotonic()
-            self.infer(np.zeros((size, h, w, 3), np.uint8))
+            try:
+                self.infer(np.zeros((size, h, w, 3), np.uint8))
+            except Exception as e:  # no C++ compiler, an op inductor cannot lower: the same at every start
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise ModelError(f"compile: torch.compile failed on batch size {size} ({type(e).__name__}: "
+                                 f"{first}); run without --compile") from None
             if progress is not None:
                 progress(size, time.monotonic() - start)
         torch.compiler.set_stance("eager_on_recompile")

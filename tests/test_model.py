@@ -149,3 +149,21 @@ def test_a_compiled_model_answers_as_the_eager_one_for_every_batch_size_without_
             assert [float(o.scores[0]) for o in got] == pytest.approx([float(o.scores[0]) for o in want], abs=1e-6)
     finally:
         torch.compiler.set_stance("default")
+
+
+def test_a_model_torch_compile_cannot_compile_is_a_model_error_that_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "tiny.pt2"
+    export_model(Tiny(), path, name="tiny", version="1", classes=("thing",), input_size=(8, 8))
+    model = load_model(path, "cpu")
+
+    def cannot(module: object, **_: object) -> object:
+        def run(x: torch.Tensor) -> None:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\n\nSet TORCHDYNAMO_VERBOSE=1 ...")
+        return run
+
+    monkeypatch.setattr(torch, "compile", cannot)
+    with pytest.raises(ModelError) as err:
+        model.compile(2)
+    assert str(err.value) == ("compile: torch.compile failed on batch size 1 (RuntimeError: InvalidCxxCompiler: "
+                              "No working C++ compiler found); run without --compile")

@@ -52,12 +52,17 @@ class TorchDetector:
 
     def compile(self, max_batch: int, progress: Callable[[int, float], None] | None = None) -> None:
         """Compile the model with torch.compile (inductor): one static graph per batch size of
-        `batch_buckets(max_batch)`, each compiled here by a warm-up batch (`progress(size, seconds)` after
-        each). Batches then run padded to the next compiled size, and a shape never seen (which a
-        guard would otherwise compile on the serving path, for seconds) runs uncompiled instead.
+        `batch_buckets(max_batch)` (at most 7, under dynamo's default limit of 8 graphs per function),
+        each compiled here by a warm-up batch (`progress(size, seconds)` after each), then each run once
+        more with recompiling forbidden, to prove that serving will find it. Batches then run padded to
+        the next compiled size. From then on, any call no graph's guards accept (a shape, a grad mode, a
+        dtype never seen) runs uncompiled, silently, instead of compiling for seconds on the serving
+        path: torch's "eager_on_recompile" stance, which is process-wide.
 
-        One batch at a time from then on: compiled graphs are not documented as safe to run from two
-        threads at once."""
+        One batch at a time from then on: torch.compile'd code is not thread-safe (pytorch#118260,
+        pytorch#143931)."""
+        # The stance is process-wide: after an earlier compile it would keep this one from compiling.
+        torch.compiler.set_stance("default")
         self.module = torch.compile(self.module, dynamic=False)
         self.buckets = batch_buckets(max_batch)
         h, w = self.meta.input_size
@@ -71,9 +76,19 @@ class TorchDetector:
                                  f"{first}); run without --compile") from None
             if progress is not None:
                 progress(size, time.monotonic() - start)
-        torch.compiler.set_stance("eager_on_recompile")
+        torch.compiler.set_stance("fail_on_recompile")
+        try:
+            for n in range(1, max_batch + 1):  # every size the batcher forms, padded as served
+                self.infer(np.zeros((n, h, w, 3), np.uint8))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ModelError(f"compile: a batch of {n} does not run the graph compiled for it ({first}); "
+                             "run without --compile") from None
+        finally:
+            torch.compiler.set_stance("eager_on_recompile")
+        if self.concurrent:
+            self.serial_reason = "torch.compile's graphs run one batch at a time"
         self.concurrent = False
-        self.serial_reason = "torch.compile's graphs run one batch at a time"
 
     def input_buffer(self, max_batch: int) -> np.ndarray:
         """Host memory for one thread's batches (max_batch x H x W x 3 uint8), pinned on CUDA."""
@@ -85,8 +100,8 @@ class TorchDetector:
     def infer(self, batch: np.ndarray) -> list[RawDetections]:
         if self._cuda:
             return self._infer_cuda(batch)
-        x = _to_input(torch.from_numpy(batch), self._dtype, self._rows(len(batch)))
-        with torch.inference_mode():
+        with torch.inference_mode():  # the input made here too, as on CUDA: a compiled graph's guards see both
+            x = _to_input(torch.from_numpy(batch), self._dtype, self._rows(len(batch)))
             boxes, scores, classes = self.module(x)
         return _split(boxes.float().numpy(), scores.float().numpy(), classes.numpy(), len(batch))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,12 +68,21 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def reason_shapes(reasons: tuple[str, ...]) -> frozenset[str]:
+    """The reasons with their figures taken out: what changes when a new cause appears or one goes, not
+    when a latency or a backlog moves."""
+    return frozenset(re.sub(r"\d+(\.\d+)?", "#", r) for r in reasons)
+
+
 class HealthPublisher:
-    """Pushes statuses into grpcio-health-checking's servicer and logs each transition once."""
+    """Pushes statuses into grpcio-health-checking's servicer and logs each transition once; and logs
+    "health reasons" when the causes change while every status stays (a GPU falling off the bus while
+    the worker is already not ready for a late canary: the log must still name it)."""
 
     def __init__(self, servicer: health_aio.HealthServicer) -> None:
         self._servicer = servicer
         self._last: dict[str, bool] = {}
+        self._last_shapes: frozenset[str] = frozenset()
         self._shut_down = False
         self.report: HealthReport | None = None
 
@@ -89,11 +99,16 @@ class HealthPublisher:
                                      else health_pb2.HealthCheckResponse.NOT_SERVING)
         self._last = statuses
         self.report = report
+        shapes, shapes_before = reason_shapes(report.reasons), self._last_shapes
+        self._last_shapes = shapes
         if changed:
             event(log, "health transition", logging.INFO if report.ready else logging.WARNING,
                   ready=report.ready, live=report.live, headroom=report.headroom,
                   changed={name or '""': "SERVING" if ok else "NOT_SERVING" for name, ok in changed.items()},
                   reasons=list(report.reasons))
+        elif shapes != shapes_before:
+            event(log, "health reasons", logging.INFO if report.ready else logging.WARNING,
+                  ready=report.ready, live=report.live, headroom=report.headroom, reasons=list(report.reasons))
 
     async def shutdown(self) -> None:
         """Every service NOT_SERVING, for good (SIGTERM)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import pytest
@@ -197,3 +198,27 @@ def test_reasons_are_not_repeated() -> None:
     ev.evaluate(gpu(xid_events=(79,)), 0)
     r = ev.evaluate(gpu(xid_events=(79,)), 1)
     assert len(r.reasons) == len(set(r.reasons))
+
+
+async def test_a_new_cause_is_logged_while_every_status_stays_and_moving_figures_are_not(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from grpc_health.v1 import _async as health_aio
+
+    from eagleeye.detector.health import HealthReport
+    from eagleeye.detector.monitor import HealthPublisher
+
+    publisher = HealthPublisher(health_aio.HealthServicer())
+    steps = [  # (reasons of a not-ready report, the event it logs)
+        (("canary: no answer for 1.6 s (deadline 1.5 s)",), "health transition"),
+        (("canary: no answer for 1.9 s (deadline 1.5 s)",), None),  # the same cause, a figure moved
+        (("canary: no answer for 2.1 s (deadline 1.5 s)", "gpu: critical XID 79"), "health reasons"),
+        (("gpu: critical XID 79",), "health reasons"),  # the canary answered; still not ready
+        (("gpu: critical XID 79",), None),
+    ]
+    with caplog.at_level(logging.INFO, "eagleeye"):
+        for reasons, logged in steps:
+            caplog.clear()
+            await publisher.publish(HealthReport(ready=False, live=True, headroom=False, reasons=reasons))
+            got = [(r.getMessage(), r.fields["reasons"]) for r in caplog.records  # type: ignore[attr-defined]
+                   if r.getMessage().startswith("health ")]
+            assert got == ([] if logged is None else [(logged, list(reasons))]), reasons

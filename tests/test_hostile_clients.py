@@ -68,7 +68,12 @@ def sick_switches(cluster: LocalCluster) -> list[str]:
 
 
 class CheckProbe:
-    """Health Checks on an interval for as long as it runs: their latencies and failures."""
+    """Health Checks on an interval for as long as it runs: their latencies and failures.
+
+    The bound is the Check's deadline (`timeout_s`), which gRPC's core enforces whatever this process
+    is doing: a Check the router answers later fails. The latencies are figures: they include this
+    process's own event loop, which may be busy with the misbehaving client the test plays (1100 stream
+    set-ups, say) and resume a Check answered in time only later (1.29 s once, with no failure)."""
 
     def __init__(self, address: str, interval_s: float = 0.1, timeout_s: float = 1.0) -> None:
         self.latencies: list[float] = []
@@ -316,7 +321,7 @@ async def test_a_burst_of_new_streams_meets_flow_control_not_an_ejection(
           f"standby {transitions(cluster.standby)}")
     assert not sick_switches(cluster), (switches(cluster), ejected)
     assert not ejected, ejected
-    assert not probe.failures and probe.p99_ms() < 1000, (probe.failures, probe.p99_ms())
+    assert not probe.failures, (probe.failures, probe.p99_ms())  # every Check answered within 1 s
 
 
 async def test_router_sigterm_answers_every_frame_it_read_and_tells_streams_to_reconnect(
@@ -500,8 +505,7 @@ async def test_streams_of_large_frames_that_never_read_stay_within_the_routers_m
     print(f"switches {switches(cluster)}; the router's warnings: "
           f"{[(e.get('event'), e.get('backend'), e.get('causes')) for e in warnings(cluster)]}")
     assert r.small.count("OK") == len(r.small) > 0 and not probe.failures, (
-        [s for s in r.small if s != "OK"], probe.failures, switches(cluster))
-    assert probe.p99_ms() < 1000
+        [s for s in r.small if s != "OK"], probe.failures, switches(cluster))  # every Check within 1 s
 
 
 def noise_frame(width: int, height: int) -> bytes:
